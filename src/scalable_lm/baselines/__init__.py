@@ -1,0 +1,1 @@
+"""Baselines with the same ``learn(task)`` / ``predict(texts)`` contract as SLM."""

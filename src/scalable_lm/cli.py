@@ -1,0 +1,234 @@
+"""``slm``: learn tasks into a model directory, predict, evaluate, inspect, and run the demo.
+
+Flags for the model's options are generated from the config dataclasses (``config.py``), so the
+dataclass field help is the ``--help`` text. Every user error ends in one line ``slm: error: ...`` and
+exit code 2; nothing in a model directory is changed unless the command succeeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from scalable_lm.config import SLMConfig
+
+EXIT_ERROR, EXIT_INTERRUPTED = 2, 130
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per config field (``--rank``, ``--key-epochs`` ...); unset flags stay absent."""
+    for section in dataclasses.fields(SLMConfig):
+        group = parser.add_argument_group(f"{section.name} options (used when the model directory is created)")
+        for f in dataclasses.fields(section.default_factory()):  # type: ignore[misc]
+            flag = "--" + f.name.replace("_", "-")
+            kwargs = {"dest": f"cfg.{section.name}.{f.name}", "default": argparse.SUPPRESS, "help": f.metadata["help"]}
+            if f.type in ("list[str]",):
+                kwargs.update(nargs="+")
+            else:
+                kwargs.update(type={"int": int, "float": float, "str": str}[str(f.type)])
+            group.add_argument(flag, **kwargs)
+
+
+def _config_overrides(args: argparse.Namespace) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for key, value in vars(args).items():
+        if key.startswith("cfg."):
+            _, section, name = key.split(".")
+            out.setdefault(section, {})[name] = value
+    return out
+
+
+def _progress(args) -> bool:
+    return not getattr(args, "quiet", False) and sys.stderr.isatty()
+
+
+def cmd_learn(args) -> None:
+    from scalable_lm import store
+    from scalable_lm.data.tasks import DataError, load_task
+    from scalable_lm.methods.slm import SLM
+
+    directory = Path(args.model)
+    overrides = _config_overrides(args)
+    existing = (directory / store.MANIFEST).exists()
+    if existing:
+        manifest = store.read_manifest(directory)
+        if args.task in [t["name"] for t in manifest["tasks"]]:
+            raise DataError(f"task '{args.task}' is already in {directory}")
+        config = SLMConfig.from_dict(manifest["config"])
+        for section, values in overrides.items():
+            for name, value in values.items():
+                if getattr(getattr(config, section), name) != value:
+                    raise DataError(f"--{name.replace('_', '-')} differs from the value stored in {directory}; "
+                                    "model options are fixed when the directory is created")
+    else:
+        if directory.exists() and any(directory.iterdir()):
+            raise store.ModelDirError(f"{directory} exists, is not empty and is not a model directory")
+        base = SLMConfig().to_dict()
+        for section, values in overrides.items():
+            base[section].update(values)
+        config = SLMConfig.from_dict(base)
+    task = load_task(args.task, args.data, args.test, args.max_train, config.train.seed, args.text_column,
+                     args.label_column)
+    slm = store.load(directory) if existing else SLM(config)
+    report = slm.learn(task, progress=_progress(args))
+    store.save(slm, directory)
+    best = report["best_val_accuracy"]
+    print(f"learned '{task.name}' ({len(task.label_names)} labels, {report['train_rows']} train rows) into "
+          f"{directory} in {report['total_s']:.1f}s" + (f"; validation accuracy {best:.3f}" if best is not None else ""))
+    if task.test:
+        from scalable_lm.runner import evaluate
+
+        score = evaluate(slm, [task], progress=_progress(args))[task.name]
+        print(f"test accuracy on '{task.name}' (no task-ID): {score['accuracy']:.3f}")
+
+
+def cmd_predict(args) -> None:
+    from scalable_lm import store
+    from scalable_lm.data.tasks import DataError, read_rows
+
+    texts = list(args.texts)
+    if args.file:
+        path = Path(args.file)
+        if path.suffix.lower() in (".jsonl", ".json", ".csv"):
+            texts += [str(r.get(args.text_column, "")) for r in read_rows(path)]
+        else:
+            texts += [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not texts:
+        raise DataError("nothing to predict: give texts or --file")
+    slm = store.load(args.model)
+    preds = slm.predict(texts, progress=_progress(args), task=args.task)
+    for text, p in zip(texts, preds):
+        if args.json:
+            print(json.dumps({"text": text, **dataclasses.asdict(p)}))
+        else:
+            mix = ", ".join(f"{e} {w:.2f}" for e, w in zip(p.entries, p.weights))
+            print(f"{p.label}\t[{p.task}, p={p.confidence:.2f}; entries: {mix}]\t{text}")
+
+
+def cmd_eval(args) -> None:
+    from scalable_lm import store
+    from scalable_lm.data.tasks import DataError, Task, encode_labels, read_rows
+    from scalable_lm.runner import evaluate
+
+    slm = store.load(args.model)
+    tasks = []
+    for spec in args.data:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            raise DataError(f"--data expects TASK=FILE, got '{spec}'")
+        labels = slm.label_names[slm.task_index(name)]
+        tasks.append(Task(name, labels, test=encode_labels(read_rows(path), path, labels, args.text_column,
+                                                           args.label_column)))
+    scores = evaluate(slm, tasks, progress=_progress(args), task_id=args.task_id)
+    mode = "with task-ID (SLM-TI)" if args.task_id else "without task-ID"
+    print(f"{'task':24s} {'rows':>6s} {'accuracy':>9s} {'head ok':>8s} {'retrieval':>9s}   ({mode})")
+    for task in tasks:
+        s = scores[task.name]
+        print(f"{task.name:24s} {len(task.test):6d} {s['accuracy']:9.3f} {s['task_choice']:8.3f} {s['retrieval']:9.3f}")
+    mean = sum(s["accuracy"] for s in scores.values()) / len(scores)
+    print(f"{'average':24s} {'':6s} {mean:9.3f}")
+    if args.json:
+        out = {"model": str(args.model), "task_id": args.task_id, "scores": scores, "average_accuracy": mean,
+               "rows": {t.name: len(t.test) for t in tasks}}
+        Path(args.json).write_text(json.dumps(out, indent=2))
+
+
+def cmd_info(args) -> None:
+    from scalable_lm import store
+
+    manifest = store.read_manifest(args.model)
+    directory = Path(args.model)
+    bank = manifest["config"]["bank"]
+    print(f"model directory {directory}")
+    print(f"  backbone {manifest['backbone']['name']} ({manifest['backbone']['fingerprint']}), "
+          f"encoder {manifest['encoder']['name']} ({manifest['encoder']['fingerprint']})")
+    print(f"  bank: G={bank['groups']} P={bank['entries_per_task']} r={bank['rank']} K={bank['top_k']}, "
+          f"targets {len(manifest.get('targets', []))} layers ({', '.join(bank['targets'])})")
+    print(f"  {len(manifest['tasks'])} tasks, {len(manifest['tasks']) * bank['entries_per_task']} entries")
+    for t in manifest["tasks"]:
+        size = (directory / t["file"]).stat().st_size / 1024
+        print(f"  - {t['name']}: {len(t['label_names'])} labels {t['label_names']}, {t['entries']} entries, "
+              f"{size:.0f} KiB")
+
+
+def cmd_demo(args) -> None:
+    from scalable_lm.demo import run_demo
+
+    run_demo(out=args.out, n_train=args.train, n_test=args.test, progress=_progress(args))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="slm", description="Teach one model a stream of tasks; use it on any "
+                                     "input without saying which task it belongs to (SLM, ICLR 2024).")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    learn = sub.add_parser("learn", help="learn one new task into a model directory (created if absent)",
+                           description="Learn one task: train its keys, then its low-rank values and head. Earlier "
+                           "tasks' files are not touched; the directory is updated atomically at the end.")
+    learn.add_argument("--model", required=True, help="model directory")
+    learn.add_argument("--task", required=True, help="name of the new task (unique in the directory)")
+    learn.add_argument("--data", required=True, help="training data: JSONL/CSV file, or hf:DATASET when online")
+    learn.add_argument("--test", help="optional test file, scored after learning")
+    learn.add_argument("--max-train", type=int, help="use a seeded random subset of this many training rows")
+    _add_data_columns(learn)
+    _add_config_flags(learn)
+    learn.set_defaults(func=cmd_learn)
+
+    predict = sub.add_parser("predict", help="predict labels for texts, without task-ID")
+    predict.add_argument("--model", required=True, help="model directory")
+    predict.add_argument("texts", nargs="*", help="texts to classify")
+    predict.add_argument("--file", help="a file of texts: one per line, or JSONL/CSV with a text column")
+    predict.add_argument("--task", help="restrict retrieval to this task's entries (SLM-TI)")
+    predict.add_argument("--json", action="store_true", help="one JSON object per input")
+    _add_data_columns(predict, label=False)
+    predict.set_defaults(func=cmd_predict)
+
+    ev = sub.add_parser("eval", help="accuracy and retrieval accuracy per task, on mixed batches")
+    ev.add_argument("--model", required=True, help="model directory")
+    ev.add_argument("--data", required=True, nargs="+", metavar="TASK=FILE", help="labelled test files per task")
+    ev.add_argument("--task-id", action="store_true", help="give each input its task (SLM-TI, an upper bound)")
+    ev.add_argument("--json", metavar="OUT", help="also write the scores to this JSON file")
+    _add_data_columns(ev)
+    ev.set_defaults(func=cmd_eval)
+
+    info = sub.add_parser("info", help="tasks, entries and sizes of a model directory")
+    info.add_argument("model", help="model directory")
+    info.set_defaults(func=cmd_info)
+
+    demo = sub.add_parser("demo", help="the built-in demo: sequential fine-tuning vs SLM on 3 generated tasks")
+    demo.add_argument("--out", default="demo-results.json", help="where to write the results JSON")
+    demo.add_argument("--train", type=int, default=200, help="training rows per task")
+    demo.add_argument("--test", type=int, default=80, help="test rows per task")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _add_data_columns(parser: argparse.ArgumentParser, label: bool = True) -> None:
+    parser.add_argument("--text-column", default="text", help="name of the text column (default: text)")
+    if label:
+        parser.add_argument("--label-column", default="label", help="name of the label column (default: label)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from scalable_lm.data.tasks import DataError
+    from scalable_lm.store import ModelDirError
+
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (DataError, ModelDirError, KeyError, ValueError, RuntimeError, OSError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"slm: error: {message}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("slm: interrupted; the model directory was left as it was", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""Typed configuration. The dataclasses are the single description of every option: the CLI builds its
+flags from them (field ``help`` metadata), and a model directory's manifest stores them as JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class BankConfig:
+    """Shape of the knowledge bank and the retrieval rule (SPEC: DTKR and JARe)."""
+
+    groups: int = field(default=6, metadata={"help": "G: query groups for DTKR (query dim must divide by it)"})
+    entries_per_task: int = field(default=4, metadata={"help": "P: entries (key + value) added per task"})
+    rank: int = field(default=12, metadata={"help": "r: rank of every low-rank increment"})
+    alpha: float = field(default=24.0, metadata={"help": "increments are scaled by alpha/rank"})
+    top_k: int = field(default=4, metadata={"help": "K: entries mixed per input"})
+    targets: list[str] = field(
+        default_factory=lambda: ["attention.output.dense"],
+        metadata={"help": "suffixes of the nn.Linear layers that get increments (paper: attention output)"},
+    )
+    weighting: str = field(default="normalize", metadata={"help": "'normalize' (w=s/sum s, paper) or 'softmax'"})
+    temperature: float = field(default=0.1, metadata={"help": "softmax temperature (weighting=softmax only)"})
+
+
+@dataclass
+class KeyConfig:
+    """Preparation stage: training the new task's keys on its cached queries."""
+
+    key_epochs: int = field(default=30, metadata={"help": "epochs over the task's queries (paper: 3, too few here)"})
+    key_lr: float = field(default=1e-2, metadata={"help": "AdamW learning rate for keys (paper: 1e-3)"})
+    key_batch_size: int = field(default=16, metadata={"help": "queries per key step"})
+    mask_prob: float = field(default=0.25, metadata={"help": "probability of masking each key (paper: 0.25)"})
+    k_prep: int = field(default=2, metadata={"help": "keys selected per group in the key loss (paper: 2)"})
+
+
+@dataclass
+class TrainConfig:
+    """Fine-tune stage: the new task's values and head."""
+
+    epochs: int = field(default=3, metadata={"help": "epochs over the task's training split"})
+    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate for values and head"})
+    batch_size: int = field(default=16, metadata={"help": "training batch size"})
+    max_length: int = field(default=128, metadata={"help": "tokens per input (longer inputs are truncated)"})
+    val_fraction: float = field(default=0.1, metadata={"help": "share of train held out to pick the best epoch"})
+    seed: int = field(default=0, metadata={"help": "seed for init, shuffling and splits"})
+
+
+@dataclass
+class ModelConfig:
+    """Which frozen networks to use. 'minilm' = the packaged all-MiniLM-L6-v2 (offline)."""
+
+    backbone: str = field(default="minilm", metadata={"help": "encoder backbone: 'minilm', a local folder or hub id"})
+    encoder: str = field(default="minilm", metadata={"help": "query encoder: 'minilm', a local folder or hub id"})
+
+
+@dataclass
+class SLMConfig:
+    """Everything an SLM model directory needs to be rebuilt."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    bank: BankConfig = field(default_factory=BankConfig)
+    keys: KeyConfig = field(default_factory=KeyConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SLMConfig:
+        """Rebuild from ``to_dict`` output; unknown keys are an error, missing keys take defaults."""
+        parts = {}
+        for f in dataclasses.fields(cls):
+            sub_cls = f.default_factory().__class__  # type: ignore[misc]
+            values = dict(data.get(f.name, {}))
+            known = {g.name for g in dataclasses.fields(sub_cls)}
+            unknown = set(values) - known
+            if unknown:
+                raise ValueError(f"unknown {f.name} option(s) in config: {sorted(unknown)}")
+            parts[f.name] = sub_cls(**values)
+        return cls(**parts)

@@ -1,0 +1,1 @@
+"""Pure-torch maths of SLM: DTKR retrieval and JARe low-rank mixing. No transformers import here."""

@@ -1,0 +1,103 @@
+"""Frozen query encoder: texts → masked-mean-pooled sentence embeddings, cached by text.
+
+The encoder never trains, so every text is encoded at most once per process (in-memory cache), and the
+cache can be saved to / loaded from a safetensors file to survive across runs. It does not normalise:
+DTKR normalises per group.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Masked mean over tokens.
+
+    Args:
+        hidden: ``[B, T, H]`` last hidden state.
+        mask: ``[B, T]`` attention mask (1 = real token).
+
+    Returns:
+        ``[B, H]``.
+    """
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
+
+
+def text_key(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+class QueryEncoder:
+    """Encode texts into queries ``q(x)``.
+
+    Args:
+        model: a frozen HF encoder (``AutoModel``) returning ``last_hidden_state``.
+        tokenizer: its tokenizer.
+        name: identity recorded in model directories.
+        max_length: tokens per text.
+        batch_size: texts per forward pass.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, name: str = "custom", max_length: int = 128, batch_size: int = 64):
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer, self.name = tokenizer, name
+        self.max_length, self.batch_size = max_length, batch_size
+        self.dim = int(model.config.hidden_size)
+        self._cache: dict[str, torch.Tensor] = {}
+
+    @classmethod
+    def from_name(cls, name: str, **kwargs) -> QueryEncoder:
+        from scalable_lm.backbones import load_encoder
+
+        model, tokenizer = load_encoder(name)
+        return cls(model, tokenizer, name=name, **kwargs)
+
+    @torch.no_grad()
+    def _encode_batch(self, texts: list[str]) -> torch.Tensor:
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        hidden = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
+        return mean_pool(hidden, enc["attention_mask"]).float()
+
+    def encode(self, texts: list[str], progress: bool = False) -> torch.Tensor:
+        """``[N, d]`` queries for ``texts``; each distinct text is computed once and cached."""
+        missing = list(dict.fromkeys(t for t in texts if text_key(t) not in self._cache))
+        # longest-first batching wastes less padding; results do not depend on the order
+        missing.sort(key=len, reverse=True)
+        steps = range(0, len(missing), self.batch_size)
+        for start in tqdm(steps, desc="encoding queries", disable=not progress or len(steps) < 2, leave=False):
+            chunk = missing[start : start + self.batch_size]
+            for text, row in zip(chunk, self._encode_batch(chunk)):
+                self._cache[text_key(text)] = row.clone()
+        if not texts:
+            return torch.empty(0, self.dim)
+        return torch.stack([self._cache[text_key(t)] for t in texts])
+
+    def save_cache(self, path: str | Path) -> None:
+        """Write the cache to a safetensors file (atomic)."""
+        from scalable_lm.store import atomic_write
+
+        keys = sorted(self._cache)
+        tensor = torch.stack([self._cache[k] for k in keys]) if keys else torch.empty(0, self.dim)
+        meta = {"encoder": self.name, "keys": json.dumps(keys)}
+        atomic_write(Path(path), lambda tmp: save_file({"queries": tensor.contiguous()}, str(tmp), metadata=meta))
+
+    def load_cache(self, path: str | Path) -> int:
+        """Merge a saved cache; returns the number of entries read (0 if the file is absent)."""
+        path = Path(path)
+        if not path.exists():
+            return 0
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            keys = json.loads(f.metadata()["keys"])
+        tensor = load_file(str(path))["queries"]
+        self._cache.update({k: row for k, row in zip(keys, tensor)})
+        return len(keys)

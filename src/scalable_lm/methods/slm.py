@@ -1,0 +1,197 @@
+"""SLM: learn(task) = preparation stage (new keys) + fine-tune stage (new values and head);
+predict(texts) = retrieve entries per input, mix their increments into the frozen backbone, answer with
+the head of the task that owns most of the retrieved weight.
+
+Earlier tasks' tensors are frozen (``requires_grad=False``) and never given to an optimiser, so learning
+a task leaves them bit-identical.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from scalable_lm import training
+from scalable_lm.adapters.classification import EncoderClassifier
+from scalable_lm.adapters.inject import inject, routed
+from scalable_lm.config import SLMConfig
+from scalable_lm.core.bank import KnowledgeBank
+from scalable_lm.data.tasks import DataError, Task, split_validation
+from scalable_lm.encoder import QueryEncoder
+from scalable_lm.methods.base import Prediction
+
+
+class SLM:
+    """Scalable Language Model on an encoder classifier backbone.
+
+    Args:
+        config: options; defaults are the paper's (with longer key training, see ``KeyConfig``).
+        backbone: ``(model, tokenizer)`` to use instead of loading ``config.model.backbone``.
+        encoder: query encoder to use instead of loading ``config.model.encoder``.
+    """
+
+    name = "slm"
+
+    def __init__(self, config: SLMConfig | None = None, backbone=None, encoder: QueryEncoder | None = None):
+        from scalable_lm.backbones import load_encoder
+
+        self.config = config or SLMConfig()
+        model, tokenizer = backbone if backbone is not None else load_encoder(self.config.model.backbone)
+        self.classifier = EncoderClassifier(model, tokenizer)
+        bank_cfg = self.config.bank
+        self.layers = inject(model, bank_cfg.targets, bank_cfg.rank, bank_cfg.alpha)
+        self.encoder = encoder if encoder is not None else QueryEncoder.from_name(self.config.model.encoder)
+        self.bank = KnowledgeBank(self.encoder.dim, bank_cfg.groups, bank_cfg.entries_per_task)
+        self.task_names: list[str] = []
+        self.label_names: list[list[str]] = []
+
+    # ---- growing and shrinking the bank -------------------------------------------------------------
+    def _add_task(self, name: str, label_names: list[str], generator: torch.Generator) -> list[nn.Parameter]:
+        """Create a task's keys, values and head; returns the new tensors (keys first)."""
+        params = [self.bank.add_task(generator)]
+        for layer in self.layers.values():
+            params += layer.add_task(self.bank.entries_per_task, generator)
+        params += list(self.classifier.add_head(len(label_names)).parameters())
+        self.task_names.append(name)
+        self.label_names.append(list(label_names))
+        return params
+
+    def _drop_last_task(self) -> None:
+        """Undo a partly learned task (learn failed or was interrupted)."""
+        self.bank.keys = nn.ParameterList(list(self.bank.keys)[: len(self.task_names) - 1])
+        for layer in self.layers.values():
+            layer.lora_A = nn.ParameterList(list(layer.lora_A)[: len(self.task_names) - 1])
+            layer.lora_B = nn.ParameterList(list(layer.lora_B)[: len(self.task_names) - 1])
+        del self.classifier.heads[len(self.task_names) - 1 :]
+        self.task_names.pop()
+        self.label_names.pop()
+
+    def task_index(self, name: str) -> int:
+        if name not in self.task_names:
+            raise KeyError(f"unknown task '{name}'; learned tasks: {self.task_names}")
+        return self.task_names.index(name)
+
+    # ---- learn ----------------------------------------------------------------------------------
+    def learn(self, task: Task, progress: bool = True) -> dict:
+        """Learn one new task; returns a report (timings, key loss, validation accuracy per epoch)."""
+        if task.name in self.task_names:
+            raise DataError(f"task '{task.name}' is already in the bank")
+        if not task.train:
+            raise DataError(f"task '{task.name}' has no training rows")
+        seed = self.config.train.seed + len(self.task_names)
+        generator = torch.Generator().manual_seed(seed)
+        train_rows, val_rows = split_validation(task.train, self.config.train.val_fraction, seed)
+        self._add_task(task.name, task.label_names, generator)
+        try:
+            return self._learn_new(train_rows, val_rows, generator, progress)
+        except BaseException:
+            self._drop_last_task()
+            raise
+
+    def _learn_new(self, train_rows, val_rows, generator, progress) -> dict:
+        t = len(self.task_names) - 1
+        start = time.perf_counter()
+        queries = self.encoder.encode([x for x, _ in train_rows], progress=progress)
+        encode_s = time.perf_counter() - start
+        key_loss = training.train_keys(self.bank.keys[t], queries, self.config.keys, generator)
+        key_s = time.perf_counter() - start - encode_s
+        report = self._fine_tune(t, train_rows, val_rows, queries, generator, progress)
+        for p in self._task_params(t):
+            p.requires_grad_(False)
+        report.update(task=self.task_names[t], encode_s=encode_s, key_s=key_s, key_loss=key_loss[-1],
+                      total_s=time.perf_counter() - start, train_rows=len(train_rows), val_rows=len(val_rows))
+        return report
+
+    def _task_params(self, t: int) -> list[nn.Parameter]:
+        """Every tensor owned by task ``t`` (keys, values in every layer, head)."""
+        params = [self.bank.keys[t]]
+        for layer in self.layers.values():
+            params += [layer.lora_A[t], layer.lora_B[t]]
+        return params + list(self.classifier.heads[t].parameters())
+
+    def _fine_tune(self, t, train_rows, val_rows, queries, generator, progress) -> dict:
+        cfg = self.config.train
+        trainable = self._task_params(t)[1:]  # keys are frozen after the preparation stage
+        optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=0.0)
+        tokens = self.classifier.tokenizer([x for x, _ in train_rows], truncation=True, max_length=cfg.max_length)
+        labels = torch.tensor([y for _, y in train_rows])
+        eligible = self.bank.eligible(upto=t)
+
+        def logits_fn(idx: torch.Tensor):
+            batch = self.classifier.pad(tokens, idx.tolist())
+            entries, weights = self._retrieve(queries[idx], eligible)
+            with routed(self.layers, entries, weights):
+                feats = self.classifier.features(batch)
+            return self.classifier.head_logits(feats, t), labels[idx]
+
+        best_acc, best_state, history = -1.0, None, []
+        for epoch in range(cfg.epochs):
+            self.classifier.train()
+            loss = training.supervised_epoch(trainable, optimizer, len(train_rows), cfg.batch_size, logits_fn,
+                                             generator, f"task {self.task_names[t]} epoch {epoch + 1}", progress)
+            val_acc = self._own_head_accuracy(t, val_rows, eligible) if val_rows else None
+            history.append({"epoch": epoch + 1, "loss": loss, "val_accuracy": val_acc})
+            if val_acc is not None and val_acc > best_acc:
+                best_acc, best_state = val_acc, [p.detach().clone() for p in trainable]
+        if best_state is not None:  # keep the epoch that was best on the validation split
+            with torch.no_grad():
+                for p, saved in zip(trainable, best_state):
+                    p.copy_(saved)
+        self.classifier.eval()
+        return {"epochs": history, "best_val_accuracy": best_acc if best_state is not None else None}
+
+    @torch.no_grad()
+    def _own_head_accuracy(self, t: int, rows, eligible) -> float:
+        self.classifier.eval()
+        texts, labels = [x for x, _ in rows], torch.tensor([y for _, y in rows])
+        correct = 0
+        for idx in training.batches(len(rows), 64):
+            feats, _, _ = self._features([texts[i] for i in idx], eligible)
+            correct += int((self.classifier.head_logits(feats, t).argmax(-1) == labels[idx]).sum())
+        return correct / len(rows)
+
+    # ---- predict ----------------------------------------------------------------------------------
+    def _retrieve(self, queries: torch.Tensor, eligible: torch.Tensor | None):
+        b = self.config.bank
+        return self.bank.retrieve(queries, b.top_k, eligible, b.weighting, b.temperature)
+
+    def _features(self, texts: list[str], eligible: torch.Tensor | None):
+        """``(features [B, H], entries [B, K], weights [B, K])`` with per-row retrieval."""
+        entries, weights = self._retrieve(self.encoder.encode(texts), eligible)
+        batch = self.classifier.tokenize(texts, self.config.train.max_length)
+        with routed(self.layers, entries, weights):
+            return self.classifier.features(batch), entries, weights
+
+    @torch.no_grad()
+    def predict(self, texts: list[str], batch_size: int = 32, progress: bool = False, task: str | None = None) -> list[Prediction]:
+        """Answer each text without a task-ID (or, SLM-TI, restricted to the entries of ``task``)."""
+        if not self.task_names:
+            raise RuntimeError("no task learned yet")
+        for i, text in enumerate(texts):
+            if not isinstance(text, str) or not text.strip():
+                raise DataError(f"input {i}: empty text")
+        self.classifier.eval()
+        eligible = self.bank.eligible(only=self.task_index(task)) if task is not None else None
+        owner = self.bank.entry_task()
+        self.encoder.encode(texts, progress=progress)  # fill the cache in one pass
+        out: list[Prediction] = []
+        for idx in tqdm(list(training.batches(len(texts), batch_size)), desc="predicting", disable=not progress, leave=False):
+            feats, entries, weights = self._features([texts[i] for i in idx], eligible)
+            per_task = torch.zeros(len(idx), len(self.task_names)).scatter_add_(1, owner[entries], weights)
+            chosen = per_task.argmax(dim=-1)  # head of the task owning most retrieved weight
+            for row in range(len(idx)):
+                out.append(self._answer(feats[row], int(chosen[row]), entries[row], weights[row], owner))
+        return out
+
+    def _answer(self, feats, t, entries, weights, owner) -> Prediction:
+        probs = torch.softmax(self.classifier.head_logits(feats[None], t)[0], dim=-1)
+        label = int(probs.argmax())
+        per_task = self.bank.entries_per_task
+        return Prediction(
+            label=self.label_names[t][label], task=self.task_names[t], confidence=float(probs[label]),
+            entries=[f"{self.task_names[int(owner[e])]}#{int(e) % per_task}" for e in entries],
+            weights=[round(float(w), 6) for w in weights],
+            entry_tasks=[self.task_names[int(owner[e])] for e in entries])

@@ -1,0 +1,92 @@
+"""The continual-learning loop: learn each task of a stream in order, then score every task seen so far
+on mixed test batches (all tasks' test rows shuffled together, so a batch never reveals the task)."""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import asdict, dataclass, field
+
+from scalable_lm import metrics
+from scalable_lm.data.tasks import Task
+from scalable_lm.methods.base import ContinualMethod
+
+
+@dataclass
+class RunResult:
+    """Everything a stream run produced; ``to_dict`` is JSON-serialisable."""
+
+    method: str
+    tasks: list[str]
+    R: list[list[float | None]]
+    task_choice_accuracy: list[list[float | None]]
+    retrieval_accuracy: list[list[float | None]]
+    learn_reports: list[dict] = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def metrics(self) -> dict:
+        last = len(self.R) - 1
+        retrieval = [x for x in self.retrieval_accuracy[last] if x is not None]
+        return {
+            "average_accuracy": metrics.average_accuracy(self.R),
+            "forgetting": metrics.forgetting(self.R),
+            "forgetting_after": [metrics.forgetting(self.R, k) for k in range(len(self.R))],
+            "bwt": metrics.backward_transfer(self.R),
+            "retrieval_accuracy": sum(retrieval) / len(retrieval) if retrieval else None,
+            "task_choice_accuracy": metrics.average_accuracy(self.task_choice_accuracy),
+        }
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "metrics": self.metrics}
+
+
+def evaluate(method: ContinualMethod, tasks: list[Task], batch_size: int = 32, seed: int = 0,
+             progress: bool = False, task_id: bool = False) -> dict[str, dict[str, float | None]]:
+    """Score ``method`` on the test rows of ``tasks`` in mixed, shuffled batches, without task-ID.
+
+    With ``task_id=True`` (SLM-TI, reported separately) each task's rows are predicted with its name given.
+
+    Returns per task: ``accuracy`` (right task and right label), ``task_choice`` (the answering head is the
+    input's own task), ``retrieval`` (paper Eq. 13; ``None`` for methods that do not retrieve).
+    """
+    rows = [(task.name, text, task.label_names[label]) for task in tasks for text, label in task.test]
+    random.Random(seed).shuffle(rows)
+    if task_id:
+        by_task = {t.name: iter(method.predict([x for n, x, _ in rows if n == t.name], batch_size, progress,
+                                               task=t.name)) for t in tasks}
+        preds = [next(by_task[name]) for name, _, _ in rows]
+    else:
+        preds = method.predict([text for _, text, _ in rows], batch_size=batch_size, progress=progress)
+    scores = {}
+    for task in tasks:
+        mine = [(p, gold) for (name, _, gold), p in zip(rows, preds) if name == task.name]
+        if not mine:
+            raise ValueError(f"task '{task.name}' has no test rows")
+        retrieving = all(p.entry_tasks for p, _ in mine)
+        scores[task.name] = {
+            "accuracy": sum(p.task == task.name and p.label == gold for p, gold in mine) / len(mine),
+            "task_choice": sum(p.task == task.name for p, _ in mine) / len(mine),
+            "retrieval": metrics.retrieval_accuracy([p.entry_tasks for p, _ in mine], [task.name] * len(mine))
+            if retrieving else None,
+        }
+    return scores
+
+
+def run_stream(method: ContinualMethod, stream: list[Task], batch_size: int = 32, seed: int = 0,
+               progress: bool = True) -> RunResult:
+    """Learn ``stream`` in order; after each task fill row ``i`` of ``R`` (tasks ``0..i``)."""
+    n = len(stream)
+    result = RunResult(method.name, [t.name for t in stream], [[None] * n for _ in range(n)],
+                       [[None] * n for _ in range(n)], [[None] * n for _ in range(n)])
+    for i, task in enumerate(stream):
+        start = time.perf_counter()
+        result.learn_reports.append(method.learn(task, progress=progress))
+        learned = time.perf_counter()
+        scores = evaluate(method, stream[: i + 1], batch_size, seed)
+        for j, seen in enumerate(stream[: i + 1]):
+            result.R[i][j] = scores[seen.name]["accuracy"]
+            result.task_choice_accuracy[i][j] = scores[seen.name]["task_choice"]
+            result.retrieval_accuracy[i][j] = scores[seen.name]["retrieval"]
+        result.timings[task.name] = {"learn_s": learned - start, "eval_s": time.perf_counter() - learned}
+    return result
