@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -45,6 +46,26 @@ def _progress(args) -> bool:
     return not getattr(args, "quiet", False) and sys.stderr.isatty()
 
 
+def _query_cache(slm, args) -> Path | None:
+    """Load the on-disk query cache of this encoder (the encoder is frozen, so queries never change)."""
+    if args.no_cache:
+        return None
+    from scalable_lm.backbones import fingerprint
+
+    root = Path(os.environ.get("SLM_CACHE_DIR", Path.home() / ".cache" / "scalable_lm"))
+    path = root / f"queries-{fingerprint(slm.encoder.model)}.safetensors"
+    try:
+        slm.encoder.load_cache(path)
+    except Exception as err:  # noqa: BLE001 - a broken cache is only a cache: rebuild it
+        print(f"slm: warning: ignoring unreadable query cache {path} ({err})", file=sys.stderr)
+    return path
+
+
+def _save_query_cache(slm, path: Path | None) -> None:
+    if path is not None:
+        slm.encoder.save_cache(path)
+
+
 def cmd_learn(args) -> None:
     from scalable_lm import store
     from scalable_lm.data.tasks import DataError, load_task
@@ -73,8 +94,10 @@ def cmd_learn(args) -> None:
     task = load_task(args.task, args.data, args.test, args.max_train, config.train.seed, args.text_column,
                      args.label_column)
     slm = store.load(directory) if existing else SLM(config)
+    cache = _query_cache(slm, args)
     report = slm.learn(task, progress=_progress(args))
     store.save(slm, directory)
+    _save_query_cache(slm, cache)
     best = report["best_val_accuracy"]
     print(f"learned '{task.name}' ({len(task.label_names)} labels, {report['train_rows']} train rows) into "
           f"{directory} in {report['total_s']:.1f}s" + (f"; validation accuracy {best:.3f}" if best is not None else ""))
@@ -122,7 +145,9 @@ def cmd_eval(args) -> None:
         labels = slm.label_names[slm.task_index(name)]
         tasks.append(Task(name, labels, test=encode_labels(read_rows(path), path, labels, args.text_column,
                                                            args.label_column)))
+    cache = _query_cache(slm, args)
     scores = evaluate(slm, tasks, progress=_progress(args), task_id=args.task_id)
+    _save_query_cache(slm, cache)
     mode = "with task-ID (SLM-TI)" if args.task_id else "without task-ID"
     print(f"{'task':24s} {'rows':>6s} {'accuracy':>9s} {'head ok':>8s} {'retrieval':>9s}   ({mode})")
     for task in tasks:
@@ -164,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slm", description="Teach one model a stream of tasks; use it on any "
                                      "input without saying which task it belongs to (SLM, ICLR 2024).")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="do not read or write the query-embedding cache ($SLM_CACHE_DIR, default ~/.cache/scalable_lm)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     learn = sub.add_parser("learn", help="learn one new task into a model directory (created if absent)",

@@ -1,0 +1,88 @@
+"""SLM on tiny in-code BERTs: (a) old tensors bit-identical, (b) batch independence, learning works."""
+
+import pytest
+import torch
+
+from scalable_lm.data.tasks import DataError
+from scalable_lm.runner import evaluate, run_stream
+from scalable_lm.store import task_tensors
+
+
+def test_learning_a_task_leaves_earlier_tensors_bit_identical(make_slm, toy_stream):
+    slm = make_slm()
+    slm.learn(toy_stream[0], progress=False)
+    before = {k: v.clone() for k, v in task_tensors(slm, 0).items()}
+    base = {k: v.clone() for k, v in slm.classifier.backbone.state_dict().items() if "lora_" not in k}
+    slm.learn(toy_stream[1], progress=False)
+    after = task_tensors(slm, 0)
+    assert before.keys() == after.keys()
+    for name in before:
+        assert torch.equal(before[name], after[name]), name
+    for name, value in slm.classifier.backbone.state_dict().items():
+        if name in base:
+            assert torch.equal(base[name], value), name
+    # the new task really trained: its values moved away from their zero init
+    assert any(t.abs().sum() > 0 for k, t in task_tensors(slm, 1).items() if k.endswith(".B"))
+
+
+def test_prediction_does_not_depend_on_the_batch(make_slm, toy_stream):
+    slm = make_slm()
+    for task in toy_stream[:2]:
+        slm.learn(task, progress=False)
+    texts = [x for task in toy_stream for x, _ in task.test[:4]]
+    together = slm.predict(texts, batch_size=len(texts))
+    for text, pred in zip(texts, together):
+        alone = slm.predict([text])[0]
+        assert (alone.label, alone.task, alone.entries) == (pred.label, pred.task, pred.entries)
+        assert alone.weights == pytest.approx(pred.weights, abs=1e-5)
+        assert alone.confidence == pytest.approx(pred.confidence, abs=1e-5)
+    reordered = slm.predict(texts[::-1], batch_size=5)[::-1]
+    assert [p.label for p in reordered] == [p.label for p in together]
+
+
+def test_stream_learns_without_forgetting(make_slm, toy_stream):
+    result = run_stream(make_slm(), toy_stream, progress=False)
+    m = result.metrics
+    assert m["forgetting"] <= 0.1
+    assert m["average_accuracy"] >= 0.7, result.R
+    assert result.R[1][0] is not None and result.R[0][1] is None
+    assert len(result.learn_reports) == 3 and all("key_s" in r for r in result.learn_reports)
+
+
+def test_duplicate_task_and_empty_inputs_refused(make_slm, toy_stream):
+    slm = make_slm()
+    with pytest.raises(RuntimeError, match="no task"):
+        slm.predict(["x"])
+    slm.learn(toy_stream[0], progress=False)
+    with pytest.raises(DataError, match="already in the bank"):
+        slm.learn(toy_stream[0], progress=False)
+    with pytest.raises(DataError, match="empty text"):
+        slm.predict(["fine", "  "])
+
+
+def test_failed_learn_rolls_back(make_slm, toy_stream, monkeypatch):
+    slm = make_slm()
+    slm.learn(toy_stream[0], progress=False)
+    before = {k: v.clone() for k, v in task_tensors(slm, 0).items()}
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(slm, "_fine_tune", boom)
+    with pytest.raises(KeyboardInterrupt):
+        slm.learn(toy_stream[1], progress=False)
+    assert slm.task_names == [toy_stream[0].name] and slm.bank.num_tasks == 1
+    assert all(len(layer.lora_A) == 1 for layer in slm.layers.values()) and len(slm.classifier.heads) == 1
+    assert all(torch.equal(before[k], v) for k, v in task_tensors(slm, 0).items())
+
+
+def test_task_id_mode_restricts_retrieval(make_slm, toy_stream):
+    slm = make_slm()
+    for task in toy_stream[:2]:
+        slm.learn(task, progress=False)
+    preds = slm.predict([x for x, _ in toy_stream[0].test], task=toy_stream[1].name)
+    assert all(set(p.entry_tasks) == {toy_stream[1].name} and p.task == toy_stream[1].name for p in preds)
+    scores = evaluate(slm, toy_stream[:2], task_id=True)
+    assert all(s["task_choice"] == 1.0 and s["retrieval"] == 1.0 for s in scores.values())
+    with pytest.raises(KeyError):
+        slm.predict(["x"], task="nope")

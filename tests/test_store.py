@@ -1,0 +1,111 @@
+"""(c) save → load → predict is identical; (d) corrupted, edited, mismatched or half-written directories
+are refused with a clear message and never damaged."""
+
+import json
+
+import pytest
+import torch
+
+from scalable_lm import store
+from scalable_lm.store import ModelDirError
+from tests.conftest import tiny_bert, tiny_query_model
+from scalable_lm.encoder import QueryEncoder
+
+
+def _snapshot(directory):
+    return {p.relative_to(directory): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def saved(make_slm, toy_stream, tmp_path):
+    slm = make_slm()
+    slm.learn(toy_stream[0], progress=False)
+    store.save(slm, tmp_path / "m")
+    return slm, tmp_path / "m"
+
+
+def _load(directory, tokenizer, backbone_seed=0):
+    encoder = QueryEncoder(tiny_query_model(), tokenizer, name="tiny-encoder", max_length=24)
+    return store.load(directory, backbone=(tiny_bert(backbone_seed), tokenizer), encoder=encoder)
+
+
+def test_save_load_predict_identical(saved, toy_stream, tokenizer):
+    slm, directory = saved
+    slm.learn(toy_stream[1], progress=False)
+    store.save(slm, directory)
+    texts = [x for t in toy_stream for x, _ in t.test]
+    again = _load(directory, tokenizer)
+    assert again.task_names == slm.task_names and again.label_names == slm.label_names
+    for a, b in zip(slm.predict(texts), again.predict(texts)):
+        assert (a.label, a.task, a.entries, a.weights, a.confidence) == (b.label, b.task, b.entries, b.weights,
+                                                                         b.confidence)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    assert [t["name"] for t in manifest["tasks"]] == ["fruit", "vehicle"] and manifest["versions"]["torch"]
+
+
+def test_adding_a_task_leaves_earlier_files_untouched(saved, toy_stream):
+    slm, directory = saved
+    first = _snapshot(directory / "tasks")
+    slm.learn(toy_stream[1], progress=False)
+    assert store.save(slm, directory) == ["vehicle"]
+    after = _snapshot(directory / "tasks")
+    assert all(after[name] == data for name, data in first.items()) and len(after) == 2
+
+
+def test_truncated_or_edited_task_file_refused(saved, tokenizer):
+    _, directory = saved
+    task_file = next((directory / "tasks").iterdir())
+    data = task_file.read_bytes()
+    task_file.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelDirError, match="corrupted"):
+        _load(directory, tokenizer)
+    task_file.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    with pytest.raises(ModelDirError, match="checksum"):
+        _load(directory, tokenizer)
+    task_file.unlink()
+    with pytest.raises(ModelDirError, match="missing"):
+        _load(directory, tokenizer)
+
+
+def test_other_backbone_refused(saved, tokenizer):
+    _, directory = saved
+    with pytest.raises(ModelDirError, match="backbone"):
+        _load(directory, tokenizer, backbone_seed=7)
+
+
+def test_interrupted_save_keeps_directory_loadable(saved, toy_stream, tokenizer, monkeypatch):
+    slm, directory = saved
+    before = _snapshot(directory)
+    slm.learn(toy_stream[1], progress=False)
+
+    def crash(tensors, path, metadata=None):
+        open(path, "wb").write(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(store, "save_file", crash)
+    with pytest.raises(KeyboardInterrupt):
+        store.save(slm, directory)
+    assert _snapshot(directory) == before  # temp file removed, manifest and task files as they were
+    assert _load(directory, tokenizer).task_names == ["fruit"]
+
+
+def test_not_a_model_dir(tmp_path, make_slm):
+    with pytest.raises(ModelDirError, match="not a model directory"):
+        store.read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text("{broken")
+    with pytest.raises(ModelDirError, match="not valid JSON"):
+        store.read_manifest(tmp_path)
+    (tmp_path / "other.txt").write_text("x")
+    slm = make_slm()
+    (tmp_path / "manifest.json").unlink()
+    with pytest.raises(ModelDirError, match="not empty"):
+        store.save(slm, tmp_path)
+
+
+def test_query_cache_roundtrip(tmp_path, tokenizer):
+    encoder = QueryEncoder(tiny_query_model(), tokenizer, max_length=24)
+    q = encoder.encode(["apple sweet", "car fast"])
+    encoder.save_cache(tmp_path / "c.safetensors")
+    other = QueryEncoder(tiny_query_model(), tokenizer, max_length=24)
+    assert other.load_cache(tmp_path / "c.safetensors") == 2
+    assert torch.equal(other.encode(["apple sweet", "car fast"]), q)
