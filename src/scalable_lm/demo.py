@@ -44,6 +44,8 @@ def run_demo(out: str | Path | None = "demo-results.json", n_train: int = 200, n
     from scalable_lm.methods.slm import SLM
     from scalable_lm.runner import run_stream
 
+    if out:  # fail now, not after the runs, if the results file cannot be written
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     stream = demo_stream(n_train, n_test, seed)
     config = SLMConfig()
@@ -62,11 +64,14 @@ def run_demo(out: str | Path | None = "demo-results.json", n_train: int = 200, n
     print(f"\nSLM is {gap:+.1f} points vs sequential fine-tuning after the last task; "
           f"SLM retrieval accuracy {100 * slm.metrics['retrieval_accuracy']:.1f}% "
           f"(head chosen by the task owning most retrieved weight). {elapsed:.0f}s in all.")
-    result = {"command": "slm demo", "stream": [t.name for t in stream], "seconds": elapsed,
+    result = {"command": f"slm demo --train {n_train} --test {n_test}", "stream": [t.name for t in stream], "seconds": elapsed,
               "machine": {"python": platform.python_version(), "torch": torch.__version__,
                           "threads": torch.get_num_threads()},
               "config": config.to_dict(), "results": [baseline.to_dict(), slm.to_dict()]}
     if out:
-        Path(out).write_text(json.dumps(result, indent=2))
+        from scalable_lm.store import atomic_write
+
+        text = json.dumps(result, indent=2)
+        atomic_write(Path(out), lambda tmp: tmp.write_text(text))
         print(f"results written to {out}")
     return result
