@@ -47,6 +47,11 @@ class BankLinear(nn.Module):
         self.lora_B.append(nn.Parameter(torch.zeros(entries, d_out, self.rank)))
         return [self.lora_A[-1], self.lora_B[-1]]
 
+    def truncate(self, num_tasks: int) -> None:
+        """Keep only the first ``num_tasks`` tasks' increments (undoes a task whose learning failed)."""
+        self.lora_A = nn.ParameterList(list(self.lora_A)[:num_tasks])
+        self.lora_B = nn.ParameterList(list(self.lora_B)[:num_tasks])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base_layer(x)
         if self.route is None or len(self.lora_A) == 0:

@@ -45,6 +45,10 @@ class KnowledgeBank(nn.Module):
         self.keys.append(nn.Parameter(keys))
         return self.keys[-1]
 
+    def truncate(self, num_tasks: int) -> None:
+        """Keep only the first ``num_tasks`` tasks' keys (undoes a task whose learning failed)."""
+        self.keys = nn.ParameterList(list(self.keys)[:num_tasks])
+
     def all_keys(self) -> torch.Tensor:
         """``[E, G, d/G]``: entries in task order, ``P`` per task."""
         return torch.cat([k.transpose(0, 1) for k in self.keys], dim=0)

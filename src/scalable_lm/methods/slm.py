@@ -61,11 +61,11 @@ class SLM:
 
     def _drop_last_task(self) -> None:
         """Undo a partly learned task (learn failed or was interrupted)."""
-        self.bank.keys = nn.ParameterList(list(self.bank.keys)[: len(self.task_names) - 1])
+        keep = len(self.task_names) - 1
+        self.bank.truncate(keep)
         for layer in self.layers.values():
-            layer.lora_A = nn.ParameterList(list(layer.lora_A)[: len(self.task_names) - 1])
-            layer.lora_B = nn.ParameterList(list(layer.lora_B)[: len(self.task_names) - 1])
-        del self.classifier.heads[len(self.task_names) - 1 :]
+            layer.truncate(keep)
+        del self.classifier.heads[keep:]
         self.task_names.pop()
         self.label_names.pop()
 
