@@ -29,8 +29,13 @@ def _load(directory, tokenizer, backbone_seed=0):
     return store.load(directory, backbone=(tiny_bert(backbone_seed), tokenizer), encoder=encoder)
 
 
-def test_save_load_predict_identical(saved, toy_stream, tokenizer):
-    slm, directory = saved
+@pytest.mark.parametrize("router", ["dtkr", "gaussian"])
+def test_save_load_predict_identical(make_slm, toy_stream, tokenizer, tmp_path, router):
+    from tests.conftest import tiny_config
+
+    slm, directory = make_slm(tiny_config(router=router)), tmp_path / "m"
+    slm.learn(toy_stream[0], progress=False)
+    store.save(slm, directory)
     slm.learn(toy_stream[1], progress=False)
     store.save(slm, directory)
     texts = [x for t in toy_stream for x, _ in t.test]

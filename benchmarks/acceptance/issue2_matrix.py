@@ -1,15 +1,16 @@
 """Assemble the accuracy matrix of the CLI acceptance run from its `slm eval` outputs.
 
-Usage: python benchmarks/acceptance/issue2_matrix.py   (after benchmarks/acceptance/issue2_cli.sh)
-Reads benchmarks/results/issue2_cli/after_<task>.json; writes matrix.json beside them and prints it.
+Usage: python benchmarks/acceptance/issue2_matrix.py [OUT_NAME]   (after benchmarks/acceptance/issue2_cli.sh)
+Reads benchmarks/results/OUT_NAME/after_<task>.json (default issue2_cli); writes matrix.json beside them.
 """
 
 import json
+import sys
 from pathlib import Path
 
 from scalable_lm import metrics
 
-OUT = Path(__file__).resolve().parents[1] / "results" / "issue2_cli"
+OUT = Path(__file__).resolve().parents[1] / "results" / (sys.argv[1] if len(sys.argv) > 1 else "issue2_cli")
 TASKS = ["agnews", "yelp", "dbpedia"]
 
 
@@ -20,7 +21,8 @@ def main() -> None:
     retrieval = {t: rows[-1][t]["retrieval"] for t in TASKS}
     head = {t: rows[-1][t]["task_choice"] for t in TASKS}
     result = {
-        "command": "benchmarks/acceptance/issue2_cli.sh && python benchmarks/acceptance/issue2_matrix.py",
+        "command": f"benchmarks/acceptance/issue2_cli.sh ../shared/datasets {OUT.name} [options in log.txt] && "
+                   f"python benchmarks/acceptance/issue2_matrix.py {OUT.name}",
         "tasks": TASKS, "R": R,
         "average_accuracy": metrics.average_accuracy(R), "forgetting": metrics.forgetting(R),
         "bwt": metrics.backward_transfer(R), "retrieval_accuracy_per_task": retrieval,

@@ -21,6 +21,10 @@ class BankConfig:
         default_factory=lambda: ["attention.output.dense"],
         metadata={"help": "suffixes of the nn.Linear layers that get increments (paper: attention output)"},
     )
+    router: str = field(default="dtkr", metadata={
+        "help": "'dtkr': the paper's keys over all entries; 'gaussian': pick the task by Mahalanobis distance "
+                "to each task's query mean (shared covariance), then mix that task's entries by their keys"})
+    shrinkage: float = field(default=0.1, metadata={"help": "covariance shrinkage of the gaussian router"})
     weighting: str = field(default="normalize", metadata={"help": "'normalize' (w=s/sum s, paper) or 'softmax'"})
     temperature: float = field(default=0.1, metadata={"help": "softmax temperature (weighting=softmax only)"})
 

@@ -23,6 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 FORMAT = "scalable-lm/1"
+STATS = ("stats.mean", "stats.scatter", "stats.count")  # gaussian-router statistics, not parameters
 MANIFEST = "manifest.json"
 
 
@@ -90,6 +91,7 @@ def task_tensors(slm, t: int) -> dict[str, torch.Tensor]:
         tensors[f"values.{name}.A"], tensors[f"values.{name}.B"] = layer.lora_A[t], layer.lora_B[t]
     head = slm.classifier.heads[t]
     tensors["head.weight"], tensors["head.bias"] = head.weight, head.bias
+    tensors.update(zip(STATS, slm.bank.stats[t]))
     return {k: v.detach().contiguous() for k, v in tensors.items()}
 
 
@@ -166,12 +168,15 @@ def load(directory: str | Path, backbone=None, encoder=None):
 def _restore_task(slm, entry: dict, tensors: dict[str, torch.Tensor], path: Path) -> None:
     t = len(slm.task_names)
     slm._add_task(entry["name"], entry["label_names"], torch.Generator().manual_seed(0))
+    slm.bank.set_statistics(t, tuple(tensors.get(name, torch.zeros(())) for name in STATS))
     expected = task_tensors(slm, t)
-    if set(expected) != set(tensors):
+    d = slm.bank.dim
+    stats_ok = all(n in tensors and tuple(tensors[n].shape) == shape for n, shape in zip(STATS, [(d,), (d, d), ()]))
+    if set(expected) != set(tensors) or not stats_ok:
         slm._drop_last_task()
         raise ModelDirError(f"task file {path} does not match this model's layers (tensor names differ)")
     with torch.no_grad():
-        for name, target in zip(expected, slm._task_params(t)):
+        for name, target in zip([n for n in expected if n not in STATS], slm._task_params(t)):
             if tensors[name].shape != target.shape:
                 slm._drop_last_task()
                 raise ModelDirError(f"task file {path}: {name} has shape {tuple(tensors[name].shape)}, "

@@ -86,3 +86,21 @@ def test_task_id_mode_restricts_retrieval(make_slm, toy_stream):
     assert all(s["task_choice"] == 1.0 and s["retrieval"] == 1.0 for s in scores.values())
     with pytest.raises(KeyError):
         slm.predict(["x"], task="nope")
+
+
+def test_gaussian_router_mixes_the_chosen_task_only(make_slm, toy_stream):
+    from tests.conftest import tiny_config
+
+    slm = make_slm(tiny_config(router="gaussian"))
+    result = run_stream(slm, toy_stream, progress=False)
+    assert result.metrics["average_accuracy"] >= 0.7 and result.metrics["forgetting"] <= 0.1
+    preds = slm.predict([x for t in toy_stream for x, _ in t.test])
+    assert all(len(set(p.entry_tasks)) == 1 and p.entry_tasks[0] == p.task for p in preds)
+    assert result.metrics["retrieval_accuracy"] == result.metrics["task_choice_accuracy"]
+
+
+def test_unknown_router_refused(make_slm):
+    from tests.conftest import tiny_config
+
+    with pytest.raises(ValueError, match="unknown router"):
+        make_slm(tiny_config(router="magic"))

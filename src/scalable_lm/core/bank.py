@@ -10,11 +10,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from scalable_lm.core import retrieval
+from scalable_lm.core import retrieval, routers
 
 
 class KnowledgeBank(nn.Module):
-    """Task keys for DTKR.
+    """Task keys for DTKR, and per-task query statistics for the optional Gaussian router.
 
     Args:
         dim: query dimension ``d``.
@@ -30,6 +30,9 @@ class KnowledgeBank(nn.Module):
             raise ValueError(f"entries_per_task={entries_per_task} exceeds the group dimension {dim // groups}")
         self.dim, self.groups, self.entries_per_task = dim, groups, entries_per_task
         self.keys = nn.ParameterList()  # one (G, P, d/G) per task
+        # Gaussian router statistics per task: mean (d,), scatter (d, d), count (); float64, never trained
+        self.stats: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._precision: tuple[float, torch.Tensor] | None = None  # (shrinkage, shared inverse covariance)
 
     @property
     def num_tasks(self) -> int:
@@ -45,9 +48,28 @@ class KnowledgeBank(nn.Module):
         self.keys.append(nn.Parameter(keys))
         return self.keys[-1]
 
+    def set_statistics(self, task: int, stats: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
+        """Record task ``task``'s query statistics (``routers.task_statistics``)."""
+        if task != len(self.stats):
+            raise ValueError(f"statistics for task {task} given, expected task {len(self.stats)}")
+        self.stats.append(tuple(t.to(torch.float64) for t in stats))
+        self._precision = None
+
     def truncate(self, num_tasks: int) -> None:
         """Keep only the first ``num_tasks`` tasks' keys (undoes a task whose learning failed)."""
         self.keys = nn.ParameterList(list(self.keys)[:num_tasks])
+        self.stats = self.stats[:num_tasks]
+        self._precision = None
+
+    def task_scores(self, queries: torch.Tensor, shrinkage: float) -> torch.Tensor:
+        """``[B, T]`` Gaussian-router scores of every task with statistics (higher = more likely)."""
+        if not self.stats:
+            raise RuntimeError("no task statistics: learn a task first")
+        if self._precision is None or self._precision[0] != shrinkage:
+            precision = routers.shared_precision([s[1] for s in self.stats], [s[2] for s in self.stats], shrinkage)
+            self._precision = (shrinkage, precision)
+        means = torch.stack([s[0] for s in self.stats])
+        return routers.mahalanobis_scores(queries, means, self._precision[1])
 
     def all_keys(self) -> torch.Tensor:
         """``[E, G, d/G]``: entries in task order, ``P`` per task."""

@@ -19,6 +19,7 @@ from scalable_lm.adapters.classification import EncoderClassifier
 from scalable_lm.adapters.inject import inject, routed
 from scalable_lm.config import SLMConfig
 from scalable_lm.core.bank import KnowledgeBank
+from scalable_lm.core.routers import task_statistics
 from scalable_lm.data.tasks import DataError, Task, split_validation
 from scalable_lm.encoder import QueryEncoder
 from scalable_lm.methods.base import Prediction
@@ -45,6 +46,8 @@ class SLM:
         self.layers = inject(model, bank_cfg.targets, bank_cfg.rank, bank_cfg.alpha)
         self.encoder = encoder if encoder is not None else QueryEncoder.from_name(self.config.model.encoder)
         self.bank = KnowledgeBank(self.encoder.dim, bank_cfg.groups, bank_cfg.entries_per_task)
+        if bank_cfg.router not in ("dtkr", "gaussian"):
+            raise ValueError(f"unknown router {bank_cfg.router!r}; use 'dtkr' or 'gaussian'")
         self.task_names: list[str] = []
         self.label_names: list[list[str]] = []
 
@@ -96,6 +99,7 @@ class SLM:
         start = time.perf_counter()
         queries = self.encoder.encode([x for x, _ in train_rows], progress=progress)
         encode_s = time.perf_counter() - start
+        self.bank.set_statistics(t, task_statistics(queries))  # for the gaussian router; cheap either way
         key_loss = training.train_keys(self.bank.keys[t], queries, self.config.keys, generator)
         key_s = time.perf_counter() - start - encode_s
         report = self._fine_tune(t, train_rows, val_rows, queries, generator, progress)
@@ -118,11 +122,12 @@ class SLM:
         optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=0.0)
         tokens = self.classifier.tokenizer([x for x, _ in train_rows], truncation=True, max_length=cfg.max_length)
         labels = torch.tensor([y for _, y in train_rows])
-        eligible = self.bank.eligible(upto=t)
+        # dtkr: the generalised setting, all entries so far; gaussian: the task's own entries, as at inference
+        route = {"only": t} if self.config.bank.router == "gaussian" else {"upto": t}
 
         def logits_fn(idx: torch.Tensor):
             batch = self.classifier.pad(tokens, idx.tolist())
-            entries, weights = self._retrieve(queries[idx], eligible)
+            entries, weights = self._route(queries[idx], **route)
             with routed(self.layers, entries, weights):
                 feats = self.classifier.features(batch)
             return self.classifier.head_logits(feats, t), labels[idx]
@@ -132,7 +137,7 @@ class SLM:
             self.classifier.train()
             loss = training.supervised_epoch(trainable, optimizer, len(train_rows), cfg.batch_size, logits_fn,
                                              generator, f"task {self.task_names[t]} epoch {epoch + 1}", progress)
-            val_acc = self._own_head_accuracy(t, val_rows, eligible) if val_rows else None
+            val_acc = self._own_head_accuracy(t, val_rows, route) if val_rows else None
             history.append({"epoch": epoch + 1, "loss": loss, "val_accuracy": val_acc})
             if val_acc is not None and val_acc > best_acc:
                 best_acc, best_state = val_acc, [p.detach().clone() for p in trainable]
@@ -144,23 +149,31 @@ class SLM:
         return {"epochs": history, "best_val_accuracy": best_acc if best_state is not None else None}
 
     @torch.no_grad()
-    def _own_head_accuracy(self, t: int, rows, eligible) -> float:
+    def _own_head_accuracy(self, t: int, rows, route: dict) -> float:
         self.classifier.eval()
         texts, labels = [x for x, _ in rows], torch.tensor([y for _, y in rows])
         correct = 0
         for idx in training.batches(len(rows), 64):
-            feats, _, _ = self._features([texts[i] for i in idx], eligible)
+            feats, _, _ = self._features([texts[i] for i in idx], **route)
             correct += int((self.classifier.head_logits(feats, t).argmax(-1) == labels[idx]).sum())
         return correct / len(rows)
 
     # ---- predict ----------------------------------------------------------------------------------
-    def _retrieve(self, queries: torch.Tensor, eligible: torch.Tensor | None):
+    def _route(self, queries: torch.Tensor, upto: int | None = None, only: int | None = None):
+        """Per-row ``(entries [B, K], weights [B, K])`` among tasks ``<= upto`` (or of task ``only``)."""
         b = self.config.bank
+        if only is None and b.router == "gaussian":
+            scores = self.bank.task_scores(queries, b.shrinkage)
+            if upto is not None:
+                scores = scores[:, : upto + 1]
+            eligible = self.bank.entry_task()[None, :] == scores.argmax(dim=-1)[:, None]  # (B, E)
+        else:
+            eligible = self.bank.eligible(upto=upto, only=only)
         return self.bank.retrieve(queries, b.top_k, eligible, b.weighting, b.temperature)
 
-    def _features(self, texts: list[str], eligible: torch.Tensor | None):
+    def _features(self, texts: list[str], upto: int | None = None, only: int | None = None):
         """``(features [B, H], entries [B, K], weights [B, K])`` with per-row retrieval."""
-        entries, weights = self._retrieve(self.encoder.encode(texts), eligible)
+        entries, weights = self._route(self.encoder.encode(texts), upto, only)
         batch = self.classifier.tokenize(texts, self.config.train.max_length)
         with routed(self.layers, entries, weights):
             return self.classifier.features(batch), entries, weights
@@ -174,12 +187,12 @@ class SLM:
             if not isinstance(text, str) or not text.strip():
                 raise DataError(f"input {i}: empty text")
         self.classifier.eval()
-        eligible = self.bank.eligible(only=self.task_index(task)) if task is not None else None
+        only = self.task_index(task) if task is not None else None
         owner = self.bank.entry_task()
         self.encoder.encode(texts, progress=progress)  # fill the cache in one pass
         out: list[Prediction] = []
         for idx in tqdm(list(training.batches(len(texts), batch_size)), desc="predicting", disable=not progress, leave=False):
-            feats, entries, weights = self._features([texts[i] for i in idx], eligible)
+            feats, entries, weights = self._features([texts[i] for i in idx], only=only)
             per_task = torch.zeros(len(idx), len(self.task_names)).scatter_add_(1, owner[entries], weights)
             chosen = per_task.argmax(dim=-1)  # head of the task owning most retrieved weight
             for row in range(len(idx)):

@@ -1,0 +1,46 @@
+"""A rehearsal-free task router beside the paper's keys: one Gaussian per task over query embeddings.
+
+Each task keeps the mean of its training queries and their scatter matrix (statistics, not examples).
+All tasks share one covariance, the pooled scatter divided by the pooled count, shrunk towards a scaled
+identity; a query is scored against task ``t`` by the negative Mahalanobis distance
+
+    score_t(q) = -(q - mu_t)^T Sigma^{-1} (q - mu_t),   Sigma = (1 - a) S/n + a (tr(S/n)/d) I
+
+(SPEC "Retrieval, measured here": 90% retrieval accuracy on CL-5 with MiniLM where DTKR reaches 74%.)
+Pure torch; it does not know about entries or layers.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def task_statistics(queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(mean [d], scatter [d, d], count [])`` of one task's queries ``[N, d]`` (float64 for stability)."""
+    q = queries.to(torch.float64)
+    mean = q.mean(dim=0)
+    centred = q - mean
+    return mean, centred.T @ centred, torch.tensor(float(len(q)), dtype=torch.float64)
+
+
+def shared_precision(scatters: list[torch.Tensor], counts: list[torch.Tensor], shrinkage: float) -> torch.Tensor:
+    """``[d, d]`` inverse of the pooled, shrunk covariance of all tasks."""
+    cov = torch.stack(scatters).sum(0) / torch.stack(counts).sum().clamp_min(1.0)
+    d = cov.shape[0]
+    target = torch.eye(d, dtype=cov.dtype) * (torch.trace(cov) / d).clamp_min(1e-12)
+    return torch.linalg.inv((1 - shrinkage) * cov + shrinkage * target)
+
+
+def mahalanobis_scores(queries: torch.Tensor, means: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
+    """Negative squared Mahalanobis distances.
+
+    Args:
+        queries: ``[B, d]``.
+        means: ``[T, d]`` task means.
+        precision: ``[d, d]`` shared inverse covariance.
+
+    Returns:
+        ``[B, T]``; higher = closer.
+    """
+    diff = queries.to(precision.dtype)[:, None, :] - means[None]  # (B, T, d)
+    return -torch.einsum("btd,de,bte->bt", diff, precision, diff).to(queries.dtype)
