@@ -170,7 +170,8 @@ def cmd_info(args) -> None:
     print(f"model directory {directory}")
     print(f"  backbone {manifest['backbone']['name']} ({manifest['backbone']['fingerprint']}), "
           f"encoder {manifest['encoder']['name']} ({manifest['encoder']['fingerprint']})")
-    print(f"  bank: G={bank['groups']} P={bank['entries_per_task']} r={bank['rank']} K={bank['top_k']}, "
+    print(f"  bank: router {bank.get('router', 'dtkr')}, G={bank['groups']} P={bank['entries_per_task']} "
+          f"r={bank['rank']} K={bank['top_k']}, "
           f"targets {len(manifest.get('targets', []))} layers ({', '.join(bank['targets'])})")
     print(f"  {len(manifest['tasks'])} tasks, {len(manifest['tasks']) * bank['entries_per_task']} entries")
     for t in manifest["tasks"]:

@@ -1,0 +1,102 @@
+"""Run one benchmark config: a stream of local tasks, one method, results JSON under benchmarks/results/.
+
+Usage:
+    python benchmarks/run.py benchmarks/configs/cl5/slm_order4.json [--data-dir ../shared/datasets]
+
+A config (JSON) names the benchmark, the task order, the method and its options, and the data sizes:
+    {"benchmark": "cl5", "order": ["agnews", ...], "method": "slm" | "sequential-finetune",
+     "train_per_task": 500, "test_per_task": 500, "seed": 0,
+     "config": {"bank": {...}, "keys": {...}, "train": {...}}}     # overrides of SLMConfig
+Test rows are a seeded random subset of each task's local test file (sizes are in the result). The result
+file holds the config, the accuracy matrix, metrics, timings, git commit and package versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from scalable_lm.config import SLMConfig
+from scalable_lm.data.tasks import Task, load_task
+from scalable_lm.runner import run_stream
+
+ROOT = Path(__file__).resolve().parent
+
+
+def build_stream(cfg: dict, data_dir: Path) -> list[Task]:
+    stream = []
+    for i, name in enumerate(cfg["order"]):
+        task = load_task(name, data_dir / name / "train.jsonl", data_dir / name / "test.jsonl",
+                         max_train=cfg["train_per_task"], seed=cfg.get("seed", 0))
+        n_test = cfg.get("test_per_task")
+        if n_test is not None and len(task.test) > n_test:
+            task.test = random.Random(cfg.get("seed", 0) + 1000 + i).sample(task.test, n_test)
+        stream.append(task)
+    return stream
+
+
+def build_method(cfg: dict):
+    from scalable_lm.backbones import load_encoder
+    from scalable_lm.baselines.finetune import SequentialFineTune
+    from scalable_lm.methods.slm import SLM
+
+    base = SLMConfig().to_dict()
+    for section, values in cfg.get("config", {}).items():
+        base[section].update(values)
+    config = SLMConfig.from_dict(base)
+    if cfg["method"] == "slm":
+        return SLM(config), config
+    if cfg["method"] == "sequential-finetune":
+        return SequentialFineTune(load_encoder(config.model.backbone), config.train, lr=cfg.get("lr", 5e-5)), config
+    raise ValueError(f"unknown method {cfg['method']!r}")
+
+
+def provenance() -> dict:
+    import transformers
+
+    import scalable_lm
+
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "src"], capture_output=True, text=True,
+                                cwd=ROOT).stdout.strip())
+    return {"git_commit": commit, "src_dirty": dirty, "python": platform.python_version(),
+            "torch": torch.__version__, "transformers": transformers.__version__,
+            "scalable_lm": scalable_lm.__version__, "threads": torch.get_num_threads()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", type=Path)
+    parser.add_argument("--data-dir", type=Path, default=ROOT.parent.parent / "shared" / "datasets")
+    parser.add_argument("--out", type=Path, help="result file (default benchmarks/results/<benchmark>/<config>.json)")
+    args = parser.parse_args(argv)
+    cfg = json.loads(args.config.read_text())
+    out = args.out or ROOT / "results" / cfg["benchmark"] / f"{args.config.stem}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.get("seed", 0))
+    stream = build_stream(cfg, args.data_dir)
+    method, config = build_method(cfg)
+    start = time.perf_counter()
+    result = run_stream(method, stream, progress=sys.stderr.isatty())
+    record = {
+        "command": f"python benchmarks/run.py {args.config.relative_to(ROOT.parent) if args.config.is_absolute() else args.config}",
+        "benchmark_config": cfg, "method_config": config.to_dict(),
+        "sizes": {t.name: {"train": len(t.train), "test": len(t.test)} for t in stream},
+        "seconds": time.perf_counter() - start, "provenance": provenance(), **result.to_dict(),
+    }
+    out.write_text(json.dumps(record, indent=2))
+    m = result.metrics
+    print(f"{cfg['method']} {cfg['order']}: average {100 * m['average_accuracy']:.1f}, forgetting "
+          f"{100 * m['forgetting']:.1f}, retrieval {m['retrieval_accuracy']}; {record['seconds']:.0f}s -> {out}")
+
+
+if __name__ == "__main__":
+    main()
