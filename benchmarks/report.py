@@ -16,7 +16,10 @@ ROOT = Path(__file__).resolve().parent / "results"
 
 def _label(record: dict, path: Path) -> str:
     bank = record.get("method_config", {}).get("bank", {})
-    return f"{record['method']} ({bank.get('router', '')})" if record["method"] == "slm" else record["method"]
+    label = record["method"]
+    if label == "slm":
+        label += f" ({bank.get('router', '')}, P={bank.get('entries_per_task')}, K={bank.get('top_k')})"
+    return label + (" WITH task-ID" if record.get("task_id") else "")
 
 
 def table(records: list[tuple[Path, dict]]) -> str:

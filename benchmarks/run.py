@@ -5,8 +5,9 @@ Usage:
 
 A config (JSON) names the benchmark, the task order, the method and its options, and the data sizes:
     {"benchmark": "cl5", "order": ["agnews", ...], "method": "slm" | "sequential-finetune",
-     "train_per_task": 500, "test_per_task": 500, "seed": 0,
+     "train_per_task": 500, "test_per_task": 500, "seed": 0, "task_id": false,
      "config": {"bank": {...}, "keys": {...}, "train": {...}}}     # overrides of SLMConfig
+"task_id": true scores with the task named (SLM-TI, per-task oracle): an upper bound, reported apart.
 Test rows are a seeded random subset of each task's local test file (sizes are in the result). The result
 file holds the config, the accuracy matrix, metrics, timings, git commit and package versions.
 """
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     stream = build_stream(cfg, args.data_dir)
     method, config = build_method(cfg)
     start = time.perf_counter()
-    result = run_stream(method, stream, progress=sys.stderr.isatty())
+    result = run_stream(method, stream, progress=sys.stderr.isatty(), task_id=cfg.get("task_id", False))
     record = {
         "command": f"python benchmarks/run.py {args.config.relative_to(ROOT.parent) if args.config.is_absolute() else args.config}",
         "benchmark_config": cfg, "method_config": config.to_dict(),

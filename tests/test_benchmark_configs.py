@@ -46,5 +46,5 @@ def test_report_writes_table_and_plots_from_json(tmp_path):
     (tmp_path / "slm_x.json").write_text(json.dumps(record))
     report.main([str(tmp_path)])
     text = (tmp_path / "README.md").read_text()
-    assert "| [slm_x](slm_x.json) slm (dtkr) | a → b | 75.0 | 10.0 | -10.0 | 90.0 | 95.0 | 1 |" in text
+    assert "| [slm_x](slm_x.json) slm (dtkr, P=None, K=None) | a → b | 75.0 | 10.0 | -10.0 | 90.0 | 95.0 | 1 |" in text
     assert (tmp_path / "heatmap_slm_x.png").stat().st_size > 0 and (tmp_path / "average_accuracy.png").exists()

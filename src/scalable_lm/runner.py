@@ -18,6 +18,7 @@ class RunResult:
 
     method: str
     tasks: list[str]
+    task_id: bool
     R: list[list[float | None]]
     task_choice_accuracy: list[list[float | None]]
     retrieval_accuracy: list[list[float | None]]
@@ -74,16 +75,19 @@ def evaluate(method: ContinualMethod, tasks: list[Task], batch_size: int = 32, s
 
 
 def run_stream(method: ContinualMethod, stream: list[Task], batch_size: int = 32, seed: int = 0,
-               progress: bool = True) -> RunResult:
-    """Learn ``stream`` in order; after each task fill row ``i`` of ``R`` (tasks ``0..i``)."""
+               progress: bool = True, task_id: bool = False) -> RunResult:
+    """Learn ``stream`` in order; after each task fill row ``i`` of ``R`` (tasks ``0..i``).
+
+    ``task_id=True`` scores with the task named (SLM-TI / oracle upper bounds); report such runs apart.
+    """
     n = len(stream)
-    result = RunResult(method.name, [t.name for t in stream], [[None] * n for _ in range(n)],
+    result = RunResult(method.name, [t.name for t in stream], task_id, [[None] * n for _ in range(n)],
                        [[None] * n for _ in range(n)], [[None] * n for _ in range(n)])
     for i, task in enumerate(stream):
         start = time.perf_counter()
         result.learn_reports.append(method.learn(task, progress=progress))
         learned = time.perf_counter()
-        scores = evaluate(method, stream[: i + 1], batch_size, seed)
+        scores = evaluate(method, stream[: i + 1], batch_size, seed, task_id=task_id)
         for j, seen in enumerate(stream[: i + 1]):
             result.R[i][j] = scores[seen.name]["accuracy"]
             result.task_choice_accuracy[i][j] = scores[seen.name]["task_choice"]

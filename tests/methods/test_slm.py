@@ -104,3 +104,13 @@ def test_unknown_router_refused(make_slm):
 
     with pytest.raises(ValueError, match="unknown router"):
         make_slm(tiny_config(router="magic"))
+
+
+def test_learning_is_reproducible(make_slm, toy_stream):
+    tensors = []
+    for _ in range(2):
+        slm = make_slm()
+        torch.manual_seed(123 + len(tensors))  # the global RNG state (dropout) must not matter
+        slm.learn(toy_stream[0], progress=False)
+        tensors.append(task_tensors(slm, 0))
+    assert all(torch.equal(tensors[0][k], tensors[1][k]) for k in tensors[0])

@@ -51,10 +51,11 @@ class SequentialFineTune:
             raise DataError(f"task '{task.name}' was already learned")
         seed = self.cfg.seed + len({n for n, _ in self.outputs})
         generator = torch.Generator().manual_seed(seed)
-        torch.manual_seed(seed)
         rows, _ = split_validation(task.train, self.cfg.val_fraction, seed)  # same rows SLM trains on
         offset = len(self.outputs)
-        self._grow_head(task)
+        with torch.random.fork_rng(devices=[]):  # head init and dropout seeded; global RNG restored after
+            torch.manual_seed(seed)
+            self._grow_head(task)
         params = [p for p in self.classifier.backbone.parameters()] + list(self.head.parameters())
         optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=0.0)
         texts, labels = [x for x, _ in rows], torch.tensor([y + offset for _, y in rows])
@@ -64,9 +65,11 @@ class SequentialFineTune:
             return self.head(self.classifier.features(batch)), labels[idx]
 
         self.classifier.train()
-        losses = [training.supervised_epoch(params, optimizer, len(rows), self.cfg.batch_size, logits_fn, generator,
-                                            f"finetune {task.name} epoch {e + 1}", progress)
-                  for e in range(self.cfg.epochs)]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + 1)
+            losses = [training.supervised_epoch(params, optimizer, len(rows), self.cfg.batch_size, logits_fn,
+                                                generator, f"finetune {task.name} epoch {e + 1}", progress)
+                      for e in range(self.cfg.epochs)]
         self.classifier.eval()
         return {"task": task.name, "losses": losses, "train_rows": len(rows)}
 

@@ -87,12 +87,15 @@ class SLM:
         seed = self.config.train.seed + len(self.task_names)
         generator = torch.Generator().manual_seed(seed)
         train_rows, val_rows = split_validation(task.train, self.config.train.val_fraction, seed)
-        self._add_task(task.name, task.label_names, generator)
-        try:
-            return self._learn_new(train_rows, val_rows, generator, progress)
-        except BaseException:
-            self._drop_last_task()
-            raise
+        # head init and dropout draw from the global RNG: seed it for this task, restore it after
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self._add_task(task.name, task.label_names, generator)
+            try:
+                return self._learn_new(train_rows, val_rows, generator, progress)
+            except BaseException:
+                self._drop_last_task()
+                raise
 
     def _learn_new(self, train_rows, val_rows, generator, progress) -> dict:
         t = len(self.task_names) - 1
