@@ -4,7 +4,7 @@ Usage:
     python benchmarks/run.py benchmarks/configs/cl5/slm_order4.json [--data-dir ../shared/datasets]
 
 A config (JSON) names the benchmark, the task order, the method and its options, and the data sizes:
-    {"benchmark": "cl5", "order": ["agnews", ...], "method": "slm" | "sequential-finetune",
+    {"benchmark": "cl5", "order": ["agnews", ...], "method": "slm" | "sequential-finetune" | "replay" | "ewc" | "o-lora",
      "train_per_task": 500, "test_per_task": 500, "seed": 0, "task_id": false,
      "config": {"bank": {...}, "keys": {...}, "train": {...}}}     # overrides of SLMConfig
 "task_id": true scores with the task named (SLM-TI, per-task oracle): an upper bound, reported apart.
@@ -47,6 +47,7 @@ def build_stream(cfg: dict, data_dir: Path) -> list[Task]:
 def build_method(cfg: dict):
     from scalable_lm.backbones import load_encoder
     from scalable_lm.baselines.finetune import SequentialFineTune
+    from scalable_lm.baselines.olora import OLoRA
     from scalable_lm.methods.slm import SLM
 
     base = SLMConfig().to_dict()
@@ -55,8 +56,13 @@ def build_method(cfg: dict):
     config = SLMConfig.from_dict(base)
     if cfg["method"] == "slm":
         return SLM(config), config
-    if cfg["method"] == "sequential-finetune":
-        return SequentialFineTune(load_encoder(config.model.backbone), config.train, lr=cfg.get("lr", 5e-5)), config
+    backbone = load_encoder(config.model.backbone)
+    if cfg["method"] in ("sequential-finetune", "replay", "ewc"):
+        return SequentialFineTune(backbone, config.train, lr=cfg.get("lr", 5e-5),
+                                  replay_fraction=cfg.get("replay_fraction", 0.0),
+                                  ewc_lambda=cfg.get("ewc_lambda", 0.0)), config
+    if cfg["method"] == "o-lora":
+        return OLoRA(backbone, config.train, config.bank, orth_lambda=cfg.get("orth_lambda", 0.5)), config
     raise ValueError(f"unknown method {cfg['method']!r}")
 
 

@@ -15,7 +15,7 @@ CONFIGS = sorted((ROOT / "configs").rglob("*.json"))
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_config_parses(path):
     cfg = json.loads(path.read_text())
-    assert cfg["method"] in ("slm", "sequential-finetune") and cfg["order"] and cfg["train_per_task"] > 0
+    assert cfg["method"] in ("slm", "sequential-finetune", "replay", "ewc", "o-lora") and cfg["order"] and cfg["train_per_task"] > 0
     base = SLMConfig().to_dict()
     for section, values in cfg.get("config", {}).items():
         base[section].update(values)

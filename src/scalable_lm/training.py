@@ -56,16 +56,20 @@ def supervised_epoch(
     generator: torch.Generator,
     desc: str = "training",
     progress: bool = True,
+    penalty_fn: Callable[[], torch.Tensor] | None = None,
 ) -> float:
     """One shuffled epoch of cross-entropy; ``logits_fn(batch indices) -> (logits, targets)``.
 
-    Returns the mean training loss.
+    ``penalty_fn()``, if given, is added to every step's loss (EWC, O-LoRA orthogonality).
+    Returns the mean training loss (cross-entropy plus penalty).
     """
     total, steps = 0.0, 0
     bar = tqdm(list(batches(n_rows, batch_size, generator)), desc=desc, disable=not progress, leave=False)
     for idx in bar:
         logits, targets = logits_fn(idx)
         loss = F.cross_entropy(logits, targets)
+        if penalty_fn is not None:
+            loss = loss + penalty_fn()
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
