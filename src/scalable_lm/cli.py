@@ -97,7 +97,6 @@ def cmd_learn(args) -> None:
     cache = _query_cache(slm, args)
     report = slm.learn(task, progress=_progress(args))
     store.save(slm, directory)
-    _save_query_cache(slm, cache)
     best = report["best_val_accuracy"]
     print(f"learned '{task.name}' ({len(task.label_names)} labels, {report['train_rows']} train rows) into "
           f"{directory} in {report['total_s']:.1f}s" + (f"; validation accuracy {best:.3f}" if best is not None else ""))
@@ -106,6 +105,7 @@ def cmd_learn(args) -> None:
 
         score = evaluate(slm, [task], progress=_progress(args))[task.name]
         print(f"test accuracy on '{task.name}' (no task-ID): {score['accuracy']:.3f}")
+    _save_query_cache(slm, cache)  # after the test rows too, so a later `slm eval` finds them
 
 
 def cmd_predict(args) -> None:

@@ -64,7 +64,8 @@ def run_demo(out: str | Path | None = "demo-results.json", n_train: int = 200, n
     print(f"\nSLM is {gap:+.1f} points vs sequential fine-tuning after the last task; "
           f"SLM retrieval accuracy {100 * slm.metrics['retrieval_accuracy']:.1f}% "
           f"(head chosen by the task owning most retrieved weight). {elapsed:.0f}s in all.")
-    result = {"command": f"slm demo --train {n_train} --test {n_test}", "stream": [t.name for t in stream], "seconds": elapsed,
+    result = {"command": f"slm demo --train {n_train} --test {n_test}", "stream": [t.name for t in stream],
+              "seconds": elapsed,
               "machine": {"python": platform.python_version(), "torch": torch.__version__,
                           "threads": torch.get_num_threads()},
               "config": config.to_dict(), "results": [baseline.to_dict(), slm.to_dict()]}
