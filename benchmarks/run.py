@@ -7,6 +7,8 @@ A config (JSON) names the benchmark, the task order, the method and its options,
     {"benchmark": "cl5", "order": ["agnews", ...], "method": "slm" | "sequential-finetune" | "replay" | "ewc" | "o-lora",
      "train_per_task": 500, "test_per_task": 500, "seed": 0, "task_id": false,
      "config": {"bank": {...}, "keys": {...}, "train": {...}}}     # overrides of SLMConfig
+"final_evals" (default: true for SLM without task-ID) adds, on the final bank, SLM-TI accuracy and the
+authors' leaking protocol (single-task batches, head by number of classes) under "after_stream".
 "task_id": true scores with the task named (SLM-TI, per-task oracle): an upper bound, reported apart.
 Test rows are a seeded random subset of each task's local test file (sizes are in the result). The result
 file holds the config, the accuracy matrix, metrics, timings, git commit and package versions.
@@ -27,7 +29,7 @@ import torch
 
 from scalable_lm.config import SLMConfig
 from scalable_lm.data.tasks import Task, load_task
-from scalable_lm.runner import run_stream
+from scalable_lm.runner import evaluate, evaluate_paper_protocol, run_stream
 
 ROOT = Path(__file__).resolve().parent
 
@@ -93,11 +95,20 @@ def main(argv: list[str] | None = None) -> None:
     method, config = build_method(cfg)
     start = time.perf_counter()
     result = run_stream(method, stream, progress=sys.stderr.isatty(), task_id=cfg.get("task_id", False))
+    after = {}
+    if cfg.get("final_evals", cfg["method"] == "slm" and not cfg.get("task_id", False)):
+        # on the final bank: SLM-TI (task named, an upper bound) and the authors' leaking protocol
+        t0 = time.perf_counter()
+        ti = evaluate(method, stream, task_id=True)
+        after["task_id"] = {name: s["accuracy"] for name, s in ti.items()}
+        after["paper_protocol"] = evaluate_paper_protocol(method, stream)
+        after["seconds"] = time.perf_counter() - t0
     record = {
         "command": f"python benchmarks/run.py {args.config.relative_to(ROOT.parent) if args.config.is_absolute() else args.config}",
         "benchmark_config": cfg, "method_config": config.to_dict(),
         "sizes": {t.name: {"train": len(t.train), "test": len(t.test)} for t in stream},
         "seconds": time.perf_counter() - start, "provenance": provenance(), **result.to_dict(),
+        "after_stream": after,
     }
     out.write_text(json.dumps(record, indent=2))
     m = result.metrics

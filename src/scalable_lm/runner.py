@@ -74,6 +74,21 @@ def evaluate(method: ContinualMethod, tasks: list[Task], batch_size: int = 32, s
     return scores
 
 
+def evaluate_paper_protocol(method, tasks: list[Task], batch_size: int = 32) -> dict[str, float]:
+    """Accuracy under the authors' protocol, which LEAKS the task: single-task test batches, one retrieval
+    per batch on the mean query, head chosen by the number of classes. Only for setting numbers beside the
+    paper's; ``method`` must offer ``predict_paper_protocol`` (SLM does)."""
+    scores = {}
+    for task in tasks:
+        correct = 0
+        for start in range(0, len(task.test), batch_size):
+            rows = task.test[start: start + batch_size]
+            preds = method.predict_paper_protocol([x for x, _ in rows], len(task.label_names))
+            correct += sum(p.task == task.name and p.label == task.label_names[y] for p, (_, y) in zip(preds, rows))
+        scores[task.name] = correct / len(task.test)
+    return scores
+
+
 def run_stream(method: ContinualMethod, stream: list[Task], batch_size: int = 32, seed: int = 0,
                progress: bool = True, task_id: bool = False) -> RunResult:
     """Learn ``stream`` in order; after each task fill row ``i`` of ``R`` (tasks ``0..i``).

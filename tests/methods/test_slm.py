@@ -114,3 +114,18 @@ def test_learning_is_reproducible(make_slm, toy_stream):
         slm.learn(toy_stream[0], progress=False)
         tensors.append(task_tensors(slm, 0))
     assert all(torch.equal(tensors[0][k], tensors[1][k]) for k in tensors[0])
+
+
+def test_paper_protocol_is_available_but_separate(make_slm, toy_stream):
+    from scalable_lm.runner import evaluate_paper_protocol
+
+    slm = make_slm()
+    for task in toy_stream[:2]:
+        slm.learn(task, progress=False)
+    scores = evaluate_paper_protocol(slm, toy_stream[:2], batch_size=8)
+    assert set(scores) == {t.name for t in toy_stream[:2]}
+    assert all(0.0 <= s <= 1.0 for s in scores.values())
+    preds = slm.predict_paper_protocol([x for x, _ in toy_stream[0].test[:5]], len(toy_stream[0].label_names))
+    assert len({p.task for p in preds}) == 1  # one head for the whole batch: that is the leak
+    with pytest.raises(ValueError, match="no learned task has 99 classes"):
+        slm.predict_paper_protocol(["a text"], 99)

@@ -202,6 +202,29 @@ class SLM:
                 out.append(self._answer(feats[row], int(chosen[row]), entries[row], weights[row], owner))
         return out
 
+    @torch.no_grad()
+    def predict_paper_protocol(self, texts: list[str], num_classes: int) -> list[Prediction]:
+        """The authors' evaluation, kept only to compare with the paper: it LEAKS the task.
+
+        ``texts`` must all come from one task (one batch); retrieval runs once on the batch's mean query
+        and the head is chosen among the tasks with ``num_classes`` labels (the one owning most retrieved
+        weight). Never use this for real inputs: ``predict`` is the honest path.
+        """
+        self.classifier.eval()
+        owner = self.bank.entry_task()
+        mean_query = self.encoder.encode(texts).mean(dim=0, keepdim=True)
+        entries, weights = self._route(mean_query)
+        entries, weights = entries.expand(len(texts), -1), weights.expand(len(texts), -1)
+        batch = self.classifier.tokenize(texts, self.config.train.max_length)
+        with routed(self.layers, entries, weights):
+            feats = self.classifier.features(batch)
+        per_task = torch.zeros(len(self.task_names)).scatter_add_(0, owner[entries[0]], weights[0])
+        fits = torch.tensor([len(names) == num_classes for names in self.label_names])
+        if not bool(fits.any()):
+            raise ValueError(f"no learned task has {num_classes} classes")
+        t = int(torch.where(fits, per_task, per_task.new_full(per_task.shape, -1.0)).argmax())
+        return [self._answer(feats[row], t, entries[row], weights[row], owner) for row in range(len(texts))]
+
     def _answer(self, feats, t, entries, weights, owner) -> Prediction:
         probs = torch.softmax(self.classifier.head_logits(feats[None], t)[0], dim=-1)
         label = int(probs.argmax())
