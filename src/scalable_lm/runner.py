@@ -29,11 +29,12 @@ class RunResult:
     def metrics(self) -> dict:
         last = len(self.R) - 1
         retrieval = [x for x in self.retrieval_accuracy[last] if x is not None]
+        every_row = all(self.R[i][i] is not None for i in range(len(self.R)))  # False: scored at the end only
         return {
             "average_accuracy": metrics.average_accuracy(self.R),
-            "forgetting": metrics.forgetting(self.R),
-            "forgetting_after": [metrics.forgetting(self.R, k) for k in range(len(self.R))],
-            "bwt": metrics.backward_transfer(self.R),
+            "forgetting": metrics.forgetting(self.R) if every_row else None,
+            "forgetting_after": [metrics.forgetting(self.R, k) for k in range(len(self.R))] if every_row else None,
+            "bwt": metrics.backward_transfer(self.R) if every_row else None,
             "retrieval_accuracy": sum(retrieval) / len(retrieval) if retrieval else None,
             "task_choice_accuracy": metrics.average_accuracy(self.task_choice_accuracy),
         }
@@ -90,10 +91,12 @@ def evaluate_paper_protocol(method, tasks: list[Task], batch_size: int = 32) -> 
 
 
 def run_stream(method: ContinualMethod, stream: list[Task], batch_size: int = 32, seed: int = 0,
-               progress: bool = True, task_id: bool = False) -> RunResult:
+               progress: bool = True, task_id: bool = False, score_every_task: bool = True) -> RunResult:
     """Learn ``stream`` in order; after each task fill row ``i`` of ``R`` (tasks ``0..i``).
 
     ``task_id=True`` scores with the task named (SLM-TI / oracle upper bounds); report such runs apart.
+    ``score_every_task=False`` scores only after the last task (upper bounds such as joint multitask
+    training, whose intermediate rows mean nothing); forgetting is then not defined and reported as ``None``.
     """
     n = len(stream)
     result = RunResult(method.name, [t.name for t in stream], task_id, [[None] * n for _ in range(n)],
@@ -102,6 +105,9 @@ def run_stream(method: ContinualMethod, stream: list[Task], batch_size: int = 32
         start = time.perf_counter()
         result.learn_reports.append(method.learn(task, progress=progress))
         learned = time.perf_counter()
+        if not score_every_task and i < n - 1:
+            result.timings[task.name] = {"learn_s": learned - start, "eval_s": 0.0}
+            continue
         scores = evaluate(method, stream[: i + 1], batch_size, seed, task_id=task_id)
         for j, seen in enumerate(stream[: i + 1]):
             result.R[i][j] = scores[seen.name]["accuracy"]

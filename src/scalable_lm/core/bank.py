@@ -109,3 +109,31 @@ class KnowledgeBank(nn.Module):
         with torch.no_grad():
             scores = retrieval.entry_scores(queries, self.all_keys())
         return retrieval.select_top_k(scores, k, eligible, weighting, temperature)
+
+    def route(
+        self,
+        queries: torch.Tensor,
+        k: int,
+        router: str = "dtkr",
+        upto: int | None = None,
+        only: int | None = None,
+        weighting: str = "normalize",
+        temperature: float = 0.1,
+        shrinkage: float = 0.1,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-row ``(entries [B, K], weights [B, K])`` for ``queries [B, d]``.
+
+        ``router="dtkr"``: top-``k`` over the keys of every eligible entry (tasks ``<= upto``, or task
+        ``only``). ``router="gaussian"``: each row first picks its most likely task from the query
+        statistics, then top-``k`` among that task's entries (``only`` overrides the pick).
+        """
+        if router not in ("dtkr", "gaussian"):
+            raise ValueError(f"unknown router {router!r}; use 'dtkr' or 'gaussian'")
+        if only is None and router == "gaussian":
+            scores = self.task_scores(queries, shrinkage)
+            if upto is not None:
+                scores = scores[:, : upto + 1]
+            eligible = self.entry_task()[None, :] == scores.argmax(dim=-1)[:, None]  # (B, E)
+        else:
+            eligible = self.eligible(upto=upto, only=only)
+        return self.retrieve(queries, k, eligible, weighting, temperature)

@@ -165,14 +165,7 @@ class SLM:
     def _route(self, queries: torch.Tensor, upto: int | None = None, only: int | None = None):
         """Per-row ``(entries [B, K], weights [B, K])`` among tasks ``<= upto`` (or of task ``only``)."""
         b = self.config.bank
-        if only is None and b.router == "gaussian":
-            scores = self.bank.task_scores(queries, b.shrinkage)
-            if upto is not None:
-                scores = scores[:, : upto + 1]
-            eligible = self.bank.entry_task()[None, :] == scores.argmax(dim=-1)[:, None]  # (B, E)
-        else:
-            eligible = self.bank.eligible(upto=upto, only=only)
-        return self.bank.retrieve(queries, b.top_k, eligible, b.weighting, b.temperature)
+        return self.bank.route(queries, b.top_k, b.router, upto, only, b.weighting, b.temperature, b.shrinkage)
 
     def _features(self, texts: list[str], upto: int | None = None, only: int | None = None):
         """``(features [B, H], entries [B, K], weights [B, K])`` with per-row retrieval."""
