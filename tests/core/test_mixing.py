@@ -58,3 +58,47 @@ def test_inject_wraps_matching_linears_only():
         inject(model, ["nothing"], 2, 2.0)
     except ValueError as err:
         assert "no nn.Linear" in str(err)
+
+
+def _dense(layer, h, idx, w):
+    a, b = torch.cat([t.detach() for t in layer.lora_A]), torch.cat([t.detach() for t in layer.lora_B])
+    return dense_reference(h, layer.base_layer.weight, layer.base_layer.bias, a, b, idx, w, layer.scaling)
+
+
+def test_frozen_tasks_move_to_one_store_and_stay_equal_to_the_dense_formula():
+    layer = _random_bank(tasks=4)
+    for t in range(3):  # tasks 0-2 frozen, task 3 still training
+        layer.lora_A[t].requires_grad_(False)
+        layer.lora_B[t].requires_grad_(False)
+    h, idx = torch.randn(5, 6, 10), torch.randint(0, 16, (5, 4))
+    idx[0] = torch.tensor([0, 13, 14, 15])  # a row mixing stored and trainable entries
+    w = torch.softmax(torch.randn(5, 4), dim=-1)
+    with routed({"l": layer}, idx, w):
+        out = layer(h)
+    assert torch.allclose(out, _dense(layer, h, idx, w), atol=1e-5)
+    store = layer._store_a
+    assert layer._stored_tasks == 3 and all(layer.lora_A[t].data_ptr() == store[4 * t].data_ptr() for t in range(3))
+    out.sum().backward()  # gradients reach only the trainable task
+    assert layer.lora_A[3].grad is not None and layer.lora_A[3].grad.abs().sum() > 0
+    assert all(layer.lora_A[t].grad is None for t in range(3))
+
+
+def test_growing_the_store_keeps_earlier_entries_and_outputs():
+    layer = _random_bank(tasks=1, entries=4)
+    h, idx, w = torch.randn(3, 2, 10), torch.zeros(3, 2, dtype=torch.long), torch.full((3, 2), 0.5)
+    idx[:, 1] = 3
+    outputs = []
+    for t in range(12):  # capacity grows several times; every earlier entry must survive the moves
+        layer.lora_A[t].requires_grad_(False)
+        layer.lora_B[t].requires_grad_(False)
+        with routed({"l": layer}, idx, w):
+            outputs.append(layer(h))
+        assert torch.equal(outputs[-1], outputs[0])
+        layer.add_task(4)
+        with torch.no_grad():
+            layer.lora_B[-1].normal_()
+    layer.truncate(5)  # dropping tasks, then adding again, reuses the store
+    layer.add_task(4)
+    with routed({"l": layer}, torch.tensor([[0, 21]]), torch.tensor([[0.3, 0.7]])):
+        out = layer(h[:1])
+    assert torch.allclose(out, _dense(layer, h[:1], torch.tensor([[0, 21]]), torch.tensor([[0.3, 0.7]])), atol=1e-5)

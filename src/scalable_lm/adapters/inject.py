@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from scalable_lm.core.mixing import mixed_lowrank
+from scalable_lm.core.mixing import mixed_gathered
 
 
 class BankLinear(nn.Module):
@@ -37,6 +37,13 @@ class BankLinear(nn.Module):
         self.lora_A = nn.ParameterList()  # per task: (P, r, d_in)
         self.lora_B = nn.ParameterList()  # per task: (P, d_out, r)
         self.route: tuple[torch.Tensor, torch.Tensor] | None = None  # set by `routed`, not state
+        # Frozen tasks' factors are moved into one contiguous store (their parameters become views of it),
+        # so a forward gathers the K entries of each row without concatenating every task again: the cost
+        # per input stays flat as the bank grows, and nothing is held twice.
+        self._stored_tasks = 0  # tasks 0.._stored_tasks-1 live in the store
+        self._stored_entries = 0
+        self._store_a: torch.Tensor | None = None  # (capacity, r, d_in)
+        self._store_b: torch.Tensor | None = None  # (capacity, d_out, r)
 
     def add_task(self, entries: int, generator: torch.Generator | None = None) -> list[nn.Parameter]:
         """Append a task's ``entries`` increments (A: Kaiming-uniform as in LoRA, B: zeros)."""
@@ -51,15 +58,77 @@ class BankLinear(nn.Module):
         """Keep only the first ``num_tasks`` tasks' increments (undoes a task whose learning failed)."""
         self.lora_A = nn.ParameterList(list(self.lora_A)[:num_tasks])
         self.lora_B = nn.ParameterList(list(self.lora_B)[:num_tasks])
+        if num_tasks < self._stored_tasks:
+            self._stored_tasks = num_tasks
+            self._stored_entries = sum(a.shape[0] for a in self.lora_A)
+
+    def _sync_store(self) -> None:
+        """Move newly frozen tasks (a prefix of the list, in order) into the contiguous store.
+
+        A task counts as frozen once neither of its factors requires grad; tasks are stored in order, so a
+        trainable task stops the scan. Frozen factors must not be edited in place afterwards (call
+        ``truncate`` and re-add instead).
+        """
+        n, t = len(self.lora_A), self._stored_tasks
+        fresh = []
+        while t < n and not self.lora_A[t].requires_grad and not self.lora_B[t].requires_grad:
+            fresh.append(t)
+            t += 1
+        if not fresh:
+            return
+        need = self._stored_entries + sum(self.lora_A[i].shape[0] for i in fresh)
+        if self._store_a is None or need > self._store_a.shape[0]:
+            capacity = max(need, 2 * (0 if self._store_a is None else self._store_a.shape[0]), 8)
+            a0, b0 = self.lora_A[fresh[0]], self.lora_B[fresh[0]]
+            store_a = a0.new_empty(capacity, *a0.shape[1:])
+            store_b = b0.new_empty(capacity, *b0.shape[1:])
+            offset = 0
+            for i in range(self._stored_tasks):  # re-point the stored tasks at the larger store
+                p = self.lora_A[i].shape[0]
+                store_a[offset: offset + p] = self.lora_A[i].data
+                store_b[offset: offset + p] = self.lora_B[i].data
+                self.lora_A[i].data = store_a[offset: offset + p]
+                self.lora_B[i].data = store_b[offset: offset + p]
+                offset += p
+            self._store_a, self._store_b = store_a, store_b
+        offset = self._stored_entries
+        for i in fresh:
+            p = self.lora_A[i].shape[0]
+            self._store_a[offset: offset + p] = self.lora_A[i].data
+            self._store_b[offset: offset + p] = self.lora_B[i].data
+            self.lora_A[i].data = self._store_a[offset: offset + p]
+            self.lora_B[i].data = self._store_b[offset: offset + p]
+            offset += p
+        self._stored_tasks, self._stored_entries = t, offset
+
+    def gather(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Factors of the entries ``indices [B, K]``: ``(A [B, K, r, d_in], B [B, K, d_out, r])``.
+
+        Stored (frozen) entries are indexed in the store; entries of trainable tasks come from their
+        parameters, so gradients reach them.
+        """
+        self._sync_store()
+        stored = self._stored_entries
+        if stored == sum(a.shape[0] for a in self.lora_A):
+            return self._store_a[indices], self._store_b[indices]
+        tail_a = torch.cat(list(self.lora_A)[self._stored_tasks:])
+        tail_b = torch.cat(list(self.lora_B)[self._stored_tasks:])
+        if stored == 0:
+            return tail_a[indices], tail_b[indices]
+        in_store = (indices < stored)[..., None, None]
+        a = torch.where(in_store, self._store_a[indices.clamp(max=stored - 1)], tail_a[(indices - stored).clamp(min=0)])
+        b = torch.where(in_store, self._store_b[indices.clamp(max=stored - 1)], tail_b[(indices - stored).clamp(min=0)])
+        return a, b
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base_layer(x)
         if self.route is None or len(self.lora_A) == 0:
             return y
         indices, weights = self.route
-        a = torch.cat(list(self.lora_A))  # (E, r, d_in)
-        b = torch.cat(list(self.lora_B))  # (E, d_out, r)
-        return y + self.scaling * mixed_lowrank(x, a.to(x.dtype), b.to(x.dtype), indices, weights)
+        if indices.shape[0] != x.shape[0]:
+            raise ValueError(f"routing has {indices.shape[0]} rows but the layer input has {x.shape[0]}")
+        a, b = self.gather(indices)
+        return y + self.scaling * mixed_gathered(x, a.to(x.dtype), b.to(x.dtype), weights)
 
 
 def inject(model: nn.Module, targets: list[str], rank: int, alpha: float) -> dict[str, BankLinear]:

@@ -33,6 +33,8 @@ class KnowledgeBank(nn.Module):
         # Gaussian router statistics per task: mean (d,), scatter (d, d), count (); float64, never trained
         self.stats: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self._precision: tuple[float, torch.Tensor] | None = None  # (shrinkage, shared inverse covariance)
+        self._means: torch.Tensor | None = None  # (T, d) stacked task means, rebuilt when statistics change
+        self._frozen_keys: tuple[int, torch.Tensor] | None = None  # (tasks, their keys (E, G, d/G)) once frozen
 
     @property
     def num_tasks(self) -> int:
@@ -53,13 +55,13 @@ class KnowledgeBank(nn.Module):
         if task != len(self.stats):
             raise ValueError(f"statistics for task {task} given, expected task {len(self.stats)}")
         self.stats.append(tuple(t.to(torch.float64) for t in stats))
-        self._precision = None
+        self._precision, self._means = None, None
 
     def truncate(self, num_tasks: int) -> None:
         """Keep only the first ``num_tasks`` tasks' keys (undoes a task whose learning failed)."""
         self.keys = nn.ParameterList(list(self.keys)[:num_tasks])
         self.stats = self.stats[:num_tasks]
-        self._precision = None
+        self._precision, self._means, self._frozen_keys = None, None, None
 
     def task_scores(self, queries: torch.Tensor, shrinkage: float) -> torch.Tensor:
         """``[B, T]`` Gaussian-router scores of every task with statistics (higher = more likely)."""
@@ -68,12 +70,24 @@ class KnowledgeBank(nn.Module):
         if self._precision is None or self._precision[0] != shrinkage:
             precision = routers.shared_precision([s[1] for s in self.stats], [s[2] for s in self.stats], shrinkage)
             self._precision = (shrinkage, precision)
-        means = torch.stack([s[0] for s in self.stats])
-        return routers.mahalanobis_scores(queries, means, self._precision[1])
+        if self._means is None:
+            self._means = torch.stack([s[0] for s in self.stats])
+        return routers.mahalanobis_scores(queries, self._means, self._precision[1])
 
     def all_keys(self) -> torch.Tensor:
         """``[E, G, d/G]``: entries in task order, ``P`` per task."""
-        return torch.cat([k.transpose(0, 1) for k in self.keys], dim=0)
+        # frozen keys (a prefix of the tasks) are concatenated once and reused: scoring stays cheap as T grows
+        done = self._frozen_keys[0] if self._frozen_keys else 0
+        upto = done
+        while upto < len(self.keys) and not self.keys[upto].requires_grad:
+            upto += 1
+        if upto != done:
+            new = torch.cat([k.detach().transpose(0, 1) for k in list(self.keys)[done:upto]], dim=0)
+            self._frozen_keys = (upto, new if not done else torch.cat([self._frozen_keys[1], new]))
+        rest = [k.transpose(0, 1) for k in list(self.keys)[upto:]]
+        if not upto:
+            return torch.cat(rest, dim=0)
+        return torch.cat([self._frozen_keys[1], *rest], dim=0) if rest else self._frozen_keys[1]
 
     def entry_task(self) -> torch.Tensor:
         """``[E]`` index of the task that owns each entry."""

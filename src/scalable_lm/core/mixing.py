@@ -33,16 +33,30 @@ def mixed_lowrank(
     Returns:
         ``[B, ..., d_out]``.
     """
-    rows = h.shape[0]
-    if indices.shape[0] != rows:
-        raise ValueError(f"routing has {indices.shape[0]} rows but the layer input has {rows}")
-    flat = h.reshape(rows, -1, h.shape[-1])  # (B, N, d_in)
-    a_rows = a[indices]  # (B, K, r, d_in)
-    b_rows = b[indices]  # (B, K, d_out, r)
-    z = torch.einsum("bnd,bkrd->bknr", flat, a_rows)  # (B, K, N, r)
-    z = z * weights[:, :, None, None].to(z.dtype)
-    out = torch.einsum("bknr,bkor->bno", z, b_rows)  # (B, N, d_out)
-    return out.reshape(*h.shape[:-1], b.shape[1])
+    if indices.shape[0] != h.shape[0]:
+        raise ValueError(f"routing has {indices.shape[0]} rows but the layer input has {h.shape[0]}")
+    return mixed_gathered(h, a[indices], b[indices], weights)
+
+
+def mixed_gathered(h: torch.Tensor, a_rows: torch.Tensor, b_rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``Σ_k w_k B_k A_k h`` per row from factors already gathered per row.
+
+    Args:
+        h: ``[B, ..., d_in]``.
+        a_rows: ``[B, K, r, d_in]``; b_rows: ``[B, K, d_out, r]``; weights: ``[B, K]``.
+
+    Returns:
+        ``[B, ..., d_out]``. Two batched matmuls: ``[B, N, d_in] @ [B, d_in, K·r]`` then
+        ``[B, N, K·r] @ [B, K·r, d_out]``, with the weights folded into the middle.
+    """
+    rows, k, r, d_in = a_rows.shape
+    if h.shape[0] != rows:
+        raise ValueError(f"routing has {rows} rows but the layer input has {h.shape[0]}")
+    flat = h.reshape(rows, -1, d_in)  # (B, N, d_in)
+    z = torch.bmm(flat, a_rows.reshape(rows, k * r, d_in).transpose(1, 2))  # (B, N, K·r)
+    z = z * weights.to(z.dtype).repeat_interleave(r, dim=1)[:, None, :]
+    out = torch.bmm(z, b_rows.transpose(2, 3).reshape(rows, k * r, -1))  # (B, N, d_out)
+    return out.reshape(*h.shape[:-1], b_rows.shape[2])
 
 
 def dense_reference(
