@@ -114,3 +114,19 @@ def test_query_cache_roundtrip(tmp_path, tokenizer):
     other = QueryEncoder(tiny_query_model(), tokenizer, max_length=24)
     assert other.load_cache(tmp_path / "c.safetensors") == 2
     assert torch.equal(other.encode(["apple sweet", "car fast"]), q)
+
+
+def test_read_task_reads_one_task_lazily_and_checks_it(tmp_path, make_slm, toy_stream):
+    from scalable_lm.store import read_task
+
+    slm = make_slm()
+    for task in toy_stream[:2]:
+        slm.learn(task, progress=False)
+    store.save(slm, tmp_path / "m")
+    keys = read_task(tmp_path / "m", toy_stream[1].name, ["keys"])
+    assert list(keys) == ["keys"] and torch.equal(keys["keys"], slm.bank.keys[1])
+    assert "head.weight" in read_task(tmp_path / "m", toy_stream[0].name)
+    with pytest.raises(ModelDirError, match="no task 'nope'"):
+        read_task(tmp_path / "m", "nope")
+    with pytest.raises(ModelDirError, match="no tensors"):
+        read_task(tmp_path / "m", toy_stream[0].name, ["bogus"])

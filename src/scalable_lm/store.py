@@ -183,3 +183,29 @@ def _restore_task(slm, entry: dict, tensors: dict[str, torch.Tensor], path: Path
                                     f"expected {tuple(target.shape)}")
             target.copy_(tensors[name])
             target.requires_grad_(False)
+
+
+def read_task(directory: str | Path, name: str, tensors: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """Read one task's tensors (all, or only ``tensors``) without loading the rest of the bank.
+
+    The file's checksum is verified; the tensors are read through ``safe_open``, so only the ones asked
+    for are materialised.
+    """
+    from safetensors import safe_open
+
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    entry = next((t for t in manifest["tasks"] if t["name"] == name), None)
+    if entry is None:
+        raise ModelDirError(f"{directory} has no task '{name}'; tasks: {[t['name'] for t in manifest['tasks']]}")
+    path = directory / entry["file"]
+    if not path.is_file():
+        raise ModelDirError(f"task file missing: {path}")
+    if sha256(path) != entry["sha256"]:
+        raise ModelDirError(f"task file {path} is corrupted or was edited (checksum mismatch)")
+    with safe_open(str(path), framework="pt") as f:
+        names = list(f.keys()) if tensors is None else tensors
+        missing = [n for n in names if n not in f.keys()]
+        if missing:
+            raise ModelDirError(f"task file {path} has no tensors {missing}")
+        return {n: f.get_tensor(n) for n in names}

@@ -1,0 +1,399 @@
+"""Speed and scale of per-row mixing, measured against the alternatives in one process.
+
+Usage:
+    python benchmarks/perf/run.py [--quick] [--threads 2] [--max-tasks 2000]
+
+Writes benchmarks/results/perf/perf.json and README.md. Every figure is the median of repeated runs after
+warm-up, with the interquartile range; variants compared with each other run interleaved (A, B, A, B, ...)
+in the same process so that load on the machine hits them alike, and each comparison is a ratio.
+
+Sections:
+  mixing    MiniLM forward (batch 32, 128 tokens): plain backbone vs ours (K=4 entries per row) vs the
+            authors' dense ΔW (per batch, and per row) vs PEFT mixed-adapter batches (one adapter per row)
+            vs PEFT Arrow routing.
+  growth    per-example latency (routing + forward) with 5 … 2,000 tasks in the bank; memory and file size
+            per task; loading a saved bank; reading one task's file lazily.
+  training  one fine-tune step with mixing over every earlier entry vs one plain single-LoRA step (ours and
+            PEFT's); the preparation stage's share of a task's learning time, from the CL-5 result files.
+  end2end   the encoder classifier's prediction with its query encoder (cold and cached queries) vs the
+            plain backbone alone.
+Entries are random (synthetic) here: speed does not depend on what the numbers are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from run import provenance  # noqa: E402
+
+from scalable_lm.adapters.inject import BankLinear, inject, routed  # noqa: E402
+from scalable_lm.backbones import load_encoder  # noqa: E402
+from scalable_lm.core.bank import KnowledgeBank  # noqa: E402
+
+TARGETS = ["attention.output.dense"]
+RANK, ALPHA, P = 12, 24.0, 4
+
+
+def bench(fns: dict, repeats: int, warmup: int = 2) -> dict:
+    """Interleaved timing: ``{name: {median_ms, q1_ms, q3_ms, n}}``."""
+    times = {name: [] for name in fns}
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(1000 * (time.perf_counter() - start))
+    out = {}
+    for name, ts in times.items():
+        q = statistics.quantiles(ts, n=4) if len(ts) > 1 else [ts[0]] * 3
+        out[name] = {"median_ms": statistics.median(ts), "q1_ms": q[0], "q3_ms": q[2], "n": len(ts)}
+    return out
+
+
+def ratio(res: dict, a: str, b: str) -> float:
+    return res[a]["median_ms"] / res[b]["median_ms"]
+
+
+def fill_tasks(layers: dict[str, BankLinear], tasks: int, generator: torch.Generator) -> None:
+    """Append ``tasks`` frozen tasks of random factors (B non-zero, as after training)."""
+    for _ in range(tasks):
+        for layer in layers.values():
+            a, b = layer.add_task(P, generator)
+            with torch.no_grad():
+                b.normal_(0, 0.02, generator=generator)
+            a.requires_grad_(False)
+            b.requires_grad_(False)
+
+
+def long_texts(n: int) -> list[str]:
+    words = "the model keeps learning new tasks one after another without forgetting old ones".split()
+    return [" ".join(words[(i + j) % len(words)] for j in range(200)) for i in range(n)]
+
+
+# ---- the authors' approach, for comparison only --------------------------------------------------
+class DenseDeltaLinear(nn.Module):
+    """The official code's mixing: a dense ``d_out × d_in`` increment built from the retrieved entries.
+
+    ``per_row=False``: one ΔW per batch from the batch-averaged weights (their shortcut: one retrieval per
+    batch). ``per_row=True``: one ΔW per row (what per-input routing costs with dense increments).
+    """
+
+    def __init__(self, bank_layer: BankLinear, per_row: bool):
+        super().__init__()
+        self.inner, self.per_row = bank_layer, per_row
+
+    def forward(self, x):
+        base = self.inner.base_layer
+        idx, w = self.inner.route
+        a, b = self.inner.gather(idx)  # (B, K, r, d_in), (B, K, d_out, r)
+        if not self.per_row:
+            delta = torch.einsum("bk,bkor,bkri->oi", w / w.shape[0], b, a) * self.inner.scaling
+            return F.linear(x, base.weight + delta, base.bias)
+        delta = torch.einsum("bk,bkor,bkri->boi", w, b, a) * self.inner.scaling  # (B, d_out, d_in)
+        return base(x) + torch.bmm(x, delta.transpose(1, 2))
+
+
+def swap_in(model: nn.Module, layers: dict[str, BankLinear], per_row: bool) -> dict[str, DenseDeltaLinear]:
+    wrapped = {}
+    for name, layer in layers.items():
+        parent = model.get_submodule(name.rsplit(".", 1)[0])
+        dense = DenseDeltaLinear(layer, per_row)
+        setattr(parent, name.rsplit(".", 1)[1], dense)
+        wrapped[name] = dense
+    return wrapped
+
+
+def mixing_section(model, tokenizer, repeats: int) -> dict:
+    from peft import ArrowConfig, LoraConfig, get_peft_model
+
+    batch = tokenizer(long_texts(32), padding=True, truncation=True, max_length=128, return_tensors="pt")
+    assert batch["input_ids"].shape == (32, 128)
+    g = torch.Generator().manual_seed(0)
+    tasks = 5
+    plain = copy.deepcopy(model)
+    ours_model = copy.deepcopy(model)
+    layers = inject(ours_model, TARGETS, RANK, ALPHA)
+    fill_tasks(layers, tasks, g)
+    idx = torch.stack([torch.randperm(tasks * P, generator=g)[:4] for _ in range(32)])
+    w = torch.softmax(torch.randn(32, 4, generator=g), dim=-1)
+    dense_batch_model = copy.deepcopy(ours_model)
+    dense_batch_layers = {n: m for n, m in dense_batch_model.named_modules() if isinstance(m, BankLinear)}
+    swap_in(dense_batch_model, dense_batch_layers, per_row=False)
+    dense_row_model = copy.deepcopy(ours_model)
+    dense_row_layers = {n: m for n, m in dense_row_model.named_modules() if isinstance(m, BankLinear)}
+    swap_in(dense_row_model, dense_row_layers, per_row=True)
+    # PEFT: the same five tasks as five named adapters (one entry each: PEFT applies one adapter per row)
+    peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=TARGETS),
+                                adapter_name="task_0")
+    for t in range(1, tasks):
+        peft_model.add_adapter(f"task_{t}", LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=TARGETS))
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.02, generator=g)
+    names = [f"task_{int(i)}" for i in torch.randint(0, tasks, (32,), generator=g)]
+    arrow_model = copy.deepcopy(peft_model)
+    arrow = ArrowConfig(top_k=3, router_temperature=1.0, rng_seed=0)
+    arrow.task_adapter_names, arrow.gks_adapter_names = [f"task_{t}" for t in range(tasks)], []
+    arrow_model.add_adapter("arrow_router", LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=TARGETS, arrow_config=arrow))
+    arrow_model.set_adapter("arrow_router")
+    for m in (plain, ours_model, dense_batch_model, dense_row_model, peft_model, arrow_model):
+        m.eval()
+
+    def run_routed(m, lay):
+        def fn():
+            with torch.no_grad(), routed(lay, idx, w):
+                m(**batch)
+        return fn
+
+    def run_plain(m, **kw):
+        def fn():
+            with torch.no_grad():
+                m(**batch, **kw)
+        return fn
+
+    res = bench({
+        "plain backbone": run_plain(plain),
+        "ours, K=4 per row": run_routed(ours_model, layers),
+        "authors: dense ΔW per batch": run_routed(dense_batch_model, dense_batch_layers),
+        "authors: dense ΔW per row": run_routed(dense_row_model, dense_row_layers),
+        "PEFT mixed batch, 1 adapter per row": run_plain(peft_model, adapter_names=names),
+        "PEFT Arrow, top-3 per token": run_plain(arrow_model),
+    }, repeats)
+    return {
+        "setup": {"batch": 32, "tokens": 128, "tasks": tasks, "entries_per_task": P, "rank": RANK, "targets": TARGETS},
+        "timings": res,
+        "ratios": {
+            "ours / plain (target <= 1.10)": ratio(res, "ours, K=4 per row", "plain backbone"),
+            "PEFT mixed / ours (throughput ours / PEFT; target >= 1.0)": ratio(res, "PEFT mixed batch, 1 adapter per row", "ours, K=4 per row"),
+            "PEFT Arrow / ours (throughput ours / Arrow)": ratio(res, "PEFT Arrow, top-3 per token", "ours, K=4 per row"),
+            "authors dense per batch / ours": ratio(res, "authors: dense ΔW per batch", "ours, K=4 per row"),
+            "authors dense per row / ours": ratio(res, "authors: dense ΔW per row", "ours, K=4 per row"),
+        },
+    }
+
+
+def synthetic_bank(tasks: int, dim: int, g: torch.Generator) -> KnowledgeBank:
+    bank = KnowledgeBank(dim, 6, P)
+    scatter = torch.eye(dim, dtype=torch.float64) * 100  # shared object: synthetic, saves memory here
+    for t in range(tasks):
+        bank.add_task(g).requires_grad_(False)
+        bank.set_statistics(t, (torch.randn(dim, generator=g), scatter, torch.tensor(100.0)))
+    return bank
+
+
+def growth_section(model, tokenizer, sizes: list[int], repeats: int) -> dict:
+    """Banks of every size are built first, then timed interleaved, so machine load hits all sizes alike."""
+    g = torch.Generator().manual_seed(1)
+    batches = {b: tokenizer(long_texts(b), padding=True, truncation=True, max_length=128, return_tensors="pt") for b in (1, 32)}
+    queries = {b: torch.randn(b, 384, generator=g) for b in (1, 32)}
+    grown = {}
+    for size in sizes:
+        m = copy.deepcopy(model).eval()
+        layers = inject(m, TARGETS, RANK, ALPHA)
+        fill_tasks(layers, size, g)
+        grown[size] = (m, layers, synthetic_bank(size, 384, g))
+    fns = {}
+    for size, (m, layers, bank) in grown.items():
+        for b in (1, 32):
+            for router in ("dtkr", "gaussian"):
+                def fn(m=m, layers=layers, bank=bank, b=b, router=router):
+                    with torch.no_grad():
+                        idx, w = bank.route(queries[b], 4, router)
+                        with routed(layers, idx, w):
+                            m(**batches[b])
+                fns[f"{size} tasks, batch {b}, {router}"] = fn
+    res = bench(fns, repeats)
+    first, last = sizes[0], sizes[-1]
+    ratios = {}
+    for b in (1, 32):
+        for router in ("dtkr", "gaussian"):
+            key = f"batch {b}, {router}"
+            ratios[f"{key}: {last} / {first} tasks (target <= 1.15)"] = ratio(res, f"{last} tasks, {key}", f"{first} tasks, {key}")
+    per_task = {"values (all target layers)": len(grown[first][1]) * P * RANK * 2 * 384 * 4,
+                "keys": P * 384 * 4, "router statistics (mean + scatter, float64)": (384 + 384 * 384 + 1) * 8}
+    del grown
+    return {"sizes": sizes, "timings": res, "ratios": ratios, "per_task_bytes": per_task,
+            "note": "per example = median_ms / batch; routing (scores over every task) included"}
+
+
+def synthetic_slm(model, tokenizer, tasks: int, g: torch.Generator):
+    """A real SLM (MiniLM backbone and query encoder) holding ``tasks`` random, frozen tasks."""
+    from scalable_lm.config import SLMConfig
+    from scalable_lm.encoder import QueryEncoder
+    from scalable_lm.methods.slm import SLM
+
+    slm = SLM(SLMConfig(), backbone=(copy.deepcopy(model), tokenizer), encoder=QueryEncoder(copy.deepcopy(model), tokenizer, name="minilm"))
+    for t in range(tasks):
+        params = slm._add_task(f"task{t}", ["a", "b", "c", "d"], g)
+        slm.bank.set_statistics(t, (torch.randn(384, generator=g), torch.eye(384, dtype=torch.float64) * 100,
+                                    torch.tensor(100.0)))
+        with torch.no_grad():
+            for p in params:
+                if p.dim() == 3 and p.shape[1] == 384:  # B factors: non-zero, as after training
+                    p.normal_(0, 0.02, generator=g)
+        for p in params:
+            p.requires_grad_(False)
+    return slm
+
+
+def store_section(model, tokenizer, sizes: list[int]) -> dict:
+    """Save and load banks of synthetic tasks with the real store; read one task's file lazily."""
+    from scalable_lm import store
+
+    g = torch.Generator().manual_seed(2)
+    out = {}
+    for size in sizes:
+        slm = synthetic_slm(model, tokenizer, size, g)
+        with tempfile.TemporaryDirectory() as tmp:
+            directory = Path(tmp) / "bank"
+            t0 = time.perf_counter()
+            store.save(slm, directory)
+            save_s = time.perf_counter() - t0
+            files = sorted((directory / "tasks").glob("*.safetensors"))
+            sizes_b = [f.stat().st_size for f in files]
+            del slm
+            t0 = time.perf_counter()
+            loaded = store.load(directory, backbone=(copy.deepcopy(model), tokenizer), encoder=None)
+            load_s = time.perf_counter() - t0
+            del loaded
+            t0 = time.perf_counter()
+            one = store.read_task(directory, f"task{size // 2}", ["keys"])
+            lazy_ms = 1000 * (time.perf_counter() - t0)
+        out[str(size)] = {"save_s": save_s, "load_s": load_s, "read_one_task_keys_ms": lazy_ms,
+                          "file_bytes_per_task": statistics.median(sizes_b), "total_bytes": sum(sizes_b),
+                          "read_one_task_tensors": sorted(one)}
+        print(f"store {size} tasks: save {save_s:.1f}s, load {load_s:.1f}s, one task lazily {lazy_ms:.1f} ms, "
+              f"{statistics.median(sizes_b) / 1e6:.2f} MB per task", flush=True)
+    return out
+
+
+def training_section(model, tokenizer, repeats: int) -> dict:
+    from peft import LoraConfig, get_peft_model
+
+    g = torch.Generator().manual_seed(3)
+    batch = tokenizer(long_texts(16), padding=True, truncation=True, max_length=128, return_tensors="pt")
+    labels = torch.randint(0, 4, (16,), generator=g)
+
+    def make_step(m, params, head, ctx):
+        opt = torch.optim.AdamW(params + list(head.parameters()), lr=1e-3)
+
+        def fn():
+            with ctx():
+                hidden = m(**batch).last_hidden_state.mean(1)
+            loss = F.cross_entropy(head(hidden), labels)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return fn
+
+    # ours, as SLM's fine-tune stage: 5 frozen tasks + the new one; each row mixes K=4 of all 24 entries
+    mixed = copy.deepcopy(model).train()
+    layers = inject(mixed, TARGETS, RANK, ALPHA)
+    fill_tasks(layers, 5, g)
+    new = [p for layer in layers.values() for p in layer.add_task(P, g)]
+    idx = torch.stack([torch.randperm(6 * P, generator=g)[:4] for _ in range(16)])
+    w = torch.softmax(torch.randn(16, 4, generator=g), dim=-1)
+    # ours with a single plain LoRA (one entry, weight 1)
+    single = copy.deepcopy(model).train()
+    single_layers = inject(single, TARGETS, RANK, ALPHA)
+    single_params = [p for layer in single_layers.values() for p in layer.add_task(1, g)]
+    ones = (torch.zeros(16, 1, dtype=torch.long), torch.ones(16, 1))
+    peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=TARGETS))
+    peft_model.train()
+    peft_params = [p for p in peft_model.parameters() if p.requires_grad]
+    res = bench({
+        "ours: new task, K=4 of all earlier entries per row": make_step(mixed, new, nn.Linear(384, 4), lambda: routed(layers, idx, w)),
+        "ours: one plain LoRA": make_step(single, single_params, nn.Linear(384, 4), lambda: routed(single_layers, *ones)),
+        "PEFT: one plain LoRA": make_step(peft_model, peft_params, nn.Linear(384, 4), torch.enable_grad),
+    }, repeats)
+    out = {"setup": {"batch": 16, "tokens": 128}, "timings": res,
+           "ratios": {"mixing step / our plain LoRA step (target <= 1.2)": ratio(res, "ours: new task, K=4 of all earlier entries per row", "ours: one plain LoRA"),
+                      "mixing step / PEFT plain LoRA step": ratio(res, "ours: new task, K=4 of all earlier entries per row", "PEFT: one plain LoRA")}}
+    shares = {}
+    for path in sorted((ROOT / "results" / "cl5").glob("slm_*.json")):
+        r = json.loads(path.read_text())
+        for rep in r.get("learn_reports", []):
+            if "key_s" in rep:
+                fine = rep["total_s"] - rep["encode_s"] - rep["key_s"]
+                shares.setdefault(path.stem, {})[rep["task"]] = rep["key_s"] / fine
+    out["preparation_share_of_fine_tune (key_s / fine-tune s, from results/cl5; target <= 0.05)"] = shares
+    return out
+
+
+def end2end_section(model, tokenizer, repeats: int) -> dict:
+    from scalable_lm.encoder import mean_pool
+
+    g = torch.Generator().manual_seed(4)
+    slm = synthetic_slm(model, tokenizer, 5, g)
+    plain = copy.deepcopy(model).eval()
+    head = nn.Linear(384, 4)
+    texts = long_texts(32)
+
+    def plain_predict():
+        with torch.no_grad():
+            batch = tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
+            feats = mean_pool(plain(**batch).last_hidden_state, batch["attention_mask"])
+            head(feats).argmax(-1)
+
+    def cold():
+        slm.encoder._cache.clear()
+        slm.predict(texts, batch_size=32)
+
+    res = bench({"plain backbone + head": plain_predict, "SLM predict, queries encoded": cold,
+                 "SLM predict, queries cached": lambda: slm.predict(texts, batch_size=32)}, repeats)
+    return {"setup": {"batch": 32, "tokens": 128, "tasks": 5, "query encoder": "minilm (6 layers)"}, "timings": res,
+            "ratios": {"SLM (queries encoded) / plain": ratio(res, "SLM predict, queries encoded", "plain backbone + head"),
+                       "SLM (queries cached) / plain": ratio(res, "SLM predict, queries cached", "plain backbone + head")}}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="few repeats and small banks (smoke test)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--max-tasks", type=int, default=2000)
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "perf")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    repeats = 3 if args.quick else 15
+    sizes = [s for s in ([5, 50] if args.quick else [5, 50, 500, 2000]) if s <= args.max_tasks]
+    model, tokenizer = load_encoder("minilm")
+    record = {"command": "python benchmarks/perf/run.py" + (" --quick" if args.quick else ""),
+              "threads": args.threads, "provenance": provenance()}
+    start = time.perf_counter()
+    record["mixing"] = mixing_section(model, tokenizer, repeats)
+    print(json.dumps(record["mixing"]["ratios"], indent=1), flush=True)
+    record["growth"] = growth_section(model, tokenizer, sizes, max(5, repeats // 2))
+    print(json.dumps(record["growth"]["ratios"], indent=1), flush=True)
+    record["training"] = training_section(model, tokenizer, repeats)
+    print(json.dumps(record["training"]["ratios"], indent=1), flush=True)
+    record["end2end"] = end2end_section(model, tokenizer, repeats)
+    print(json.dumps(record["end2end"]["ratios"], indent=1), flush=True)
+    record["store"] = store_section(model, tokenizer, sizes)
+    record["not_measured"] = {
+        "decoder generation (SmolLM2, K=2 vs merged LoRA)": "the causal-LM path (issue 4) does not exist yet",
+        "accelerate 2-process training": "not built yet",
+    }
+    record["seconds"] = time.perf_counter() - start
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / ("perf_quick.json" if args.quick else "perf.json")).write_text(json.dumps(record, indent=2))
+
+
+if __name__ == "__main__":
+    main()
