@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from dataclasses import replace
@@ -137,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     train_cfg = TrainConfig(seed=args.seed)
     start = time.perf_counter()
     encoder = QueryEncoder.from_name(args.encoder)
-    cache = Path(os.environ.get("SLM_CACHE_DIR", Path.home() / ".cache" / "scalable_lm")) / f"queries-{args.encoder}.safetensors"
+    cache = encoder.default_cache_path()
     encoder.load_cache(cache)
     splits = {"train": [], "validation": [], "test": []}
     for t, task in enumerate(stream):  # SLM's split: seed = train.seed + task index

@@ -105,9 +105,16 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(cfg.get("seed", 0))
     stream = build_stream(cfg, args.data_dir)
     method, config = build_method(cfg)
+    cache = None
+    if cfg["method"] == "slm" and cfg.get("query_cache", True):
+        # the query encoder is frozen: reuse embeddings cached by earlier runs ($SLM_CACHE_DIR)
+        cache = method.encoder.default_cache_path()
+        method.encoder.load_cache(cache)
     start = time.perf_counter()
     result = run_stream(method, stream, progress=sys.stderr.isatty(), task_id=cfg.get("task_id", False),
                         score_every_task=cfg.get("score_every_task", True))
+    if cache is not None:
+        method.encoder.save_cache(cache)
     after = {}
     if cfg.get("final_evals", cfg["method"] == "slm" and not cfg.get("task_id", False)):
         # on the final bank: SLM-TI (task named, an upper bound) and the authors' leaking protocol

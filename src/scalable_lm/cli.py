@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -50,10 +49,7 @@ def _query_cache(slm, args) -> Path | None:
     """Load the on-disk query cache of this encoder (the encoder is frozen, so queries never change)."""
     if args.no_cache:
         return None
-    from scalable_lm.backbones import fingerprint
-
-    root = Path(os.environ.get("SLM_CACHE_DIR", Path.home() / ".cache" / "scalable_lm"))
-    path = root / f"queries-{fingerprint(slm.encoder.model)}.safetensors"
+    path = slm.encoder.default_cache_path()
     try:
         slm.encoder.load_cache(path)
     except Exception as err:  # noqa: BLE001 - a broken cache is only a cache: rebuild it

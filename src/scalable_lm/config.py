@@ -60,7 +60,7 @@ class ModelConfig:
     """Which frozen networks to use. 'minilm' = the packaged all-MiniLM-L6-v2 (offline)."""
 
     backbone: str = field(default="minilm", metadata={"help": "encoder backbone: 'minilm', a local folder or hub id"})
-    encoder: str = field(default="minilm", metadata={"help": "query encoder: 'minilm', a local folder or hub id"})
+    encoder: str = field(default="minilm", metadata={"help": "query encoder: 'minilm', 'mpnet' (after `make mpnet`), a local folder or hub id"})
 
 
 @dataclass

@@ -80,6 +80,15 @@ class QueryEncoder:
             return torch.empty(0, self.dim)
         return torch.stack([self._cache[text_key(t)] for t in texts])
 
+    def default_cache_path(self) -> Path:
+        """``$SLM_CACHE_DIR/queries-<fingerprint>.safetensors`` (default dir ``~/.cache/scalable_lm``)."""
+        import os
+
+        from scalable_lm.backbones import fingerprint
+
+        root = Path(os.environ.get("SLM_CACHE_DIR", Path.home() / ".cache" / "scalable_lm"))
+        return root / f"queries-{fingerprint(self.model)}.safetensors"
+
     def save_cache(self, path: str | Path) -> None:
         """Write the cache to a safetensors file (atomic)."""
         from scalable_lm.store import atomic_write
