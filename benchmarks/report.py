@@ -27,7 +27,9 @@ def _label(record: dict) -> str:
     bank = record.get("method_config", {}).get("bank", {})
     label = record["method"]
     if label == "slm":
-        label += f" ({bank.get('router', '')}, P={bank.get('entries_per_task')}, K={bank.get('top_k')})"
+        encoder = record.get("method_config", {}).get("model", {}).get("encoder", "minilm")
+        label += f" ({bank.get('router', '')}, P={bank.get('entries_per_task')}, K={bank.get('top_k')}"
+        label += ")" if encoder == "minilm" else f", {encoder} queries)"
     return label + (" WITH task-ID" if record.get("task_id") else "")
 
 
@@ -109,6 +111,21 @@ def after_stream(records: list[tuple[Path, dict]], oracle: dict | None) -> str:
     return "\n".join(lines)
 
 
+def ablations(records: list[tuple[Path, dict]], reference: dict | None) -> str:
+    if not records:
+        return "(no ablation run yet: `benchmarks/run_queue.sh DATA ablation_topk1_order4 ...`)"
+    lines = ["| result | what changes | avg acc % | retrieval % | forgetting pts |", "|---|---|---|---|---|"]
+    if reference:
+        m = reference["metrics"]
+        lines.append(f"| slm_gaussian_order4 (reference) | defaults | {_pct(m['average_accuracy'])} | "
+                     f"{_pct(m['retrieval_accuracy'])} | {_pct(m['forgetting'])} |")
+    for path, r in records:
+        m = r["metrics"]
+        lines.append(f"| [{path.stem}]({path.name}) | {r['benchmark_config'].get('_comment', '')} | "
+                     f"{_pct(m['average_accuracy'])} | {_pct(m['retrieval_accuracy'])} | {_pct(m['forgetting'])} |")
+    return "\n".join(lines)
+
+
 def plots(records: list[tuple[Path, dict]], out: Path) -> None:
     import matplotlib
 
@@ -158,6 +175,9 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(name) if Path(name).is_dir() else ROOT / name
     records = [(p, json.loads(p.read_text())) for p in sorted(out.glob("*.json"))]
     records = [(p, r) for p, r in records if "R" in r]
+    ablation = [(p, r) for p, r in records if p.stem.startswith("ablation_")]
+    records = [(p, r) for p, r in records if not p.stem.startswith("ablation_")]
+    reference = next((r for p, r in records if p.stem == "slm_gaussian_order4"), None)
     records.sort(key=lambda pr: (not pr[0].stem.endswith("order4"), pr[0].stem))
     oracles = [r for p, r in records if p.stem.startswith("oracle")]
     oracle = oracles[0] if oracles else None
@@ -171,10 +191,11 @@ def main(argv: list[str] | None = None) -> None:
             f"task's head.\n\n{per_task(records, oracle)}\n\n## After the stream: SLM-TI and the paper's protocol\n\n"
             "The paper's protocol LEAKS the task (single-task test batches, one retrieval per batch on the mean "
             "query, head chosen by the number of classes); it is shown only to set our figures beside the paper's "
-            f"(SLM 79.1 vs separate fine-tune 79.8).\n\n{after_stream(records, oracle)}\n\n## Every result\n\n"
+            f"(SLM 79.1 vs separate fine-tune 79.8).\n\n{after_stream(records, oracle)}\n\n"
+            f"## Ablations (paper Tab. 11 and 14, order 4)\n\n{ablations(ablation, reference)}\n\n## Every result\n\n"
             f"{table(records)}\n")
     (out / "README.md").write_text(text)
-    plots(records, out)
+    plots(records + ablation, out)
     print(text)
 
 
