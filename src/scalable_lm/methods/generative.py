@@ -1,0 +1,188 @@
+"""SLM on a decoder LM: each prompt retrieves its entries, their increments are mixed into the frozen
+model for that prompt alone, and the model answers in the format of the task it was taught.
+
+Same two stages as ``methods.slm`` (keys on cached queries, then values), with the answer-token loss in
+place of a classification head. There are no heads: the retrieved increments decide how the model
+answers; ``Prediction.task`` names the task owning most of the retrieved weight (for inspection only).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from scalable_lm import training
+from scalable_lm.adapters.causal import CausalLM
+from scalable_lm.adapters.inject import inject, routed
+from scalable_lm.config import BankConfig, SLMConfig
+from scalable_lm.core import routers
+from scalable_lm.core.bank import KnowledgeBank
+from scalable_lm.data.instructions import InstructionTask
+from scalable_lm.data.tasks import DataError, split_validation
+from scalable_lm.encoder import QueryEncoder
+from scalable_lm.methods.base import Prediction
+
+DECODER_TARGETS = ["o_proj"]  # attention output of LLaMA-family blocks (the paper's choice)
+
+
+class GenerativeSLM:
+    """Scalable Language Model on a causal LM backbone.
+
+    Args:
+        config: options; ``model.backbone`` names the decoder (default ``smollm2``); when ``bank.targets``
+            is left at the encoder default it becomes ``["o_proj"]``.
+        backbone: ``(model, tokenizer)`` to use instead of loading ``config.model.backbone``.
+        encoder: query encoder to use instead of loading ``config.model.encoder``.
+        max_new_tokens: longest generated answer.
+    """
+
+    name = "slm"
+
+    def __init__(self, config: SLMConfig | None = None, backbone=None, encoder: QueryEncoder | None = None,
+                 max_new_tokens: int = 64):
+        from scalable_lm.backbones import load_causal
+
+        self.config = copy.deepcopy(config) if config is not None else SLMConfig()
+        if self.config.model.backbone == "minilm":
+            self.config.model.backbone = "smollm2"
+        if self.config.bank.targets == BankConfig().targets:
+            self.config.bank.targets = list(DECODER_TARGETS)
+        model, tokenizer = backbone if backbone is not None else load_causal(self.config.model.backbone)
+        self.lm = CausalLM(model, tokenizer, self.config.train.max_length)
+        b = self.config.bank
+        self.layers = inject(model, b.targets, b.rank, b.alpha)
+        self.encoder = encoder if encoder is not None else QueryEncoder.from_name(self.config.model.encoder)
+        self.bank = KnowledgeBank(self.encoder.dim, b.groups, b.entries_per_task)
+        self.task_names: list[str] = []
+        self.max_new_tokens = max_new_tokens
+
+    # ---- growing and shrinking ---------------------------------------------------------------
+    def _add_task(self, name: str, generator: torch.Generator) -> list[nn.Parameter]:
+        params = [self.bank.add_task(generator)]
+        for layer in self.layers.values():
+            params += layer.add_task(self.bank.entries_per_task, generator)
+        self.task_names.append(name)
+        return params
+
+    def _drop_last_task(self) -> None:
+        keep = len(self.task_names) - 1
+        self.bank.truncate(keep)
+        for layer in self.layers.values():
+            layer.truncate(keep)
+        self.task_names.pop()
+
+    def _values(self, t: int) -> list[nn.Parameter]:
+        return [p for layer in self.layers.values() for p in (layer.lora_A[t], layer.lora_B[t])]
+
+    def _route(self, queries: torch.Tensor, upto: int | None = None, only: int | None = None):
+        b = self.config.bank
+        return self.bank.route(queries, b.top_k, b.router, upto, only, b.weighting, b.temperature, b.shrinkage)
+
+    # ---- learn ---------------------------------------------------------------------------------
+    def learn(self, task: InstructionTask, progress: bool = True) -> dict:
+        """Learn one instruction task; returns a report (timings, key loss, validation loss per epoch)."""
+        if task.name in self.task_names:
+            raise DataError(f"task '{task.name}' is already in the bank")
+        if not task.train:
+            raise DataError(f"task '{task.name}' has no training rows")
+        seed = self.config.train.seed + len(self.task_names)
+        generator = torch.Generator().manual_seed(seed)
+        train_rows, val_rows = split_validation(task.train, self.config.train.val_fraction, seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self._add_task(task.name, generator)
+            try:
+                return self._learn_new(train_rows, val_rows, generator, progress)
+            except BaseException:
+                self._drop_last_task()
+                raise
+
+    def _learn_new(self, train_rows, val_rows, generator, progress) -> dict:
+        t = len(self.task_names) - 1
+        cfg = self.config.train
+        start = time.perf_counter()
+        queries = self.encoder.encode([p for p, _ in train_rows], progress=progress)
+        self.bank.set_statistics(t, routers.task_statistics(queries))
+        key_loss = training.train_keys(self.bank.keys[t], queries, self.config.keys, generator)
+        key_s = time.perf_counter() - start
+        route = {"only": t} if self.config.bank.router == "gaussian" else {"upto": t}
+        params = self._values(t)
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+        best, best_state, history = float("inf"), None, []
+        for epoch in range(cfg.epochs):
+            self.lm.train()
+            total, steps = 0.0, 0
+            order = list(training.batches(len(train_rows), cfg.batch_size, generator))
+            for idx in tqdm(order, desc=f"task {self.task_names[t]} epoch {epoch + 1}", disable=not progress, leave=False):
+                rows = [train_rows[i] for i in idx]
+                batch = self.lm.training_batch([p for p, _ in rows], [a for _, a in rows])
+                entries, weights = self._route(queries[idx], **route)
+                with routed(self.layers, entries, weights):
+                    loss = self.lm.loss(batch)
+                optimizer.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                optimizer.step()
+                total, steps = total + loss.item(), steps + 1
+            val_loss = self._val_loss(val_rows, route) if val_rows else None
+            history.append({"epoch": epoch + 1, "loss": total / max(steps, 1), "val_loss": val_loss})
+            if val_loss is not None and val_loss < best:
+                best, best_state = val_loss, [p.detach().clone() for p in params]
+        if best_state is not None:  # the epoch best on the validation split
+            with torch.no_grad():
+                for p, saved in zip(params, best_state):
+                    p.copy_(saved)
+        self.lm.eval()
+        for p in [self.bank.keys[t], *params]:
+            p.requires_grad_(False)
+        return {"task": self.task_names[t], "epochs": history, "key_loss": key_loss[-1], "key_s": key_s,
+                "total_s": time.perf_counter() - start, "train_rows": len(train_rows), "val_rows": len(val_rows)}
+
+    @torch.no_grad()
+    def _val_loss(self, rows, route: dict) -> float:
+        self.lm.eval()
+        total, n = 0.0, 0
+        for idx in training.batches(len(rows), self.config.train.batch_size):
+            chunk = [rows[i] for i in idx]
+            entries, weights = self._route(self.encoder.encode([p for p, _ in chunk]), **route)
+            with routed(self.layers, entries, weights):
+                total += float(self.lm.loss(self.lm.training_batch([p for p, _ in chunk], [a for _, a in chunk]))) * len(idx)
+            n += len(idx)
+        return total / n
+
+    # ---- predict -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, prompts: list[str], batch_size: int = 8, progress: bool = False, task: str | None = None) -> list[Prediction]:
+        """Answer each prompt without a task-ID (or, SLM-TI, with the entries of ``task`` only)."""
+        if not self.task_names:
+            raise RuntimeError("no task learned yet")
+        for i, prompt in enumerate(prompts):
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise DataError(f"input {i}: empty prompt")
+        only = None
+        if task is not None:
+            if task not in self.task_names:
+                raise KeyError(f"unknown task '{task}'; learned tasks: {self.task_names}")
+            only = self.task_names.index(task)
+        self.lm.eval()
+        owner = self.bank.entry_task()
+        per_task = self.bank.entries_per_task
+        out: list[Prediction] = []
+        for idx in tqdm(list(training.batches(len(prompts), batch_size)), desc="generating", disable=not progress, leave=False):
+            chunk = [prompts[i] for i in idx]
+            entries, weights = self._route(self.encoder.encode(chunk), only=only)  # once per prompt
+            with routed(self.layers, entries, weights):
+                answers = self.lm.generate(chunk, self.max_new_tokens)
+            mass = torch.zeros(len(idx), len(self.task_names)).scatter_add_(1, owner[entries], weights)
+            for row, (text, logprob) in enumerate(answers):
+                t = int(mass[row].argmax())
+                out.append(Prediction(
+                    label=text, task=self.task_names[t], confidence=float(torch.tensor(logprob).exp()),
+                    entries=[f"{self.task_names[int(owner[e])]}#{int(e) % per_task}" for e in entries[row]],
+                    weights=[round(float(w), 6) for w in weights[row]],
+                    entry_tasks=[self.task_names[int(owner[e])] for e in entries[row]]))
+        return out

@@ -1,0 +1,86 @@
+"""SLM on a tiny LLaMA built in code: two instruction tasks learned in sequence, answered without task-ID."""
+
+import copy
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from scalable_lm.adapters.causal import CausalLM
+from scalable_lm.data.instructions import InstructionTask, load_instruction_task, prompt_text
+from scalable_lm.data.tasks import DataError
+from scalable_lm.encoder import QueryEncoder
+from scalable_lm.methods.generative import GenerativeSLM
+from tests.conftest import _DOMAINS, tiny_config, tiny_query_model
+
+
+@pytest.fixture(scope="module")
+def lm_tokenizer():
+    from transformers import AutoTokenizer
+
+    from scalable_lm.backbones import resolve
+
+    tok = AutoTokenizer.from_pretrained(resolve("minilm"))
+    tok = copy.deepcopy(tok)
+    tok.eos_token = "[SEP]"
+    return tok
+
+
+def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=30522, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    return LlamaForCausalLM(config).eval()
+
+
+def instruction_task(name: str, answer: str, n: int = 40, seed: int = 0) -> InstructionTask:
+    import random
+
+    nouns, _ = _DOMAINS[name]
+    rng = random.Random(seed)
+    rows = [(prompt_text("describe it", f"{rng.choice(nouns)} {rng.choice(nouns)}"), answer) for _ in range(n)]
+    return InstructionTask(name, rows[: n - 8], rows[n - 8:])
+
+
+def make_generative(tok):
+    config = tiny_config(router="gaussian", targets=["o_proj"])
+    config.train.epochs, config.train.lr = 8, 2e-2
+    encoder = QueryEncoder(tiny_query_model(), tok, name="tiny-encoder", max_length=24)
+    return GenerativeSLM(config, backbone=(tiny_llama(), tok), encoder=encoder, max_new_tokens=3)
+
+
+def test_answer_only_loss_masks_the_prompt(lm_tokenizer):
+    lm = CausalLM(tiny_llama(), lm_tokenizer, max_length=32)
+    batch = lm.training_batch(["apple banana", "a much longer prompt about a car and a truck"], ["sweet", "fast"])
+    answer_ids = lm_tokenizer("sweet", add_special_tokens=False)["input_ids"]
+    kept = batch["labels"][0][batch["labels"][0] != -100].tolist()
+    assert kept == answer_ids + [lm_tokenizer.eos_token_id]
+    assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()
+    assert torch.isfinite(lm.loss(batch))
+
+
+def test_two_tasks_in_sequence_answer_in_their_own_format(lm_tokenizer):
+    slm = make_generative(lm_tokenizer)
+    fruit, vehicle = instruction_task("fruit", "sweet"), instruction_task("vehicle", "fast", seed=1)
+    slm.learn(fruit, progress=False)
+    before = [t.clone() for t in slm._values(0)]
+    slm.learn(vehicle, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, slm._values(0)))  # earlier task untouched
+    prompts = [p for p, _ in fruit.test[:4]] + [p for p, _ in vehicle.test[:4]]
+    preds = slm.predict(prompts, batch_size=8)  # one mixed batch, no task-ID
+    assert [p.task for p in preds] == ["fruit"] * 4 + ["vehicle"] * 4
+    assert [p.label.split()[0] for p in preds] == ["sweet"] * 4 + ["fast"] * 4, [p.label for p in preds]
+    alone = slm.predict(prompts[-1:])[0]  # per-row routing: the batch does not change an answer
+    assert (alone.label, alone.entries) == (preds[-1].label, preds[-1].entries)
+
+
+def test_instruction_files_are_checked(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"instruction": "Say hi", "input": "", "output": "hi"}\n{"instruction": "x", "output": ""}\n')
+    with pytest.raises(DataError, match="row 2: empty or missing output"):
+        load_instruction_task("t", path)
+    path.write_text('{"prompt": "Say hi", "output": "hi"}\n')
+    with pytest.raises(DataError, match="column 'instruction' missing"):
+        load_instruction_task("t", path)
+    path.write_text('{"instruction": "Say hi", "input": "Bob", "output": "hi Bob"}\n')
+    assert load_instruction_task("t", path).train == [("Say hi\n\nBob", "hi Bob")]
