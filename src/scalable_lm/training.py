@@ -57,21 +57,38 @@ def supervised_epoch(
     desc: str = "training",
     progress: bool = True,
     penalty_fn: Callable[[], torch.Tensor] | None = None,
+    accelerator=None,
 ) -> float:
     """One shuffled epoch of cross-entropy; ``logits_fn(batch indices) -> (logits, targets)``.
 
     ``penalty_fn()``, if given, is added to every step's loss (EWC, O-LoRA orthogonality).
+    With an ``accelerate.Accelerator`` running several processes (data parallel, e.g. ``accelerate launch
+    --num_processes 2``), every process draws the same global batch order, takes its share of each batch,
+    and the gradients are summed across processes (each share's loss is divided by the global batch size),
+    so a step equals the single-process step up to float rounding and dropout draws.
     Returns the mean training loss (cross-entropy plus penalty).
     """
+    world = accelerator.num_processes if accelerator is not None else 1
+    rank = accelerator.process_index if accelerator is not None else 0
     total, steps = 0.0, 0
-    bar = tqdm(list(batches(n_rows, batch_size, generator)), desc=desc, disable=not progress, leave=False)
+    bar = tqdm(list(batches(n_rows, batch_size, generator)), desc=desc, disable=not progress or rank != 0, leave=False)
     for idx in bar:
-        logits, targets = logits_fn(idx)
-        loss = F.cross_entropy(logits, targets)
-        if penalty_fn is not None:
-            loss = loss + penalty_fn()
+        share = idx[rank::world]
         optimizer.zero_grad()
+        if len(share):
+            logits, targets = logits_fn(share)
+            loss = F.cross_entropy(logits, targets, reduction="sum") / len(idx)
+        else:
+            loss = sum(p.sum() * 0.0 for p in params)
+        if penalty_fn is not None:
+            loss = loss + penalty_fn() / world
         loss.backward()
+        if world > 1:
+            for p in params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                p.grad.copy_(accelerator.reduce(p.grad, reduction="sum"))
+            loss = accelerator.reduce(loss.detach(), reduction="sum")
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         total, steps = total + loss.item(), steps + 1

@@ -32,11 +32,14 @@ class SLM:
         config: options; defaults are the paper's (with longer key training, see ``KeyConfig``).
         backbone: ``(model, tokenizer)`` to use instead of loading ``config.model.backbone``.
         encoder: query encoder to use instead of loading ``config.model.encoder``.
+        accelerator: an ``accelerate.Accelerator``; under ``accelerate launch --num_processes N`` the
+            fine-tune stage runs data parallel over the N processes (see ``training.supervised_epoch``).
     """
 
     name = "slm"
 
-    def __init__(self, config: SLMConfig | None = None, backbone=None, encoder: QueryEncoder | None = None):
+    def __init__(self, config: SLMConfig | None = None, backbone=None, encoder: QueryEncoder | None = None,
+                 accelerator=None):
         from scalable_lm.backbones import load_encoder
 
         self.config = config or SLMConfig()
@@ -50,6 +53,7 @@ class SLM:
             raise ValueError(f"unknown router {bank_cfg.router!r}; use 'dtkr' or 'gaussian'")
         self.task_names: list[str] = []
         self.label_names: list[list[str]] = []
+        self.accelerator = accelerator
 
     # ---- growing and shrinking the bank -------------------------------------------------------------
     def _add_task(self, name: str, label_names: list[str], generator: torch.Generator) -> list[nn.Parameter]:
@@ -139,7 +143,8 @@ class SLM:
         for epoch in range(cfg.epochs):
             self.classifier.train()
             loss = training.supervised_epoch(trainable, optimizer, len(train_rows), cfg.batch_size, logits_fn,
-                                             generator, f"task {self.task_names[t]} epoch {epoch + 1}", progress)
+                                             generator, f"task {self.task_names[t]} epoch {epoch + 1}", progress,
+                                             accelerator=self.accelerator)
             val_acc = self._own_head_accuracy(t, val_rows, route) if val_rows else None
             history.append({"epoch": epoch + 1, "loss": loss, "val_accuracy": val_acc})
             if val_acc is not None and val_acc > best_acc:
