@@ -1,0 +1,59 @@
+"""Instruct-3 (paper's "LLaMA benchmark") tasks from the local datasets, as instruction tasks.
+
+- finance_fpb: financial-news sentiment; the answer is one word (negative / neutral / positive).
+- mmlu: multiple choice; the answer is the letter. Training rows and evaluation rows are disjoint: a
+  seeded split of the local mmlu test file (``dev.jsonl`` is kept out as the paper's few-shot pool).
+- medical_chatdoctor5k: already instruction rows (a doctor's answer to a patient's description).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from scalable_lm.data.instructions import InstructionTask, parse_instructions, prompt_text
+
+FINANCE = ("What is the sentiment of this financial news? Answer with one word: negative, neutral or "
+           "positive.")
+MMLU = "Answer the multiple-choice question with the letter of the right choice (A, B, C or D)."
+LETTERS = "ABCD"
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _sample(rows: list, n: int | None, seed: int) -> list:
+    return rows if n is None or len(rows) <= n else random.Random(seed).sample(rows, n)
+
+
+def finance(data: Path, n_train: int | None, n_test: int | None, seed: int = 0) -> InstructionTask:
+    def pairs(rows):
+        return [(prompt_text(FINANCE, r["text"]), r["label_name"]) for r in rows]
+    return InstructionTask("finance", pairs(_sample(_rows(data / "finance_fpb" / "train.jsonl"), n_train, seed)),
+                           pairs(_sample(_rows(data / "finance_fpb" / "test.jsonl"), n_test, seed + 1)))
+
+
+def mmlu(data: Path, n_train: int | None, n_test: int | None, seed: int = 0) -> InstructionTask:
+    rows = _rows(data / "mmlu" / "test.jsonl")
+    random.Random(seed).shuffle(rows)
+    half = len(rows) // 2  # first half trains, second half evaluates: disjoint by construction
+
+    def pairs(part):
+        out = []
+        for r in part:
+            choices = "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(r["choices"]))
+            out.append((prompt_text(MMLU, f"{r['question']}\n{choices}"), LETTERS[r["answer"]]))
+        return out
+    return InstructionTask("mmlu", pairs(_sample(rows[:half], n_train, seed)), pairs(_sample(rows[half:], n_test, seed + 1)))
+
+
+def medical(data: Path, n_train: int | None, n_test: int | None, seed: int = 0) -> InstructionTask:
+    d = data / "medical_chatdoctor5k"
+    return InstructionTask("medical",
+                           _sample(parse_instructions(_rows(d / "train.jsonl"), str(d / "train.jsonl")), n_train, seed),
+                           _sample(parse_instructions(_rows(d / "test.jsonl"), str(d / "test.jsonl")), n_test, seed + 1))
+
+
+BUILDERS = {"finance": finance, "mmlu": mmlu, "medical": medical}
