@@ -160,6 +160,23 @@ def load_causal(name: str) -> tuple[nn.Module, object]:
     return model, tokenizer
 
 
+def load_generator(name: str) -> tuple[nn.Module, object]:
+    """A causal LM, or an encoder-decoder (``AutoModelForSeq2SeqLM``) when the model's config says so."""
+    if name not in GGUF:
+        from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
+
+        path = resolve(name)
+        try:
+            if getattr(AutoConfig.from_pretrained(path), "is_encoder_decoder", False):
+                tokenizer = AutoTokenizer.from_pretrained(path)
+                model = AutoModelForSeq2SeqLM.from_pretrained(path, dtype=torch.float32)
+                model.eval().requires_grad_(False)
+                return model, tokenizer
+        except OSError as err:
+            raise RuntimeError(f"cannot load model '{name}' ({path}): {err}") from err
+    return load_causal(name)
+
+
 def fingerprint(model: nn.Module) -> str:
     """Short hash of a model's architecture config and the first rows of its input embeddings."""
     h = hashlib.sha256()

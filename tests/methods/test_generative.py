@@ -84,3 +84,28 @@ def test_instruction_files_are_checked(tmp_path):
         load_instruction_task("t", path)
     path.write_text('{"instruction": "Say hi", "input": "Bob", "output": "hi Bob"}\n')
     assert load_instruction_task("t", path).train == [("Say hi\n\nBob", "hi Bob")]
+
+
+def tiny_t5(seed: int = 0):
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(seed)
+    config = T5Config(vocab_size=30522, d_model=48, d_kv=12, d_ff=96, num_layers=2, num_decoder_layers=2,
+                      num_heads=4, decoder_start_token_id=0, pad_token_id=0, eos_token_id=102)
+    return T5ForConditionalGeneration(config).eval()
+
+
+def test_encoder_decoder_learns_two_tasks_and_answers_without_task_id(lm_tokenizer):
+    config = tiny_config(router="gaussian")
+    config.bank.targets = ["SelfAttention.o", "EncDecAttention.o"]
+    config.train.epochs, config.train.lr = 8, 2e-2
+    encoder = QueryEncoder(tiny_query_model(), lm_tokenizer, name="tiny-encoder", max_length=24)
+    slm = GenerativeSLM(config, backbone=(tiny_t5(), lm_tokenizer), encoder=encoder, max_new_tokens=3)
+    assert len(slm.layers) == 2 * 2 + 2  # encoder self-attention, decoder self- and cross-attention
+    fruit, vehicle = instruction_task("fruit", "sweet"), instruction_task("vehicle", "fast", seed=1)
+    slm.learn(fruit, progress=False)
+    slm.learn(vehicle, progress=False)
+    prompts = [p for p, _ in fruit.test[:4]] + [p for p, _ in vehicle.test[:4]]
+    preds = slm.predict(prompts, batch_size=8)
+    assert [p.task for p in preds] == ["fruit"] * 4 + ["vehicle"] * 4
+    assert [p.label.split()[0] if p.label else "" for p in preds] == ["sweet"] * 4 + ["fast"] * 4, [p.label for p in preds]

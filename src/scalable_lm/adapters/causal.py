@@ -84,3 +84,52 @@ class CausalLM(nn.Module):
             text = self.tokenizer.decode(tokens[:stop], skip_special_tokens=True).strip()
             answers.append((text, float(chosen[row, : max(stop, 1)].mean())))
         return answers
+
+
+class Seq2SeqLM(nn.Module):
+    """An encoder-decoder (``AutoModelForSeq2SeqLM``, T5 family) with the same interface as ``CausalLM``:
+    the prompt goes to the encoder, the answer is the decoder's target (text-to-text labels)."""
+
+    def __init__(self, model: nn.Module, tokenizer, max_length: int = 256):
+        super().__init__()
+        self.model = model.requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        if tokenizer.eos_token_id is None or tokenizer.pad_token_id is None:
+            raise ValueError("the tokenizer needs end-of-sequence and padding tokens")
+
+    def render(self, prompt: str) -> str:
+        return prompt
+
+    def _encode(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        return self.tokenizer(prompts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+
+    def training_batch(self, prompts: list[str], answers: list[str]) -> dict[str, torch.Tensor]:
+        batch = self._encode(prompts)
+        targets = [self.tokenizer(a, add_special_tokens=False)["input_ids"][: self.max_length // 2]
+                   + [self.tokenizer.eos_token_id] for a in answers]
+        width = max(len(t) for t in targets)
+        batch["labels"] = torch.tensor([t + [-100] * (width - len(t)) for t in targets])
+        return dict(batch)
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], max_new_tokens: int = 64) -> list[tuple[str, float]]:
+        batch = self._encode(prompts)
+        out = self.model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                  max_new_tokens=max_new_tokens, do_sample=False, output_scores=True,
+                                  return_dict_in_generate=True, eos_token_id=self.tokenizer.eos_token_id,
+                                  pad_token_id=self.tokenizer.pad_token_id)
+        new = out.sequences[:, 1:]  # after the decoder start token
+        logprobs = torch.stack([torch.log_softmax(s.float(), dim=-1) for s in out.scores], dim=1)
+        chosen = logprobs.gather(-1, new[..., None])[..., 0]
+        answers = []
+        for row in range(len(prompts)):
+            tokens = new[row].tolist()
+            eos = self.tokenizer.eos_token_id
+            stop = tokens.index(eos) if eos in tokens else len(tokens)
+            text = self.tokenizer.decode(tokens[:stop], skip_special_tokens=True).strip()
+            answers.append((text, float(chosen[row, : max(stop, 1)].mean())))
+        return answers

@@ -16,7 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from scalable_lm import training
-from scalable_lm.adapters.causal import CausalLM
+from scalable_lm.adapters.causal import CausalLM, Seq2SeqLM
 from scalable_lm.adapters.inject import inject, routed
 from scalable_lm.config import BankConfig, SLMConfig
 from scalable_lm.core import routers
@@ -27,14 +27,16 @@ from scalable_lm.encoder import QueryEncoder
 from scalable_lm.methods.base import Prediction
 
 DECODER_TARGETS = ["o_proj"]  # attention output of LLaMA-family blocks (the paper's choice)
+SEQ2SEQ_TARGETS = ["SelfAttention.o", "EncDecAttention.o"]  # T5 attention outputs, encoder and decoder
 
 
 class GenerativeSLM:
-    """Scalable Language Model on a causal LM backbone.
+    """Scalable Language Model on a generative backbone: a decoder LM, or an encoder-decoder (T5 family).
 
     Args:
-        config: options; ``model.backbone`` names the decoder (default ``smollm2``); when ``bank.targets``
-            is left at the encoder default it becomes ``["o_proj"]``.
+        config: options; ``model.backbone`` names the model (default ``smollm2``); when ``bank.targets`` is
+            left at the encoder-classifier default it becomes ``["o_proj"]`` (decoder) or the T5 attention
+            outputs (encoder-decoder).
         backbone: ``(model, tokenizer)`` to use instead of loading ``config.model.backbone``.
         encoder: query encoder to use instead of loading ``config.model.encoder``.
         max_new_tokens: longest generated answer.
@@ -44,15 +46,16 @@ class GenerativeSLM:
 
     def __init__(self, config: SLMConfig | None = None, backbone=None, encoder: QueryEncoder | None = None,
                  max_new_tokens: int = 64):
-        from scalable_lm.backbones import load_causal
+        from scalable_lm.backbones import load_generator
 
         self.config = copy.deepcopy(config) if config is not None else SLMConfig()
         if self.config.model.backbone == "minilm":
             self.config.model.backbone = "smollm2"
+        model, tokenizer = backbone if backbone is not None else load_generator(self.config.model.backbone)
+        seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
         if self.config.bank.targets == BankConfig().targets:
-            self.config.bank.targets = list(DECODER_TARGETS)
-        model, tokenizer = backbone if backbone is not None else load_causal(self.config.model.backbone)
-        self.lm = CausalLM(model, tokenizer, self.config.train.max_length)
+            self.config.bank.targets = list(SEQ2SEQ_TARGETS if seq2seq else DECODER_TARGETS)
+        self.lm = (Seq2SeqLM if seq2seq else CausalLM)(model, tokenizer, self.config.train.max_length)
         b = self.config.bank
         self.layers = inject(model, b.targets, b.rank, b.alpha)
         self.encoder = encoder if encoder is not None else QueryEncoder.from_name(self.config.model.encoder)
