@@ -87,12 +87,36 @@ def cmd_learn(args) -> None:
         for section, values in overrides.items():
             base[section].update(values)
         config = SLMConfig.from_dict(base)
-    task = load_task(args.task, args.data, args.test, args.max_train, config.train.seed, args.text_column,
-                     args.label_column)
-    slm = store.load(directory) if existing else SLM(config)
+    generative = _is_instruction_data(args.data)
+    kind = "generative" if generative else "classifier"
+    if existing and manifest.get("kind", "classifier") != kind:
+        raise DataError(f"{directory} is a {manifest.get('kind', 'classifier')} model; {args.data} holds "
+                        f"{'instruction' if generative else 'labelled'} rows")
+    if generative:
+        from scalable_lm.data.instructions import load_instruction_task
+        from scalable_lm.methods.generative import GenerativeSLM
+
+        task = load_instruction_task(args.task, args.data, args.test, args.max_train, config.train.seed)
+        slm = store.load(directory) if existing else GenerativeSLM(config)
+    else:
+        task = load_task(args.task, args.data, args.test, args.max_train, config.train.seed, args.text_column,
+                         args.label_column)
+        slm = store.load(directory) if existing else SLM(config)
     cache = _query_cache(slm, args)
     report = slm.learn(task, progress=_progress(args))
     store.save(slm, directory)
+    if generative:
+        val = report["epochs"][-1]["val_loss"] if report["epochs"] else None
+        print(f"learned '{task.name}' ({report['train_rows']} train rows) into {directory} in "
+              f"{report['total_s']:.1f}s" + (f"; validation loss {val:.3f}" if val is not None else ""))
+        if task.test:
+            from scalable_lm.scoring import first_word_match
+
+            preds = slm.predict([p for p, _ in task.test], progress=_progress(args))
+            score = first_word_match([p.label for p in preds], [a for _, a in task.test])
+            print(f"test first-word match on '{task.name}' (no task-ID): {score:.3f}")
+        _save_query_cache(slm, cache)
+        return
     best = report["best_val_accuracy"]
     print(f"learned '{task.name}' ({len(task.label_names)} labels, {report['train_rows']} train rows) into "
           f"{directory} in {report['total_s']:.1f}s" + (f"; validation accuracy {best:.3f}" if best is not None else ""))
@@ -102,6 +126,16 @@ def cmd_learn(args) -> None:
         score = evaluate(slm, [task], progress=_progress(args))[task.name]
         print(f"test accuracy on '{task.name}' (no task-ID): {score['accuracy']:.3f}")
     _save_query_cache(slm, cache)  # after the test rows too, so a later `slm eval` finds them
+
+
+def _is_instruction_data(path: str) -> bool:
+    """Instruction rows (``instruction`` + ``output`` columns) train a generative model."""
+    from scalable_lm.data.tasks import read_rows
+
+    if str(path).startswith("hf:"):
+        return False
+    first = read_rows(path)[0]
+    return "instruction" in first and "output" in first
 
 
 def cmd_predict(args) -> None:
@@ -132,6 +166,9 @@ def cmd_eval(args) -> None:
     from scalable_lm.data.tasks import DataError, Task, encode_labels, read_rows
     from scalable_lm.runner import evaluate
 
+    if store.read_manifest(args.model).get("kind", "classifier") == "generative":
+        raise DataError("slm eval scores classification models; score a generative model with "
+                        "`slm predict --json` and scalable_lm.scoring")
     slm = store.load(args.model)
     tasks = []
     for spec in args.data:
@@ -163,7 +200,7 @@ def cmd_info(args) -> None:
     manifest = store.read_manifest(args.model)
     directory = Path(args.model)
     bank = manifest["config"]["bank"]
-    print(f"model directory {directory}")
+    print(f"model directory {directory} ({manifest.get('kind', 'classifier')})")
     print(f"  backbone {manifest['backbone']['name']} ({manifest['backbone']['fingerprint']}), "
           f"encoder {manifest['encoder']['name']} ({manifest['encoder']['fingerprint']})")
     print(f"  bank: router {bank.get('router', 'dtkr')}, G={bank['groups']} P={bank['entries_per_task']} "
@@ -172,8 +209,9 @@ def cmd_info(args) -> None:
     print(f"  {len(manifest['tasks'])} tasks, {len(manifest['tasks']) * bank['entries_per_task']} entries")
     for t in manifest["tasks"]:
         size = (directory / t["file"]).stat().st_size / 1024
-        print(f"  - {t['name']}: {len(t['label_names'])} labels {t['label_names']}, {t['entries']} entries, "
-              f"{size:.0f} KiB")
+        what = "free-text answers" if manifest.get("kind") == "generative" else \
+            f"{len(t['label_names'])} labels {t['label_names']}"
+        print(f"  - {t['name']}: {what}, {t['entries']} entries, {size:.0f} KiB")
 
 
 def cmd_demo(args) -> None:
@@ -195,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "tasks' files are not touched; the directory is updated atomically at the end.")
     learn.add_argument("--model", required=True, help="model directory")
     learn.add_argument("--task", required=True, help="name of the new task (unique in the directory)")
-    learn.add_argument("--data", required=True, help="training data: JSONL/CSV file, or hf:DATASET when online")
+    learn.add_argument("--data", required=True, help="training data: JSONL/CSV file with text + label (classifier), or instruction + input + output rows (generative model, SmolLM2 by default); or hf:DATASET when online")
     learn.add_argument("--test", help="optional test file, scored after learning")
     learn.add_argument("--max-train", type=int, help="use a seeded random subset of this many training rows")
     _add_data_columns(learn)

@@ -79,7 +79,7 @@ def _identity(slm) -> dict:
     from scalable_lm.backbones import fingerprint
 
     return {
-        "backbone": {"name": slm.config.model.backbone, "fingerprint": fingerprint(slm.classifier.backbone)},
+        "backbone": {"name": slm.config.model.backbone, "fingerprint": fingerprint(slm.backbone_module)},
         "encoder": {"name": slm.encoder.name, "fingerprint": fingerprint(slm.encoder.model)},
     }
 
@@ -89,8 +89,9 @@ def task_tensors(slm, t: int) -> dict[str, torch.Tensor]:
     tensors = {"keys": slm.bank.keys[t]}
     for name, layer in slm.layers.items():
         tensors[f"values.{name}.A"], tensors[f"values.{name}.B"] = layer.lora_A[t], layer.lora_B[t]
-    head = slm.classifier.heads[t]
-    tensors["head.weight"], tensors["head.bias"] = head.weight, head.bias
+    if hasattr(slm, "classifier"):  # generative models have no heads
+        head = slm.classifier.heads[t]
+        tensors["head.weight"], tensors["head.bias"] = head.weight, head.bias
     tensors.update(zip(STATS, slm.bank.stats[t]))
     return {k: v.detach().contiguous() for k, v in tensors.items()}
 
@@ -113,7 +114,7 @@ def save(slm, directory: str | Path) -> list[str]:
     else:
         if directory.exists() and any(directory.iterdir()):
             raise ModelDirError(f"{directory} exists, is not empty and is not a model directory")
-        manifest = {"format": FORMAT, "config": slm.config.to_dict(), "tasks": [], **identity}
+        manifest = {"format": FORMAT, "kind": kind_of(slm), "config": slm.config.to_dict(), "tasks": [], **identity}
     written = []
     for t in range(len(manifest["tasks"]), len(slm.task_names)):
         name = slm.task_names[t]
@@ -128,6 +129,11 @@ def save(slm, directory: str | Path) -> list[str]:
     text = json.dumps(manifest, indent=2)
     atomic_write(directory / MANIFEST, lambda tmp: tmp.write_text(text))
     return written
+
+
+def kind_of(slm) -> str:
+    """``classifier`` (encoder + heads, ``SLM``) or ``generative`` (``GenerativeSLM``)."""
+    return "classifier" if hasattr(slm, "classifier") else "generative"
 
 
 def check_identity(manifest: dict, identity: dict, directory: Path) -> None:
@@ -154,7 +160,12 @@ def load(directory: str | Path, backbone=None, encoder=None):
         if sha256(path) != entry["sha256"]:
             raise ModelDirError(f"task file {path} is corrupted or was edited (checksum mismatch)")
         files.append(path)
-    slm = SLM(SLMConfig.from_dict(manifest["config"]), backbone=backbone, encoder=encoder)
+    if manifest.get("kind", "classifier") == "generative":
+        from scalable_lm.methods.generative import GenerativeSLM
+
+        slm = GenerativeSLM(SLMConfig.from_dict(manifest["config"]), backbone=backbone, encoder=encoder)
+    else:
+        slm = SLM(SLMConfig.from_dict(manifest["config"]), backbone=backbone, encoder=encoder)
     check_identity(manifest, _identity(slm), directory)
     for entry, path in zip(manifest["tasks"], files):
         try:

@@ -109,3 +109,21 @@ def test_encoder_decoder_learns_two_tasks_and_answers_without_task_id(lm_tokeniz
     preds = slm.predict(prompts, batch_size=8)
     assert [p.task for p in preds] == ["fruit"] * 4 + ["vehicle"] * 4
     assert [p.label.split()[0] if p.label else "" for p in preds] == ["sweet"] * 4 + ["fast"] * 4, [p.label for p in preds]
+
+
+def test_generative_model_directory_round_trip(lm_tokenizer, tmp_path):
+    from scalable_lm import store
+
+    slm = make_generative(lm_tokenizer)
+    slm.config.train.epochs = 2
+    fruit, vehicle = instruction_task("fruit", "sweet"), instruction_task("vehicle", "fast", seed=1)
+    for task in (fruit, vehicle):
+        slm.learn(task, progress=False)
+    store.save(slm, tmp_path / "m")
+    assert store.read_manifest(tmp_path / "m")["kind"] == "generative"
+    encoder = QueryEncoder(tiny_query_model(), lm_tokenizer, name="tiny-encoder", max_length=24)
+    loaded = store.load(tmp_path / "m", backbone=(tiny_llama(), lm_tokenizer), encoder=encoder)
+    assert isinstance(loaded, GenerativeSLM) and loaded.task_names == ["fruit", "vehicle"]
+    prompts = [p for p, _ in fruit.test[:2]] + [p for p, _ in vehicle.test[:2]]
+    before, after = slm.predict(prompts), loaded.predict(prompts)
+    assert [(p.label, p.entries) for p in before] == [(p.label, p.entries) for p in after]

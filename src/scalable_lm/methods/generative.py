@@ -61,15 +61,25 @@ class GenerativeSLM:
         self.encoder = encoder if encoder is not None else QueryEncoder.from_name(self.config.model.encoder)
         self.bank = KnowledgeBank(self.encoder.dim, b.groups, b.entries_per_task)
         self.task_names: list[str] = []
+        self.label_names: list[list[str]] = []  # always empty lists: answers are free text
         self.max_new_tokens = max_new_tokens
 
+    @property
+    def backbone_module(self) -> nn.Module:
+        return self.lm.model
+
     # ---- growing and shrinking ---------------------------------------------------------------
-    def _add_task(self, name: str, generator: torch.Generator) -> list[nn.Parameter]:
+    def _add_task(self, name: str, label_names: list[str] | None, generator: torch.Generator) -> list[nn.Parameter]:
         params = [self.bank.add_task(generator)]
         for layer in self.layers.values():
             params += layer.add_task(self.bank.entries_per_task, generator)
         self.task_names.append(name)
+        self.label_names.append([])
         return params
+
+    def _task_params(self, t: int) -> list[nn.Parameter]:
+        """Every tensor owned by task ``t`` (keys, then values in every layer)."""
+        return [self.bank.keys[t], *self._values(t)]
 
     def _drop_last_task(self) -> None:
         keep = len(self.task_names) - 1
@@ -77,6 +87,7 @@ class GenerativeSLM:
         for layer in self.layers.values():
             layer.truncate(keep)
         self.task_names.pop()
+        self.label_names.pop()
 
     def _values(self, t: int) -> list[nn.Parameter]:
         return [p for layer in self.layers.values() for p in (layer.lora_A[t], layer.lora_B[t])]
@@ -97,7 +108,7 @@ class GenerativeSLM:
         train_rows, val_rows = split_validation(task.train, self.config.train.val_fraction, seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self._add_task(task.name, generator)
+            self._add_task(task.name, None, generator)
             try:
                 return self._learn_new(train_rows, val_rows, generator, progress)
             except BaseException:

@@ -55,6 +55,10 @@ class SLM:
         self.label_names: list[list[str]] = []
         self.accelerator = accelerator
 
+    @property
+    def backbone_module(self) -> nn.Module:
+        return self.classifier.backbone
+
     # ---- growing and shrinking the bank -------------------------------------------------------------
     def _add_task(self, name: str, label_names: list[str], generator: torch.Generator) -> list[nn.Parameter]:
         """Create a task's keys, values and head; returns the new tensors (keys first)."""
