@@ -20,8 +20,22 @@ MMLU = "Answer the multiple-choice question with the letter of the right choice 
 LETTERS = "ABCD"
 
 
+SKIPPED: dict[str, list[int]] = {}  # file -> line numbers that are not valid JSON (reported in results)
+
+
 def _rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    """JSON lines of ``path``; a broken line (the local mmlu test file has one cut-off row) is skipped and
+    recorded in ``SKIPPED`` rather than stopping the benchmark."""
+    rows = []
+    # split on "\n" only: str.splitlines also breaks at separators (U+2028, ...) that JSON strings may hold
+    for n, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            SKIPPED.setdefault(str(path), []).append(n)
+    return rows
 
 
 def _sample(rows: list, n: int | None, seed: int) -> list:

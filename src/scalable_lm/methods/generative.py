@@ -186,11 +186,16 @@ class GenerativeSLM:
         owner = self.bank.entry_task()
         per_task = self.bank.entries_per_task
         out: list[Prediction] = []
+        self.timings = {"retrieval_s": 0.0, "generation_s": 0.0}  # of this call (paper Tab. 17)
         for idx in tqdm(list(training.batches(len(prompts), batch_size)), desc="generating", disable=not progress, leave=False):
             chunk = [prompts[i] for i in idx]
+            start = time.perf_counter()
             entries, weights = self._route(self.encoder.encode(chunk), only=only)  # once per prompt
+            routed_at = time.perf_counter()
             with routed(self.layers, entries, weights):
                 answers = self.lm.generate(chunk, self.max_new_tokens)
+            self.timings["retrieval_s"] += routed_at - start
+            self.timings["generation_s"] += time.perf_counter() - routed_at
             mass = torch.zeros(len(idx), len(self.task_names)).scatter_add_(1, owner[entries], weights)
             for row, (text, logprob) in enumerate(answers):
                 t = int(mass[row].argmax())

@@ -1,0 +1,137 @@
+"""Instruct-3 (paper's "LLaMA benchmark") on SmolLM2: one config, one stream, one results JSON.
+
+Usage:
+    python benchmarks/instruct/run.py benchmarks/configs/instruct3/slm_order8.json [--data-dir ../shared/datasets]
+
+Config: {"benchmark": "instruct3", "order": ["medical", "mmlu", "finance"], "method": "slm" | "oracle" | "base",
+         "train_per_task": 200, "test_per_task": 60, "seed": 0, "batch_size": 8, "config": {...SLMConfig overrides}}
+- slm: GenerativeSLM, no task-ID; test prompts of all tasks learned so far are shuffled into mixed batches.
+- oracle: one LoRA per task (P=1, K=1) used WITH the task named: the per-task upper bound.
+- base: the model untrained (each task scored once, at the end).
+Scores: finance and mmlu by first-word exact match, medical by BERTScore-F1 (packaged MiniLM) with ROUGE-L
+beside it. The result holds the score matrix, five example answers per task from the final mixed batches,
+retrieval accuracy, and retrieval vs generation time per task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))  # first: `run` is benchmarks/run.py, `tasks` is found in HERE
+from run import provenance  # noqa: E402
+from tasks import BUILDERS, SKIPPED  # noqa: E402
+
+from scalable_lm import metrics  # noqa: E402
+from scalable_lm.config import SLMConfig  # noqa: E402
+from scalable_lm.scoring import bert_score_f1, first_word_match, rouge_l  # noqa: E402
+
+MAX_NEW = {"medical": 64, "mmlu": 4, "finance": 4}
+
+
+def score(task: str, answers: list[str], golds: list[str]) -> dict:
+    if task == "medical":
+        return {"primary": bert_score_f1(answers, golds), "bertscore_f1": bert_score_f1(answers, golds),
+                "rouge_l": rouge_l(answers, golds)}
+    return {"primary": first_word_match(answers, golds), "first_word_match": first_word_match(answers, golds)}
+
+
+def evaluate(method, tasks, cfg, task_id: bool) -> tuple[dict, list]:
+    rows = [(t.name, p, a) for t in tasks for p, a in t.test]
+    random.Random(cfg.get("seed", 0)).shuffle(rows)
+    method.max_new_tokens = max(MAX_NEW[t.name] for t in tasks)
+    if task_id:
+        preds = {}
+        for t in tasks:
+            mine = [p for n, p, _ in rows if n == t.name]
+            preds[t.name] = iter(method.predict(mine, batch_size=cfg.get("batch_size", 8), task=t.name))
+        out = [next(preds[n]) for n, _, _ in rows]
+        timings = {}
+    else:
+        out = method.predict([p for _, p, _ in rows], batch_size=cfg.get("batch_size", 8))
+        timings = dict(method.timings)
+    scores, examples = {}, []
+    for t in tasks:
+        mine = [(p, gold, pred) for (n, p, gold), pred in zip(rows, out) if n == t.name]
+        s = score(t.name, [pred.label for _, _, pred in mine], [g for _, g, _ in mine])
+        if not task_id:
+            s["retrieval"] = metrics.retrieval_accuracy([pred.entry_tasks for *_, pred in mine], [t.name] * len(mine))
+        scores[t.name] = s
+        examples += [{"task": t.name, "prompt": p[-300:], "gold": g, "answer": pred.label, "retrieved": pred.task,
+                      "weights": pred.weights} for p, g, pred in mine[:5]]
+    return {"scores": scores, "timings": timings}, examples
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", type=Path)
+    parser.add_argument("--data-dir", type=Path, default=HERE.parents[2] / "shared" / "datasets")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    cfg = json.loads(args.config.read_text())
+    out = args.out or HERE.parent / "results" / cfg["benchmark"] / f"{args.config.stem}.json"
+    seed = cfg.get("seed", 0)
+    tasks = [BUILDERS[n](args.data_dir, cfg["train_per_task"], cfg["test_per_task"], seed) for n in cfg["order"]]
+    base = SLMConfig().to_dict()
+    for section, values in cfg.get("config", {}).items():
+        base[section].update(values)
+    config = SLMConfig.from_dict(base)
+    from scalable_lm.methods.generative import GenerativeSLM
+
+    method = cfg["method"]
+    if method == "oracle":
+        config.bank.entries_per_task, config.bank.top_k, config.bank.router = 1, 1, "gaussian"
+    slm = GenerativeSLM(config)
+    n = len(tasks)
+    R: list[list[float | None]] = [[None] * n for _ in range(n)]
+    record = {"command": f"python benchmarks/instruct/run.py {args.config}", "benchmark_config": cfg,
+              "method_config": slm.config.to_dict(), "tasks": [t.name for t in tasks],
+              "sizes": {t.name: {"train": len(t.train), "test": len(t.test)} for t in tasks},
+              "rows": [], "learn_reports": [], "provenance": provenance(),
+              "skipped_broken_lines": {k: v for k, v in SKIPPED.items()}}
+    start = time.perf_counter()
+    examples = []
+    if method == "base":
+        from scalable_lm.adapters.causal import CausalLM
+
+        lm = CausalLM(slm.lm.model, slm.lm.tokenizer, config.train.max_length)
+        rows = []
+        for t in tasks:
+            answers = []
+            for i in range(0, len(t.test), cfg.get("batch_size", 8)):
+                chunk = t.test[i: i + cfg.get("batch_size", 8)]
+                answers += [a for a, _ in lm.generate([p for p, _ in chunk], MAX_NEW[t.name])]
+            s = score(t.name, answers, [g for _, g in t.test])
+            rows.append(s)
+            R[n - 1][tasks.index(t)] = s["primary"]
+            examples += [{"task": t.name, "prompt": p[-300:], "gold": g, "answer": a} for (p, g), a in list(zip(t.test, answers))[:5]]
+        record["rows"] = [{"scores": dict(zip(record["tasks"], rows))}]
+    else:
+        for i, task in enumerate(tasks):
+            t0 = time.perf_counter()
+            record["learn_reports"].append(slm.learn(task, progress=sys.stderr.isatty()))
+            t1 = time.perf_counter()
+            result, examples = evaluate(slm, tasks[: i + 1], cfg, task_id=method == "oracle")
+            for j, t in enumerate(tasks[: i + 1]):
+                R[i][j] = result["scores"][t.name]["primary"]
+            record["rows"].append({**result, "learn_s": t1 - t0, "eval_s": time.perf_counter() - t1})
+            print(f"after {task.name}: " + ", ".join(f"{t.name} {100 * R[i][j]:.1f}" for j, t in enumerate(tasks[: i + 1])), flush=True)
+    record.update(R=R, examples=examples, seconds=time.perf_counter() - start,
+                  metrics={"average": sum(x for x in R[-1] if x is not None) / n,
+                           "forgetting": metrics.forgetting(R) if method != "base" else None})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2))
+    print(f"{method} {cfg['order']}: average {100 * record['metrics']['average']:.1f} -> {out}")
+
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    main()
