@@ -21,16 +21,15 @@ from scalable_lm.adapters.inject import inject, routed
 from scalable_lm.config import BankConfig, SLMConfig
 from scalable_lm.core import routers
 from scalable_lm.core.bank import KnowledgeBank
-from scalable_lm.data.instructions import InstructionTask
-from scalable_lm.data.tasks import DataError, split_validation
+from scalable_lm.data.tasks import DataError
 from scalable_lm.encoder import QueryEncoder
-from scalable_lm.methods.base import Prediction
+from scalable_lm.methods.base import GrowsByTask, Prediction
 
 DECODER_TARGETS = ["o_proj"]  # attention output of LLaMA-family blocks (the paper's choice)
 SEQ2SEQ_TARGETS = ["SelfAttention.o", "EncDecAttention.o"]  # T5 attention outputs, encoder and decoder
 
 
-class GenerativeSLM:
+class GenerativeSLM(GrowsByTask):
     """Scalable Language Model on a generative backbone: a decoder LM, or an encoder-decoder (T5 family).
 
     Args:
@@ -97,24 +96,6 @@ class GenerativeSLM:
         return self.bank.route(queries, b.top_k, b.router, upto, only, b.weighting, b.temperature, b.shrinkage)
 
     # ---- learn ---------------------------------------------------------------------------------
-    def learn(self, task: InstructionTask, progress: bool = True) -> dict:
-        """Learn one instruction task; returns a report (timings, key loss, validation loss per epoch)."""
-        if task.name in self.task_names:
-            raise DataError(f"task '{task.name}' is already in the bank")
-        if not task.train:
-            raise DataError(f"task '{task.name}' has no training rows")
-        seed = self.config.train.seed + len(self.task_names)
-        generator = torch.Generator().manual_seed(seed)
-        train_rows, val_rows = split_validation(task.train, self.config.train.val_fraction, seed)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            self._add_task(task.name, None, generator)
-            try:
-                return self._learn_new(train_rows, val_rows, generator, progress)
-            except BaseException:
-                self._drop_last_task()
-                raise
-
     def _learn_new(self, train_rows, val_rows, generator, progress) -> dict:
         t = len(self.task_names) - 1
         cfg = self.config.train

@@ -20,12 +20,12 @@ from scalable_lm.adapters.inject import inject, routed
 from scalable_lm.config import SLMConfig
 from scalable_lm.core.bank import KnowledgeBank
 from scalable_lm.core.routers import task_statistics
-from scalable_lm.data.tasks import DataError, Task, split_validation
+from scalable_lm.data.tasks import DataError
 from scalable_lm.encoder import QueryEncoder
-from scalable_lm.methods.base import Prediction
+from scalable_lm.methods.base import GrowsByTask, Prediction
 
 
-class SLM:
+class SLM(GrowsByTask):
     """Scalable Language Model on an encoder classifier backbone.
 
     Args:
@@ -86,25 +86,6 @@ class SLM:
         return self.task_names.index(name)
 
     # ---- learn ----------------------------------------------------------------------------------
-    def learn(self, task: Task, progress: bool = True) -> dict:
-        """Learn one new task; returns a report (timings, key loss, validation accuracy per epoch)."""
-        if task.name in self.task_names:
-            raise DataError(f"task '{task.name}' is already in the bank")
-        if not task.train:
-            raise DataError(f"task '{task.name}' has no training rows")
-        seed = self.config.train.seed + len(self.task_names)
-        generator = torch.Generator().manual_seed(seed)
-        train_rows, val_rows = split_validation(task.train, self.config.train.val_fraction, seed)
-        # head init and dropout draw from the global RNG: seed it for this task, restore it after
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            self._add_task(task.name, task.label_names, generator)
-            try:
-                return self._learn_new(train_rows, val_rows, generator, progress)
-            except BaseException:
-                self._drop_last_task()
-                raise
-
     def _learn_new(self, train_rows, val_rows, generator, progress) -> dict:
         t = len(self.task_names) - 1
         start = time.perf_counter()
