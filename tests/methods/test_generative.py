@@ -127,3 +127,19 @@ def test_generative_model_directory_round_trip(lm_tokenizer, tmp_path):
     prompts = [p for p, _ in fruit.test[:2]] + [p for p, _ in vehicle.test[:2]]
     before, after = slm.predict(prompts), loaded.predict(prompts)
     assert [(p.label, p.entries) for p in before] == [(p.label, p.entries) for p in after]
+
+
+def test_sequential_lora_generator_overwrites_the_first_task(lm_tokenizer):
+    from scalable_lm.baselines.generative import SequentialLoRAGenerator
+
+    config = tiny_config(targets=["o_proj"])
+    config.train.epochs, config.train.lr = 8, 2e-2
+    method = SequentialLoRAGenerator(config, backbone=(tiny_llama(), lm_tokenizer), max_new_tokens=3)
+    fruit, vehicle = instruction_task("fruit", "sweet"), instruction_task("vehicle", "fast", seed=1)
+    method.learn(fruit, progress=False)
+    assert method.predict([p for p, _ in fruit.test[:2]])[0].label.split()[0] == "sweet"
+    method.learn(vehicle, progress=False)  # one shared LoRA: the old answer format is overwritten
+    assert [p.label.split()[0] for p in method.predict([p for p, _ in fruit.test[:2]])] == ["fast", "fast"]
+    replay = SequentialLoRAGenerator(config, backbone=(tiny_llama(), lm_tokenizer), replay_fraction=0.1)
+    replay.learn(fruit, progress=False)
+    assert replay.learn(vehicle, progress=False)["replayed_rows"] == 3

@@ -1,0 +1,108 @@
+"""Baselines on generative backbones, with the same ``learn``/``predict`` contract as ``GenerativeSLM``.
+
+- ``SequentialLoRAGenerator``: one LoRA (same rank and target layers as SLM's values) trained on each task
+  in turn; ``replay_fraction > 0`` keeps that share of every task's rows and trains on them again with
+  each later task (replay, the only method here that keeps old data).
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from scalable_lm import training
+from scalable_lm.adapters.causal import CausalLM, Seq2SeqLM
+from scalable_lm.adapters.inject import inject, routed
+from scalable_lm.config import BankConfig, SLMConfig
+from scalable_lm.data.tasks import DataError, split_validation
+from scalable_lm.methods.base import Prediction
+from scalable_lm.methods.generative import DECODER_TARGETS, SEQ2SEQ_TARGETS
+
+
+class SequentialLoRAGenerator:
+    """One LoRA trained on the tasks in order (optionally with a small replay buffer); no task-ID."""
+
+    def __init__(self, config: SLMConfig | None = None, backbone=None, replay_fraction: float = 0.0,
+                 max_new_tokens: int = 64):
+        from scalable_lm.backbones import load_generator
+
+        self.config = copy.deepcopy(config) if config is not None else SLMConfig()
+        if self.config.model.backbone == "minilm":
+            self.config.model.backbone = "smollm2"
+        model, tokenizer = backbone if backbone is not None else load_generator(self.config.model.backbone)
+        seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
+        if self.config.bank.targets == BankConfig().targets:
+            self.config.bank.targets = list(SEQ2SEQ_TARGETS if seq2seq else DECODER_TARGETS)
+        self.lm = (Seq2SeqLM if seq2seq else CausalLM)(model, tokenizer, self.config.train.max_length)
+        b = self.config.bank
+        self.layers = inject(model, b.targets, b.rank, b.alpha)
+        self.replay_fraction = replay_fraction
+        self.buffer: list[tuple[str, str]] = []
+        self.task_names: list[str] = []
+        self.max_new_tokens = max_new_tokens
+        self.name = "replay" if replay_fraction else "sequential-lora"
+        self.timings = {"retrieval_s": 0.0, "generation_s": 0.0}
+
+    def _route(self, n: int):
+        return torch.zeros(n, 1, dtype=torch.long), torch.ones(n, 1)
+
+    def learn(self, task, progress: bool = True) -> dict:
+        if task.name in self.task_names:
+            raise DataError(f"task '{task.name}' was already learned")
+        if not task.train:
+            raise DataError(f"task '{task.name}' has no training rows")
+        cfg = self.config.train
+        seed = cfg.seed + len(self.task_names)
+        generator = torch.Generator().manual_seed(seed)
+        own, _ = split_validation(task.train, cfg.val_fraction, seed)  # the rows SLM trains on
+        rows = own + self.buffer
+        start = time.perf_counter()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            if not self.task_names:
+                for layer in self.layers.values():
+                    layer.add_task(1, generator)
+            params = [p for layer in self.layers.values() for p in (layer.lora_A[0], layer.lora_B[0])]
+            optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+            losses = []
+            for epoch in range(cfg.epochs):
+                self.lm.train()
+                total, steps = 0.0, 0
+                for idx in tqdm(list(training.batches(len(rows), cfg.batch_size, generator)), disable=not progress,
+                                desc=f"{self.name} {task.name} epoch {epoch + 1}", leave=False):
+                    chunk = [rows[i] for i in idx]
+                    batch = self.lm.training_batch([p for p, _ in chunk], [a for _, a in chunk])
+                    with routed(self.layers, *self._route(len(idx))):
+                        loss = self.lm.loss(batch)
+                    optimizer.zero_grad()
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(params, 1.0)
+                    optimizer.step()
+                    total, steps = total + loss.item(), steps + 1
+                losses.append(total / max(steps, 1))
+            self.lm.eval()
+        if self.replay_fraction:
+            keep = max(1, round(self.replay_fraction * len(own)))
+            self.buffer += random.Random(seed).sample(own, keep)
+        self.task_names.append(task.name)
+        return {"task": task.name, "losses": losses, "train_rows": len(own), "replayed_rows": len(rows) - len(own),
+                "total_s": time.perf_counter() - start}
+
+    @torch.no_grad()
+    def predict(self, prompts: list[str], batch_size: int = 8, progress: bool = False, task: str | None = None) -> list[Prediction]:
+        if not self.task_names:
+            raise RuntimeError("no task learned yet")
+        out = []
+        self.timings = {"retrieval_s": 0.0, "generation_s": 0.0}
+        for idx in training.batches(len(prompts), batch_size):
+            chunk = [prompts[i] for i in idx]
+            start = time.perf_counter()
+            with routed(self.layers, *self._route(len(chunk))):
+                answers = self.lm.generate(chunk, self.max_new_tokens)
+            self.timings["generation_s"] += time.perf_counter() - start
+            out += [Prediction(label=text, task="", confidence=float(torch.tensor(lp).exp())) for text, lp in answers]
+        return out
