@@ -10,6 +10,8 @@ Config: {"benchmark": "instruct3", "order": ["medical", "mmlu", "finance"],
 - oracle: one LoRA per task (P=1, K=1) used WITH the task named: the per-task upper bound.
 - base: the model untrained (each task scored once, at the end).
 - sequential-lora / replay: one LoRA trained on the tasks in turn (replay keeps 1% of each task's rows).
+"zeroshot": {"sets": ["arc_easy", "arc_challenge", "piqa", "winogrande"], "rows": 200} adds, after the
+stream, log-likelihood multiple-choice accuracy on a seeded sample of each set (retention; base = untrained).
 Scores: finance and mmlu by first-word exact match, medical by BERTScore-F1 (packaged MiniLM) with ROUGE-L
 beside it. The result holds the score matrix, five example answers per task from the final mixed batches,
 retrieval accuracy, and retrieval vs generation time per task.
@@ -131,6 +133,19 @@ def main(argv: list[str] | None = None) -> None:
                 R[i][j] = result["scores"][t.name]["primary"]
             record["rows"].append({**result, "learn_s": t1 - t0, "eval_s": time.perf_counter() - t1})
             print(f"after {task.name}: " + ", ".join(f"{t.name} {100 * R[i][j]:.1f}" for j, t in enumerate(tasks[: i + 1])), flush=True)
+    zs = cfg.get("zeroshot")  # {"sets": [...], "rows": N}: retention of general abilities after the stream
+    if zs:
+        record["zeroshot"] = {}
+        for name in zs["sets"]:
+            path = next((args.data_dir / name / f for f in ("test.jsonl", "validation.jsonl")
+                         if (args.data_dir / name / f).exists()))
+            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
+            rows = random.Random(seed).sample(rows, min(zs["rows"], len(rows)))
+            model = slm if method != "base" else GenerativeSLM(config)  # base: nothing learned, no routing
+            answers = model.multiple_choice(name, rows, progress=sys.stderr.isatty())
+            record["zeroshot"][name] = {"accuracy": sum(a == r["answer"] for a, r in zip(answers, rows)) / len(rows),
+                                        "rows": len(rows), "file": str(path.name)}
+            print(f"zero-shot {name}: {100 * record['zeroshot'][name]['accuracy']:.1f}", flush=True)
     record.update(R=R, examples=examples, seconds=time.perf_counter() - start,
                   metrics={"average": sum(x for x in R[-1] if x is not None) / n,
                            "forgetting": metrics.forgetting(R) if method != "base" else None})

@@ -143,3 +143,21 @@ def test_sequential_lora_generator_overwrites_the_first_task(lm_tokenizer):
     replay = SequentialLoRAGenerator(config, backbone=(tiny_llama(), lm_tokenizer), replay_fraction=0.1)
     replay.learn(fruit, progress=False)
     assert replay.learn(vehicle, progress=False)["replayed_rows"] == 3
+
+
+def test_zero_shot_loglikelihood_matches_a_manual_forward(lm_tokenizer):
+    from scalable_lm import zeroshot
+
+    model = tiny_llama()
+    pairs, normalise = zeroshot.multiple_choice_pairs("arc_easy", {"question": "What is red?", "choices": ["apple", "a car"]})
+    assert normalise and pairs[0] == ("Question: What is red?\nAnswer:", " apple")
+    scores = zeroshot.loglikelihoods(model, lm_tokenizer, pairs)
+    ids = lm_tokenizer(pairs[1][0], add_special_tokens=False)["input_ids"]
+    cont = lm_tokenizer(pairs[1][1], add_special_tokens=False)["input_ids"]
+    logits = model(input_ids=torch.tensor([ids + cont])).logits.log_softmax(-1)[0]
+    manual = sum(float(logits[len(ids) - 1 + i, t]) for i, t in enumerate(cont))
+    assert scores[1][0] == pytest.approx(manual, abs=1e-4) and scores[1][1] == len(cont)
+    wino, norm = zeroshot.multiple_choice_pairs("winogrande", {"question": "Ann beat Bo so _ won.", "choices": ["Ann", "Bo"]})
+    assert not norm and wino == [("Ann beat Bo so Ann", " won."), ("Ann beat Bo so Bo", " won.")]
+    slm = make_generative(lm_tokenizer)
+    assert len(slm.multiple_choice("arc_easy", [{"question": "What is red?", "choices": ["apple", "a car"]}])) == 1

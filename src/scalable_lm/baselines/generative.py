@@ -106,3 +106,17 @@ class SequentialLoRAGenerator:
             self.timings["generation_s"] += time.perf_counter() - start
             out += [Prediction(label=text, task="", confidence=float(torch.tensor(lp).exp())) for text, lp in answers]
         return out
+
+    @torch.no_grad()
+    def multiple_choice(self, task: str, rows: list[dict], progress: bool = False) -> list[int]:
+        """Zero-shot answers (``scalable_lm.zeroshot``) with the trained LoRA applied."""
+        from scalable_lm import zeroshot
+
+        self.lm.eval()
+        answers = []
+        for row in rows:
+            pairs, normalise = zeroshot.multiple_choice_pairs(task, row)
+            with routed(self.layers, *self._route(len(pairs))):
+                scores = zeroshot.loglikelihoods(self.lm.model, self.lm.tokenizer, pairs)
+            answers.append(zeroshot.choose(scores, normalise))
+        return answers

@@ -186,3 +186,21 @@ class GenerativeSLM(GrowsByTask):
                     weights=[round(float(w), 6) for w in weights[row]],
                     entry_tasks=[self.task_names[int(owner[e])] for e in entries[row]]))
         return out
+
+    @torch.no_grad()
+    def multiple_choice(self, task: str, rows: list[dict], progress: bool = False) -> list[int]:
+        """Zero-shot answers (``scalable_lm.zeroshot``), each question routed by its own query first."""
+        from scalable_lm import zeroshot
+
+        self.lm.eval()
+        answers = []
+        for row in tqdm(rows, desc=f"zero-shot {task}", disable=not progress, leave=False):
+            pairs, normalise = zeroshot.multiple_choice_pairs(task, row)
+            if self.task_names:
+                entries, weights = self._route(self.encoder.encode([row["question"]]))
+                with routed(self.layers, entries.expand(len(pairs), -1), weights.expand(len(pairs), -1)):
+                    scores = zeroshot.loglikelihoods(self.lm.model, self.lm.tokenizer, pairs)
+            else:  # nothing learned: the base model
+                scores = zeroshot.loglikelihoods(self.lm.model, self.lm.tokenizer, pairs)
+            answers.append(zeroshot.choose(scores, normalise))
+        return answers
