@@ -161,3 +161,18 @@ def test_zero_shot_loglikelihood_matches_a_manual_forward(lm_tokenizer):
     assert not norm and wino == [("Ann beat Bo so Ann", " won."), ("Ann beat Bo so Bo", " won.")]
     slm = make_generative(lm_tokenizer)
     assert len(slm.multiple_choice("arc_easy", [{"question": "What is red?", "choices": ["apple", "a car"]}])) == 1
+
+
+def test_olora_generator_keeps_old_loras_frozen(lm_tokenizer):
+    from scalable_lm.baselines.generative import OLoRAGenerator
+
+    config = tiny_config(targets=["o_proj"])
+    config.train.epochs = 2
+    method = OLoRAGenerator(config, backbone=(tiny_llama(), lm_tokenizer), max_new_tokens=2)
+    fruit, vehicle = instruction_task("fruit", "sweet"), instruction_task("vehicle", "fast", seed=1)
+    method.learn(fruit, progress=False)
+    layer = next(iter(method.layers.values()))
+    first = layer.lora_A[0].clone()
+    method.learn(vehicle, progress=False)
+    assert method.num_slots == 2 and torch.equal(layer.lora_A[0], first) and float(method._penalty()) > 0
+    assert len(method.predict([p for p, _ in fruit.test[:2]])) == 2

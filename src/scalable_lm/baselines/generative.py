@@ -3,6 +3,8 @@
 - ``SequentialLoRAGenerator``: one LoRA (same rank and target layers as SLM's values) trained on each task
   in turn; ``replay_fraction > 0`` keeps that share of every task's rows and trains on them again with
   each later task (replay, the only method here that keeps old data).
+- ``OLoRAGenerator``: a new LoRA per task, trained with O-LoRA's orthogonality loss against the frozen
+  earlier ones; all are applied at weight 1 (no routing, no task-ID).
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ from scalable_lm.methods.generative import DECODER_TARGETS, SEQ2SEQ_TARGETS
 class SequentialLoRAGenerator:
     """One LoRA trained on the tasks in order (optionally with a small replay buffer); no task-ID."""
 
+    per_task_slots = False  # O-LoRA: True
+
     def __init__(self, config: SLMConfig | None = None, backbone=None, replay_fraction: float = 0.0,
-                 max_new_tokens: int = 64):
+                 max_new_tokens: int = 64, orth_lambda: float = 0.5):
         from scalable_lm.backbones import load_generator
 
         self.config = copy.deepcopy(config) if config is not None else SLMConfig()
@@ -44,11 +48,27 @@ class SequentialLoRAGenerator:
         self.buffer: list[tuple[str, str]] = []
         self.task_names: list[str] = []
         self.max_new_tokens = max_new_tokens
-        self.name = "replay" if replay_fraction else "sequential-lora"
+        self.orth_lambda = orth_lambda
+        self.name = "o-lora" if self.per_task_slots else "replay" if replay_fraction else "sequential-lora"
         self.timings = {"retrieval_s": 0.0, "generation_s": 0.0}
 
+    @property
+    def num_slots(self) -> int:
+        return len(next(iter(self.layers.values())).lora_A)
+
     def _route(self, n: int):
-        return torch.zeros(n, 1, dtype=torch.long), torch.ones(n, 1)
+        """Every stored LoRA at weight 1 for each of ``n`` rows."""
+        k = self.num_slots
+        return torch.arange(k).expand(n, k), torch.ones(n, k)
+
+    def _penalty(self) -> torch.Tensor:
+        """O-LoRA: ``λ Σ_layers Σ_{s<t} |A_t A_s^T|`` for the newest LoRA ``t``."""
+        total = torch.zeros(())
+        for layer in self.layers.values():
+            new = layer.lora_A[-1][0]
+            for old in list(layer.lora_A)[:-1]:
+                total = total + (new @ old[0].T).abs().sum()
+        return self.orth_lambda * total
 
     def learn(self, task, progress: bool = True) -> dict:
         if task.name in self.task_names:
@@ -63,10 +83,11 @@ class SequentialLoRAGenerator:
         start = time.perf_counter()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            if not self.task_names:
+            if not self.task_names or self.per_task_slots:
                 for layer in self.layers.values():
                     layer.add_task(1, generator)
-            params = [p for layer in self.layers.values() for p in (layer.lora_A[0], layer.lora_B[0])]
+            params = [p for layer in self.layers.values() for p in (layer.lora_A[-1], layer.lora_B[-1])]
+            penalty = self.per_task_slots and self.num_slots > 1
             optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
             losses = []
             for epoch in range(cfg.epochs):
@@ -78,6 +99,8 @@ class SequentialLoRAGenerator:
                     batch = self.lm.training_batch([p for p, _ in chunk], [a for _, a in chunk])
                     with routed(self.layers, *self._route(len(idx))):
                         loss = self.lm.loss(batch)
+                    if penalty:
+                        loss = loss + self._penalty()
                     optimizer.zero_grad()
                     loss.backward()
                     torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -85,6 +108,9 @@ class SequentialLoRAGenerator:
                     total, steps = total + loss.item(), steps + 1
                 losses.append(total / max(steps, 1))
             self.lm.eval()
+        if self.per_task_slots:
+            for p in params:
+                p.requires_grad_(False)
         if self.replay_fraction:
             keep = max(1, round(self.replay_fraction * len(own)))
             self.buffer += random.Random(seed).sample(own, keep)
@@ -120,3 +146,9 @@ class SequentialLoRAGenerator:
                 scores = zeroshot.loglikelihoods(self.lm.model, self.lm.tokenizer, pairs)
             answers.append(zeroshot.choose(scores, normalise))
         return answers
+
+
+class OLoRAGenerator(SequentialLoRAGenerator):
+    """O-LoRA on a generative backbone: one orthogonal LoRA per task, all summed at inference."""
+
+    per_task_slots = True
