@@ -4,13 +4,14 @@ Usage:
     python benchmarks/instruct/run.py benchmarks/configs/instruct3/slm_order8.json [--data-dir ../shared/datasets]
 
 Config: {"benchmark": "instruct3", "order": ["medical", "mmlu", "finance"],
-         "method": "slm" | "oracle" | "base" | "sequential-lora" | "replay" | "o-lora",
+         "method": "slm" | "oracle" | "base" | "sequential-lora" | "replay" | "o-lora" | "arrow",
          "train_per_task": 200, "test_per_task": 60, "seed": 0, "batch_size": 8, "config": {...SLMConfig overrides}}
 - slm: GenerativeSLM, no task-ID; test prompts of all tasks learned so far are shuffled into mixed batches.
 - oracle: one LoRA per task (P=1, K=1) used WITH the task named: the per-task upper bound.
 - base: the model untrained (each task scored once, at the end).
 - sequential-lora / replay: one LoRA trained on the tasks in turn (replay keeps 1% of each task's rows).
 - o-lora: one orthogonal LoRA per task, all applied at inference.
+- arrow: per-task PEFT LoRAs routed per token by PEFT's Arrow.
 "zeroshot": {"sets": ["arc_easy", "arc_challenge", "piqa", "winogrande"], "rows": 200} adds, after the
 stream, log-likelihood multiple-choice accuracy on a seeded sample of each set (retention; base = untrained).
 Scores: finance and mmlu by first-word exact match, medical by BERTScore-F1 (packaged MiniLM) with ROUGE-L
@@ -94,10 +95,12 @@ def main(argv: list[str] | None = None) -> None:
     method = cfg["method"]
     if method == "oracle":
         config.bank.entries_per_task, config.bank.top_k, config.bank.router = 1, 1, "gaussian"
-    if method in ("sequential-lora", "replay", "o-lora"):
-        from scalable_lm.baselines.generative import OLoRAGenerator, SequentialLoRAGenerator
+    if method in ("sequential-lora", "replay", "o-lora", "arrow"):
+        from scalable_lm.baselines.generative import ArrowGenerator, OLoRAGenerator, SequentialLoRAGenerator
 
-        if method == "o-lora":
+        if method == "arrow":
+            slm = ArrowGenerator(config, top_k=cfg.get("arrow_top_k", 3))
+        elif method == "o-lora":
             slm = OLoRAGenerator(config, orth_lambda=cfg.get("orth_lambda", 0.5))
         else:
             slm = SequentialLoRAGenerator(config, replay_fraction=cfg.get("replay_fraction", 0.01 if method == "replay" else 0.0))

@@ -176,3 +176,17 @@ def test_olora_generator_keeps_old_loras_frozen(lm_tokenizer):
     method.learn(vehicle, progress=False)
     assert method.num_slots == 2 and torch.equal(layer.lora_A[0], first) and float(method._penalty()) > 0
     assert len(method.predict([p for p, _ in fruit.test[:2]])) == 2
+
+
+def test_arrow_generator_routes_through_peft(lm_tokenizer):
+    from scalable_lm.baselines.generative import ArrowGenerator
+
+    config = tiny_config(targets=["o_proj"])
+    config.train.epochs = 2
+    method = ArrowGenerator(config, backbone=(tiny_llama(), lm_tokenizer), top_k=2, max_new_tokens=2)
+    fruit, vehicle = instruction_task("fruit", "sweet"), instruction_task("vehicle", "fast", seed=1)
+    method.learn(fruit, progress=False)
+    assert len(method.predict([p for p, _ in fruit.test[:2]])) == 2
+    method.learn(vehicle, progress=False)  # the router is rebuilt over both adapters
+    assert len(method.predict([p for p, _ in vehicle.test[:3]])) == 3
+    assert method.peft.peft_config["arrow_router"].arrow_config.task_adapter_names == ["task_0", "task_1"]

@@ -152,3 +152,109 @@ class OLoRAGenerator(SequentialLoRAGenerator):
     """O-LoRA on a generative backbone: one orthogonal LoRA per task, all summed at inference."""
 
     per_task_slots = True
+
+
+class ArrowGenerator:
+    """PEFT's Arrow routing over per-task PEFT LoRAs on a generative backbone; no task-ID.
+
+    Each task trains its own adapter ``task_<i>`` on the answer-token loss; at inference PEFT's Arrow
+    router mixes, per token and per layer, the ``top_k`` adapters whose prototypes best match the token.
+    """
+
+    name = "arrow"
+
+    def __init__(self, config: SLMConfig | None = None, backbone=None, top_k: int = 3, temperature: float = 1.0,
+                 max_new_tokens: int = 64):
+        from scalable_lm.backbones import load_generator
+
+        self.config = copy.deepcopy(config) if config is not None else SLMConfig()
+        if self.config.model.backbone == "minilm":
+            self.config.model.backbone = "smollm2"
+        model, tokenizer = backbone if backbone is not None else load_generator(self.config.model.backbone)
+        seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
+        if self.config.bank.targets == BankConfig().targets:
+            self.config.bank.targets = list(SEQ2SEQ_TARGETS if seq2seq else DECODER_TARGETS)
+        self.lm = (Seq2SeqLM if seq2seq else CausalLM)(model, tokenizer, self.config.train.max_length)
+        self.model, self.peft = model, None
+        self.top_k, self.temperature = top_k, temperature
+        self.task_names: list[str] = []
+        self.max_new_tokens = max_new_tokens
+        self.timings = {"retrieval_s": 0.0, "generation_s": 0.0}
+
+    def _lora_config(self, **extra):
+        from peft import LoraConfig
+
+        b = self.config.bank
+        return LoraConfig(r=b.rank, lora_alpha=b.alpha, lora_dropout=0.0, target_modules=b.targets, **extra)
+
+    def _use_router(self) -> None:
+        from peft import ArrowConfig
+
+        experts = [f"task_{i}" for i in range(len(self.task_names))]
+        if "arrow_router" in self.peft.peft_config:
+            if self.peft.peft_config["arrow_router"].arrow_config.task_adapter_names == experts:
+                self.peft.set_adapter("arrow_router")
+                return
+            self.peft.delete_adapter("arrow_router")
+        arrow = ArrowConfig(top_k=min(self.top_k, len(experts)), router_temperature=self.temperature, rng_seed=0)
+        arrow.task_adapter_names, arrow.gks_adapter_names = experts, []
+        self.peft.add_adapter("arrow_router", self._lora_config(arrow_config=arrow))
+        self.peft.set_adapter("arrow_router")
+
+    def learn(self, task, progress: bool = True) -> dict:
+        from peft import get_peft_model
+
+        if task.name in self.task_names:
+            raise DataError(f"task '{task.name}' was already learned")
+        if not task.train:
+            raise DataError(f"task '{task.name}' has no training rows")
+        cfg = self.config.train
+        t = len(self.task_names)
+        seed = cfg.seed + t
+        generator = torch.Generator().manual_seed(seed)
+        rows, _ = split_validation(task.train, cfg.val_fraction, seed)
+        start = time.perf_counter()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            if self.peft is None:  # injects PEFT LoRA layers into the model in place
+                self.peft = get_peft_model(self.model, self._lora_config(), adapter_name=f"task_{t}")
+            else:
+                if "arrow_router" in self.peft.peft_config:
+                    self.peft.delete_adapter("arrow_router")
+                self.peft.add_adapter(f"task_{t}", self._lora_config())
+            self.peft.set_adapter(f"task_{t}")
+            params = [p for p in self.peft.parameters() if p.requires_grad]
+            optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+            losses = []
+            for epoch in range(cfg.epochs):
+                self.lm.train()
+                total, steps = 0.0, 0
+                for idx in tqdm(list(training.batches(len(rows), cfg.batch_size, generator)), disable=not progress,
+                                desc=f"arrow lora {task.name} epoch {epoch + 1}", leave=False):
+                    chunk = [rows[i] for i in idx]
+                    loss = self.lm.loss(self.lm.training_batch([p for p, _ in chunk], [a for _, a in chunk]))
+                    optimizer.zero_grad()
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(params, 1.0)
+                    optimizer.step()
+                    total, steps = total + loss.item(), steps + 1
+                losses.append(total / max(steps, 1))
+            self.lm.eval()
+        for p in params:
+            p.requires_grad_(False)
+        self.task_names.append(task.name)
+        return {"task": task.name, "losses": losses, "train_rows": len(rows), "total_s": time.perf_counter() - start}
+
+    @torch.no_grad()
+    def predict(self, prompts: list[str], batch_size: int = 8, progress: bool = False, task: str | None = None) -> list[Prediction]:
+        if not self.task_names:
+            raise RuntimeError("no task learned yet")
+        self._use_router()
+        out = []
+        self.timings = {"retrieval_s": 0.0, "generation_s": 0.0}  # Arrow routes inside the forward
+        for idx in training.batches(len(prompts), batch_size):
+            start = time.perf_counter()
+            answers = self.lm.generate([prompts[i] for i in idx], self.max_new_tokens)
+            self.timings["generation_s"] += time.perf_counter() - start
+            out += [Prediction(label=text, task="", confidence=float(torch.tensor(lp).exp())) for text, lp in answers]
+        return out
