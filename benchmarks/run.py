@@ -7,6 +7,7 @@ A config (JSON) names the benchmark, the task order, the method and its options,
     {"benchmark": "cl5", "order": ["agnews", ...], "method": "slm" | "sequential-finetune" | "replay" | "ewc" | "o-lora"
      | "sequential-lora" | "multitask-lora" | "arrow",
      "train_per_task": 500, "test_per_task": 500, "seed": 0, "task_id": false,
+     ("train_per_class": 16 instead of train_per_task: the few-shot setting)
      "config": {"bank": {...}, "keys": {...}, "train": {...}}}     # overrides of SLMConfig
 "final_evals" (default: true for SLM without task-ID) adds, on the final bank, SLM-TI accuracy and the
 authors' leaking protocol (single-task batches, head by number of classes) under "after_stream".
@@ -40,8 +41,14 @@ METHODS = ("slm", "sequential-finetune", "replay", "ewc", "o-lora", "sequential-
 def build_stream(cfg: dict, data_dir: Path) -> list[Task]:
     stream = []
     for i, name in enumerate(cfg["order"]):
+        per_class = cfg.get("train_per_class")  # few-shot: this many training rows of every class
         task = load_task(name, data_dir / name / "train.jsonl", data_dir / name / "test.jsonl",
-                         max_train=cfg["train_per_task"], seed=cfg.get("seed", 0))
+                         max_train=None if per_class else cfg["train_per_task"], seed=cfg.get("seed", 0))
+        if per_class:
+            rng = random.Random(cfg.get("seed", 0) + i)
+            task.train = [row for c in range(len(task.label_names))
+                          for row in rng.sample([r for r in task.train if r[1] == c],
+                                                min(per_class, sum(r[1] == c for r in task.train)))]
         n_test = cfg.get("test_per_task")
         if n_test is not None and len(task.test) > n_test:
             task.test = random.Random(cfg.get("seed", 0) + 1000 + i).sample(task.test, n_test)

@@ -19,7 +19,7 @@ def test_config_parses(path):
 
     cfg = json.loads(path.read_text())
     methods = ("slm", "oracle", "base", "sequential-lora", "replay", "o-lora", "arrow") if cfg["benchmark"].startswith("instruct3") else METHODS
-    assert cfg["method"] in methods and cfg["order"] and cfg["train_per_task"] > 0
+    assert cfg["method"] in methods and cfg["order"] and (cfg.get("train_per_class") or cfg["train_per_task"] > 0)
     base = SLMConfig().to_dict()
     for section, values in cfg.get("config", {}).items():
         base[section].update(values)
@@ -37,6 +37,8 @@ def test_stream_builder_subsamples_tests(tmp_path):
         (tmp_path / name / "test.jsonl").write_text(rows)
     stream = build_stream({"order": ["a", "b"], "train_per_task": 10, "test_per_task": 5}, tmp_path)
     assert [len(t.train) for t in stream] == [10, 10] and [len(t.test) for t in stream] == [5, 5]
+    fewshot = build_stream({"order": ["a"], "train_per_task": None, "train_per_class": 3, "test_per_task": 5}, tmp_path)
+    assert sorted(y for _, y in fewshot[0].train) == [0, 0, 0, 1, 1, 1]
 
 
 def test_report_writes_table_and_plots_from_json(tmp_path):
