@@ -123,7 +123,7 @@ def plot_keys(bank: KnowledgeBank, names: list[str], out: Path, tag: str) -> Non
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--encoder", default="minilm", help="query encoder: minilm (default) or mpnet")
+    parser.add_argument("--encoder", default="minilm", help="query encoder: minilm (default), mpnet, or minilm-l2 (first 2 layers: lighter)")
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent.parent / "shared" / "datasets")
     parser.add_argument("--train-per-task", type=int, default=500)
     parser.add_argument("--test-per-task", type=int, default=500)

@@ -125,9 +125,21 @@ def resolve(name: str) -> str:
 
 
 def load_encoder(name: str) -> tuple[nn.Module, object]:
-    """Load an encoder (``AutoModel``) and its tokenizer, frozen and in eval mode."""
+    """Load an encoder (``AutoModel``) and its tokenizer, frozen and in eval mode.
+
+    ``NAME-lN`` (e.g. ``minilm-l2``) keeps only the first N transformer layers: a lighter query encoder.
+    """
     from transformers import AutoModel, AutoTokenizer
 
+    base, _, layers = name.rpartition("-l")
+    if base and layers.isdigit():
+        model, tokenizer = load_encoder(base)
+        n = int(layers)
+        if not 0 < n <= len(model.encoder.layer):
+            raise ValueError(f"{name}: {base} has {len(model.encoder.layer)} layers")
+        model.encoder.layer = model.encoder.layer[:n]
+        model.config.num_hidden_layers = n
+        return model, tokenizer
     path = resolve(name)
     if not Path(path).exists():
         os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
