@@ -34,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))  # first: `run` is benchmarks/run.py, `tasks` is found in HERE
 from run import provenance  # noqa: E402
-from tasks import BUILDERS, SKIPPED  # noqa: E402
+from tasks import BUILDERS, SKIPPED, read_jsonl  # noqa: E402
 
 from scalable_lm import metrics  # noqa: E402
 from scalable_lm.config import SLMConfig  # noqa: E402
@@ -45,9 +45,10 @@ MAX_NEW = {"medical": 64, "mmlu": 4, "finance": 4}
 
 def score(task: str, answers: list[str], golds: list[str]) -> dict:
     if task == "medical":
-        return {"primary": bert_score_f1(answers, golds), "bertscore_f1": bert_score_f1(answers, golds),
-                "rouge_l": rouge_l(answers, golds)}
-    return {"primary": first_word_match(answers, golds), "first_word_match": first_word_match(answers, golds)}
+        f1 = bert_score_f1(answers, golds)
+        return {"primary": f1, "bertscore_f1": f1, "rouge_l": rouge_l(answers, golds)}
+    match = first_word_match(answers, golds)
+    return {"primary": match, "first_word_match": match}
 
 
 def evaluate(method, tasks, cfg, task_id: bool) -> tuple[dict, list]:
@@ -111,8 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     record = {"command": f"python benchmarks/instruct/run.py {args.config}", "benchmark_config": cfg,
               "method_config": slm.config.to_dict(), "tasks": [t.name for t in tasks],
               "sizes": {t.name: {"train": len(t.train), "test": len(t.test)} for t in tasks},
-              "rows": [], "learn_reports": [], "provenance": provenance(),
-              "skipped_broken_lines": {k: v for k, v in SKIPPED.items()}}
+              "rows": [], "learn_reports": [], "provenance": provenance()}
     start = time.perf_counter()
     examples = []
     if method == "base":
@@ -146,14 +146,13 @@ def main(argv: list[str] | None = None) -> None:
         for name in zs["sets"]:
             path = next((args.data_dir / name / f for f in ("test.jsonl", "validation.jsonl")
                          if (args.data_dir / name / f).exists()))
-            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
+            rows = read_jsonl(path)
             rows = random.Random(seed).sample(rows, min(zs["rows"], len(rows)))
-            model = slm if method != "base" else GenerativeSLM(config)  # base: nothing learned, no routing
-            answers = model.multiple_choice(name, rows, progress=sys.stderr.isatty())
+            answers = slm.multiple_choice(name, rows, progress=sys.stderr.isatty())  # base: nothing learned
             record["zeroshot"][name] = {"accuracy": sum(a == r["answer"] for a, r in zip(answers, rows)) / len(rows),
                                         "rows": len(rows), "file": str(path.name)}
             print(f"zero-shot {name}: {100 * record['zeroshot'][name]['accuracy']:.1f}", flush=True)
-    record.update(R=R, examples=examples, seconds=time.perf_counter() - start,
+    record.update(R=R, examples=examples, seconds=time.perf_counter() - start, skipped_broken_lines=dict(SKIPPED),
                   metrics={"average": sum(x for x in R[-1] if x is not None) / n,
                            "forgetting": metrics.forgetting(R) if method != "base" else None})
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ LETTERS = "ABCD"
 SKIPPED: dict[str, list[int]] = {}  # file -> line numbers that are not valid JSON (reported in results)
 
 
-def _rows(path: Path) -> list[dict]:
+def read_jsonl(path: Path) -> list[dict]:
     """JSON lines of ``path``; a broken line (the local mmlu test file has one cut-off row) is skipped and
     recorded in ``SKIPPED`` rather than stopping the benchmark."""
     rows = []
@@ -45,12 +45,12 @@ def _sample(rows: list, n: int | None, seed: int) -> list:
 def finance(data: Path, n_train: int | None, n_test: int | None, seed: int = 0) -> InstructionTask:
     def pairs(rows):
         return [(prompt_text(FINANCE, r["text"]), r["label_name"]) for r in rows]
-    return InstructionTask("finance", pairs(_sample(_rows(data / "finance_fpb" / "train.jsonl"), n_train, seed)),
-                           pairs(_sample(_rows(data / "finance_fpb" / "test.jsonl"), n_test, seed + 1)))
+    return InstructionTask("finance", pairs(_sample(read_jsonl(data / "finance_fpb" / "train.jsonl"), n_train, seed)),
+                           pairs(_sample(read_jsonl(data / "finance_fpb" / "test.jsonl"), n_test, seed + 1)))
 
 
 def mmlu(data: Path, n_train: int | None, n_test: int | None, seed: int = 0) -> InstructionTask:
-    rows = _rows(data / "mmlu" / "test.jsonl")
+    rows = read_jsonl(data / "mmlu" / "test.jsonl")
     random.Random(seed).shuffle(rows)
     half = len(rows) // 2  # first half trains, second half evaluates: disjoint by construction
 
@@ -66,8 +66,8 @@ def mmlu(data: Path, n_train: int | None, n_test: int | None, seed: int = 0) -> 
 def medical(data: Path, n_train: int | None, n_test: int | None, seed: int = 0) -> InstructionTask:
     d = data / "medical_chatdoctor5k"
     return InstructionTask("medical",
-                           _sample(parse_instructions(_rows(d / "train.jsonl"), str(d / "train.jsonl")), n_train, seed),
-                           _sample(parse_instructions(_rows(d / "test.jsonl"), str(d / "test.jsonl")), n_test, seed + 1))
+                           _sample(parse_instructions(read_jsonl(d / "train.jsonl"), str(d / "train.jsonl")), n_train, seed),
+                           _sample(parse_instructions(read_jsonl(d / "test.jsonl"), str(d / "test.jsonl")), n_test, seed + 1))
 
 
 BUILDERS = {"finance": finance, "mmlu": mmlu, "medical": medical}

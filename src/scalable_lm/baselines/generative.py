@@ -5,24 +5,38 @@
   each later task (replay, the only method here that keeps old data).
 - ``OLoRAGenerator``: a new LoRA per task, trained with O-LoRA's orthogonality loss against the frozen
   earlier ones; all are applied at weight 1 (no routing, no task-ID).
+- ``ArrowGenerator``: per-task PEFT LoRAs routed per token by PEFT's Arrow.
 """
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import random
 import time
 
 import torch
-from tqdm.auto import tqdm
 
 from scalable_lm import training
-from scalable_lm.adapters.causal import CausalLM, Seq2SeqLM
 from scalable_lm.adapters.inject import inject, routed
-from scalable_lm.config import BankConfig, SLMConfig
+from scalable_lm.config import SLMConfig
 from scalable_lm.data.tasks import DataError, split_validation
 from scalable_lm.methods.base import Prediction
-from scalable_lm.methods.generative import DECODER_TARGETS, SEQ2SEQ_TARGETS
+from scalable_lm.methods.generative import answer_epoch, generative_backbone
+
+
+def generate_answers(method, prompts: list[str], batch_size: int, context=None) -> list[Prediction]:
+    """Batched greedy answers of ``method.lm`` (no retrieval, so no task named); ``context(n)`` gives the
+    routing each batch of ``n`` rows generates under. Generation time goes to ``method.timings``."""
+    out = []
+    method.timings = {"retrieval_s": 0.0, "generation_s": 0.0}
+    for idx in training.batches(len(prompts), batch_size):
+        chunk = [prompts[i] for i in idx]
+        start = time.perf_counter()
+        with context(len(chunk)) if context is not None else contextlib.nullcontext():
+            answers = method.lm.generate(chunk, method.max_new_tokens)
+        method.timings["generation_s"] += time.perf_counter() - start
+        out += [Prediction(label=text, task="", confidence=float(torch.tensor(lp).exp())) for text, lp in answers]
+    return out
 
 
 class SequentialLoRAGenerator:
@@ -32,18 +46,9 @@ class SequentialLoRAGenerator:
 
     def __init__(self, config: SLMConfig | None = None, backbone=None, replay_fraction: float = 0.0,
                  max_new_tokens: int = 64, orth_lambda: float = 0.5):
-        from scalable_lm.backbones import load_generator
-
-        self.config = copy.deepcopy(config) if config is not None else SLMConfig()
-        if self.config.model.backbone == "minilm":
-            self.config.model.backbone = "smollm2"
-        model, tokenizer = backbone if backbone is not None else load_generator(self.config.model.backbone)
-        seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
-        if self.config.bank.targets == BankConfig().targets:
-            self.config.bank.targets = list(SEQ2SEQ_TARGETS if seq2seq else DECODER_TARGETS)
-        self.lm = (Seq2SeqLM if seq2seq else CausalLM)(model, tokenizer, self.config.train.max_length)
+        self.config, self.lm = generative_backbone(config, backbone)
         b = self.config.bank
-        self.layers = inject(model, b.targets, b.rank, b.alpha)
+        self.layers = inject(self.lm.model, b.targets, b.rank, b.alpha)
         self.replay_fraction = replay_fraction
         self.buffer: list[tuple[str, str]] = []
         self.task_names: list[str] = []
@@ -87,26 +92,12 @@ class SequentialLoRAGenerator:
                 for layer in self.layers.values():
                     layer.add_task(1, generator)
             params = [p for layer in self.layers.values() for p in (layer.lora_A[-1], layer.lora_B[-1])]
-            penalty = self.per_task_slots and self.num_slots > 1
+            penalty = self._penalty if self.per_task_slots and self.num_slots > 1 else None
             optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-            losses = []
-            for epoch in range(cfg.epochs):
-                self.lm.train()
-                total, steps = 0.0, 0
-                for idx in tqdm(list(training.batches(len(rows), cfg.batch_size, generator)), disable=not progress,
-                                desc=f"{self.name} {task.name} epoch {epoch + 1}", leave=False):
-                    chunk = [rows[i] for i in idx]
-                    batch = self.lm.training_batch([p for p, _ in chunk], [a for _, a in chunk])
-                    with routed(self.layers, *self._route(len(idx))):
-                        loss = self.lm.loss(batch)
-                    if penalty:
-                        loss = loss + self._penalty()
-                    optimizer.zero_grad()
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(params, 1.0)
-                    optimizer.step()
-                    total, steps = total + loss.item(), steps + 1
-                losses.append(total / max(steps, 1))
+            losses = [answer_epoch(self.lm, rows, params, optimizer, cfg.batch_size, generator,
+                                   f"{self.name} {task.name} epoch {epoch + 1}", progress,
+                                   route=lambda idx: routed(self.layers, *self._route(len(idx))), penalty_fn=penalty)
+                      for epoch in range(cfg.epochs)]
             self.lm.eval()
         if self.per_task_slots:
             for p in params:
@@ -122,16 +113,7 @@ class SequentialLoRAGenerator:
     def predict(self, prompts: list[str], batch_size: int = 8, progress: bool = False, task: str | None = None) -> list[Prediction]:
         if not self.task_names:
             raise RuntimeError("no task learned yet")
-        out = []
-        self.timings = {"retrieval_s": 0.0, "generation_s": 0.0}
-        for idx in training.batches(len(prompts), batch_size):
-            chunk = [prompts[i] for i in idx]
-            start = time.perf_counter()
-            with routed(self.layers, *self._route(len(chunk))):
-                answers = self.lm.generate(chunk, self.max_new_tokens)
-            self.timings["generation_s"] += time.perf_counter() - start
-            out += [Prediction(label=text, task="", confidence=float(torch.tensor(lp).exp())) for text, lp in answers]
-        return out
+        return generate_answers(self, prompts, batch_size, lambda n: routed(self.layers, *self._route(n)))
 
     @torch.no_grad()
     def multiple_choice(self, task: str, rows: list[dict], progress: bool = False) -> list[int]:
@@ -165,17 +147,8 @@ class ArrowGenerator:
 
     def __init__(self, config: SLMConfig | None = None, backbone=None, top_k: int = 3, temperature: float = 1.0,
                  max_new_tokens: int = 64):
-        from scalable_lm.backbones import load_generator
-
-        self.config = copy.deepcopy(config) if config is not None else SLMConfig()
-        if self.config.model.backbone == "minilm":
-            self.config.model.backbone = "smollm2"
-        model, tokenizer = backbone if backbone is not None else load_generator(self.config.model.backbone)
-        seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
-        if self.config.bank.targets == BankConfig().targets:
-            self.config.bank.targets = list(SEQ2SEQ_TARGETS if seq2seq else DECODER_TARGETS)
-        self.lm = (Seq2SeqLM if seq2seq else CausalLM)(model, tokenizer, self.config.train.max_length)
-        self.model, self.peft = model, None
+        self.config, self.lm = generative_backbone(config, backbone)
+        self.model, self.peft = self.lm.model, None
         self.top_k, self.temperature = top_k, temperature
         self.task_names: list[str] = []
         self.max_new_tokens = max_new_tokens
@@ -225,20 +198,9 @@ class ArrowGenerator:
             self.peft.set_adapter(f"task_{t}")
             params = [p for p in self.peft.parameters() if p.requires_grad]
             optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-            losses = []
-            for epoch in range(cfg.epochs):
-                self.lm.train()
-                total, steps = 0.0, 0
-                for idx in tqdm(list(training.batches(len(rows), cfg.batch_size, generator)), disable=not progress,
-                                desc=f"arrow lora {task.name} epoch {epoch + 1}", leave=False):
-                    chunk = [rows[i] for i in idx]
-                    loss = self.lm.loss(self.lm.training_batch([p for p, _ in chunk], [a for _, a in chunk]))
-                    optimizer.zero_grad()
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(params, 1.0)
-                    optimizer.step()
-                    total, steps = total + loss.item(), steps + 1
-                losses.append(total / max(steps, 1))
+            losses = [answer_epoch(self.lm, rows, params, optimizer, cfg.batch_size, generator,
+                                   f"arrow lora {task.name} epoch {epoch + 1}", progress)
+                      for epoch in range(cfg.epochs)]
             self.lm.eval()
         for p in params:
             p.requires_grad_(False)
@@ -250,11 +212,4 @@ class ArrowGenerator:
         if not self.task_names:
             raise RuntimeError("no task learned yet")
         self._use_router()
-        out = []
-        self.timings = {"retrieval_s": 0.0, "generation_s": 0.0}  # Arrow routes inside the forward
-        for idx in training.batches(len(prompts), batch_size):
-            start = time.perf_counter()
-            answers = self.lm.generate([prompts[i] for i in idx], self.max_new_tokens)
-            self.timings["generation_s"] += time.perf_counter() - start
-            out += [Prediction(label=text, task="", confidence=float(torch.tensor(lp).exp())) for text, lp in answers]
-        return out
+        return generate_answers(self, prompts, batch_size)  # Arrow routes inside the forward

@@ -8,6 +8,7 @@ answers; ``Prediction.task`` names the task owning most of the retrieved weight 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 
@@ -29,6 +30,46 @@ DECODER_TARGETS = ["o_proj"]  # attention output of LLaMA-family blocks (the pap
 SEQ2SEQ_TARGETS = ["SelfAttention.o", "EncDecAttention.o"]  # T5 attention outputs, encoder and decoder
 
 
+def generative_backbone(config: SLMConfig | None, backbone=None) -> tuple[SLMConfig, CausalLM | Seq2SeqLM]:
+    """``(config, lm)`` for SLM and the generative baselines: a copy of ``config`` whose backbone defaults
+    to ``smollm2`` and whose targets, left at the encoder-classifier default, become the decoder's
+    ``o_proj`` or the T5 attention outputs; ``lm`` wraps ``backbone`` or the loaded model."""
+    from scalable_lm.backbones import load_generator
+
+    config = copy.deepcopy(config) if config is not None else SLMConfig()
+    if config.model.backbone == "minilm":
+        config.model.backbone = "smollm2"
+    model, tokenizer = backbone if backbone is not None else load_generator(config.model.backbone)
+    seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
+    if config.bank.targets == BankConfig().targets:
+        config.bank.targets = list(SEQ2SEQ_TARGETS if seq2seq else DECODER_TARGETS)
+    return config, (Seq2SeqLM if seq2seq else CausalLM)(model, tokenizer, config.train.max_length)
+
+
+def answer_epoch(lm, rows: list[tuple[str, str]], params, optimizer, batch_size: int, generator: torch.Generator,
+                 desc: str, progress: bool, route=None, penalty_fn=None) -> float:
+    """One shuffled epoch of the answer-token loss; returns its mean.
+
+    ``route(idx)``, if given, returns the context (``routed(...)``) each batch's forward runs in;
+    ``penalty_fn()``, if given, is added to every step's loss.
+    """
+    lm.train()
+    total, steps = 0.0, 0
+    for idx in tqdm(list(training.batches(len(rows), batch_size, generator)), desc=desc, disable=not progress, leave=False):
+        chunk = [rows[i] for i in idx]
+        batch = lm.training_batch([p for p, _ in chunk], [a for _, a in chunk])
+        with route(idx) if route is not None else contextlib.nullcontext():
+            loss = lm.loss(batch)
+        if penalty_fn is not None:
+            loss = loss + penalty_fn()
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        total, steps = total + loss.item(), steps + 1
+    return total / max(steps, 1)
+
+
 class GenerativeSLM(GrowsByTask):
     """Scalable Language Model on a generative backbone: a decoder LM, or an encoder-decoder (T5 family).
 
@@ -45,18 +86,9 @@ class GenerativeSLM(GrowsByTask):
 
     def __init__(self, config: SLMConfig | None = None, backbone=None, encoder: QueryEncoder | None = None,
                  max_new_tokens: int = 64):
-        from scalable_lm.backbones import load_generator
-
-        self.config = copy.deepcopy(config) if config is not None else SLMConfig()
-        if self.config.model.backbone == "minilm":
-            self.config.model.backbone = "smollm2"
-        model, tokenizer = backbone if backbone is not None else load_generator(self.config.model.backbone)
-        seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
-        if self.config.bank.targets == BankConfig().targets:
-            self.config.bank.targets = list(SEQ2SEQ_TARGETS if seq2seq else DECODER_TARGETS)
-        self.lm = (Seq2SeqLM if seq2seq else CausalLM)(model, tokenizer, self.config.train.max_length)
+        self.config, self.lm = generative_backbone(config, backbone)
         b = self.config.bank
-        self.layers = inject(model, b.targets, b.rank, b.alpha)
+        self.layers = inject(self.lm.model, b.targets, b.rank, b.alpha)
         self.encoder = encoder if encoder is not None else QueryEncoder.from_name(self.config.model.encoder)
         self.bank = KnowledgeBank(self.encoder.dim, b.groups, b.entries_per_task)
         self.task_names: list[str] = []
@@ -109,22 +141,11 @@ class GenerativeSLM(GrowsByTask):
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
         best, best_state, history = float("inf"), None, []
         for epoch in range(cfg.epochs):
-            self.lm.train()
-            total, steps = 0.0, 0
-            order = list(training.batches(len(train_rows), cfg.batch_size, generator))
-            for idx in tqdm(order, desc=f"task {self.task_names[t]} epoch {epoch + 1}", disable=not progress, leave=False):
-                rows = [train_rows[i] for i in idx]
-                batch = self.lm.training_batch([p for p, _ in rows], [a for _, a in rows])
-                entries, weights = self._route(queries[idx], **route)
-                with routed(self.layers, entries, weights):
-                    loss = self.lm.loss(batch)
-                optimizer.zero_grad()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                optimizer.step()
-                total, steps = total + loss.item(), steps + 1
+            loss = answer_epoch(self.lm, train_rows, params, optimizer, cfg.batch_size, generator,
+                                f"task {self.task_names[t]} epoch {epoch + 1}", progress,
+                                route=lambda idx: routed(self.layers, *self._route(queries[idx], **route)))
             val_loss = self._val_loss(val_rows, route) if val_rows else None
-            history.append({"epoch": epoch + 1, "loss": total / max(steps, 1), "val_loss": val_loss})
+            history.append({"epoch": epoch + 1, "loss": loss, "val_loss": val_loss})
             if val_loss is not None and val_loss < best:
                 best, best_state = val_loss, [p.detach().clone() for p in params]
         if best_state is not None:  # the epoch best on the validation split
