@@ -1,6 +1,6 @@
 """Tables and plots from result JSON files only (never from a live run).
 
-Usage: python benchmarks/report.py cl5        (or: retrieval, for benchmarks/results/retrieval/)
+Usage: python benchmarks/report.py cl5        (or: retrieval, instruct3, fewshot)
 Reads benchmarks/results/<benchmark>/*.json; writes README.md (summary over orders, per-task gaps against
 the oracle, the paper's leaking protocol, and every result linked to its file), heatmap_<name>.png per
 result, average_accuracy.png (average accuracy vs tasks learned) and forgetting.png (forgetting after 2..T
@@ -223,9 +223,89 @@ def retrieval_report(out: Path) -> str:
     return "\n".join(parts)
 
 
+def instruct_report(out: Path) -> str:
+    """Instruct-3: per-task final scores by method (mean over orders), % of the oracle, the first-learned
+    task, zero-shot retention, retrieval vs generation time; five answers per task go to examples.md."""
+    records = [(p, json.loads(p.read_text())) for p in sorted(out.glob("*.json"))]
+    records = [(p, r) for p, r in records if "R" in r and r.get("benchmark_config", {}).get("benchmark") == "instruct3"]
+    tasks = ["medical", "mmlu", "finance"]
+    by_method: dict[str, list[dict]] = defaultdict(list)
+    for _, r in records:
+        by_method[r["benchmark_config"]["method"]].append(r)
+
+    def final(r: dict) -> dict[str, float]:
+        return {t: x for t, x in zip(r["tasks"], r["R"][-1]) if x is not None}
+
+    def mean_final(method: str) -> dict[str, float]:
+        runs = [final(r) for r in by_method.get(method, [])]
+        return {t: sum(f[t] for f in runs) / len(runs) for t in tasks if runs and all(t in f for f in runs)}
+
+    oracle = mean_final("oracle")
+    lines = ["| method | orders | " + " | ".join(f"{t} % (of oracle)" for t in tasks) + " |", "|---|---|" + "---|" * len(tasks)]
+    for method in ("base", "sequential-lora", "replay", "o-lora", "arrow", "oracle", "slm"):
+        if method not in by_method:
+            continue
+        m = mean_final(method)
+        orders = ", ".join(sorted(str(r["benchmark_config"].get("name", "→".join(r["tasks"]))) for r in by_method[method]))
+        cells = [f"{_pct(m.get(t))} ({100 * m[t] / oracle[t]:.0f}%)" if t in m and oracle.get(t) else _pct(m.get(t)) for t in tasks]
+        lines.append(f"| {method} | {orders} | " + " | ".join(cells) + " |")
+    first = ["| order | method | first-learned task | its final score % | right after learning it % |", "|---|---|---|---|---|"]
+    for method in ("sequential-lora", "replay", "o-lora", "arrow", "slm"):
+        for r in by_method.get(method, []):
+            t0 = r["tasks"][0]
+            first.append(f"| {'→'.join(r['tasks'])} | {method} | {t0} | {_pct(r['R'][-1][0])} | {_pct(r['R'][0][0])} |")
+    zs_sets = ["arc_easy", "arc_challenge", "piqa", "winogrande"]
+    zs = ["| result | " + " | ".join(zs_sets) + " |", "|---|" + "---|" * len(zs_sets)]
+    for p, r in records:
+        if r.get("zeroshot"):
+            zs.append(f"| {p.stem} | " + " | ".join(_pct(r["zeroshot"].get(s, {}).get("accuracy")) for s in zs_sets) + " |")
+    timing = ["| result | task | prompts | retrieval ms | generation ms | retrieval / generation |", "|---|---|---|---|---|---|"]
+    for p, r in records:
+        for t, v in r.get("timing_per_task", {}).items():
+            timing.append(f"| {p.stem} | {t} | {v['prompts']} | {v['retrieval_ms']:.0f} | {v['generation_ms']:.0f} | "
+                          f"{100 * v['retrieval_share_of_generation']:.1f}% |")
+    retrieval = ["| result | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+    for p, r in records:
+        last = r["rows"][-1]["scores"] if r.get("rows") else {}
+        if any("retrieval" in v for v in last.values()):
+            retrieval.append(f"| {p.stem} | " + " | ".join(_pct(last.get(t, {}).get("retrieval")) for t in tasks) + " |")
+    every = ["| result | order | " + " | ".join(tasks) + " | minutes | command |", "|---|---|" + "---|" * len(tasks) + "---|---|"]
+    for p, r in records:
+        f = final(r)
+        every.append(f"| [{p.stem}]({p.name}) | {'→'.join(r['tasks'])} | " + " | ".join(_pct(f.get(t)) for t in tasks)
+                     + f" | {r['seconds'] / 60:.0f} | `{r['command']}` |")
+    examples = ["# Five answers per task from SLM's final mixed batches (no task-ID)", ""]
+    for p, r in records:
+        if r["benchmark_config"]["method"] != "slm":
+            continue
+        examples += [f"## {p.stem}", ""]
+        for e in r.get("examples", []):
+            examples += [f"- **{e['task']}** → retrieved `{e.get('retrieved')}` {e.get('weights')}",
+                         f"  - prompt (end): `{e['prompt'][-160:].replace(chr(10), ' ').replace('`', chr(39))}`",
+                         f"  - gold: `{e['gold'][:200].replace(chr(10), ' ').replace('`', chr(39))}`",
+                         f"  - answer: `{e['answer'][:200].replace(chr(10), ' ').replace('`', chr(39))}`"]
+        examples.append("")
+    (out / "examples.md").write_text("\n".join(examples) + "\n")
+    return (f"# Instruct-3 results (SmolLM2-135M-Instruct)\n\nGenerated by `python benchmarks/report.py instruct3` from "
+            "the JSON files here. Scores: finance and mmlu first-word exact match, medical BERTScore-F1 (packaged "
+            "MiniLM). No task-ID for any method but the oracle; test prompts of all tasks learned so far are "
+            "shuffled into mixed batches.\n\n## Final score per task (mean over the orders run)\n\n"
+            + "\n".join(lines) + "\n\n## The first-learned task after the whole stream\n\n" + "\n".join(first)
+            + "\n\n## Retrieval accuracy after the stream (SLM)\n\n" + "\n".join(retrieval)
+            + "\n\n## Zero-shot retention (log-likelihood multiple choice, after the stream)\n\n" + "\n".join(zs)
+            + "\n\n## Retrieval vs generation time per task (paper Tab. 17; SLM, single-task batches of 8)\n\n"
+            + "\n".join(timing) + "\n\nFive answers per task from the mixed batches: [examples.md](examples.md).\n\n"
+            "## Every result\n\n" + "\n".join(every))
+
+
 def main(argv: list[str] | None = None) -> None:
     name = (argv or sys.argv[1:])[0]
     out = Path(name) if Path(name).is_dir() else ROOT / name
+    if out.name.startswith("instruct3"):
+        text = instruct_report(out)
+        (out / "README.md").write_text(text + "\n")
+        print(text)
+        return
     if out.name == "retrieval":
         text = retrieval_report(out)
         (out / "README.md").write_text(text + "\n")

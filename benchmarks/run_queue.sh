@@ -1,14 +1,23 @@
 #!/usr/bin/env bash
-# Run several CL-5 configs one after another (one at a time: this machine has 2 cores), then the report.
-# Usage: benchmarks/run_queue.sh DATA_DIR CONFIG_STEM... ; logs go to benchmarks/results/cl5/logs/ (not committed)
+# Run several benchmark configs one after another (one at a time: this machine has 2 cores), then the report.
+# Usage: benchmarks/run_queue.sh [--bench cl5|instruct3] DATA_DIR CONFIG_STEM...
+#   CONFIG_STEM names benchmarks/configs/<bench>/<stem>.json; the default bench is cl5.
+# Logs go to benchmarks/results/<bench>/logs/ (not committed).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+BENCH=cl5
+if [ "${1:-}" = "--bench" ]; then BENCH=$2; shift 2; fi
+case $BENCH in
+  cl5) RUNNER=benchmarks/run.py ;;
+  instruct3) RUNNER=benchmarks/instruct/run.py ;;
+  *) echo "unknown benchmark '$BENCH' (expected cl5 or instruct3)" >&2; exit 2 ;;
+esac
 DATA=$1; shift
-mkdir -p benchmarks/results/cl5/logs
+mkdir -p benchmarks/results/$BENCH/logs
 for cfg in "$@"; do
   echo "$(date -u +%H:%M:%S) start $cfg"
-  .venv/bin/python benchmarks/run.py benchmarks/configs/cl5/$cfg.json --data-dir "$DATA" \
-    > benchmarks/results/cl5/logs/$cfg.log 2>&1 && tail -1 benchmarks/results/cl5/logs/$cfg.log || echo "FAILED $cfg"
+  .venv/bin/python $RUNNER benchmarks/configs/$BENCH/$cfg.json --data-dir "$DATA" \
+    > benchmarks/results/$BENCH/logs/$cfg.log 2>&1 && tail -1 benchmarks/results/$BENCH/logs/$cfg.log || echo "FAILED $cfg"
 done
-.venv/bin/python benchmarks/report.py cl5
+.venv/bin/python benchmarks/report.py $BENCH > /dev/null
 echo "$(date -u +%H:%M:%S) done"

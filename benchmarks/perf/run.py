@@ -17,6 +17,9 @@ Sections:
             PEFT's); the preparation stage's share of a task's learning time, from the CL-5 result files.
   end2end   the encoder classifier's prediction with its query encoder (cold and cached queries) vs the
             plain backbone alone.
+  decoder   SmolLM2-135M greedy generation (batch 8, 32 new tokens forced): K=2 entries mixed per row on every
+            o_proj vs the plain model with one LoRA merged into its weights.
+  --sections picks some of them; their figures replace those in an existing perf.json (the others are kept).
 Entries are random (synthetic) here: speed does not depend on what the numbers are.
 """
 
@@ -232,13 +235,16 @@ def growth_section(model, tokenizer, sizes: list[int], repeats: int) -> dict:
             "note": "per example = median_ms / batch; routing (scores over every task) included"}
 
 
-def synthetic_slm(model, tokenizer, tasks: int, g: torch.Generator):
-    """A real SLM (MiniLM backbone and query encoder) holding ``tasks`` random, frozen tasks."""
+def synthetic_slm(model, tokenizer, tasks: int, g: torch.Generator, encoder: str = "minilm"):
+    """A real SLM (MiniLM backbone, query encoder ``encoder``) holding ``tasks`` random, frozen tasks."""
     from scalable_lm.config import SLMConfig
     from scalable_lm.encoder import QueryEncoder
     from scalable_lm.methods.slm import SLM
 
-    slm = SLM(SLMConfig(), backbone=(copy.deepcopy(model), tokenizer), encoder=QueryEncoder(copy.deepcopy(model), tokenizer, name="minilm"))
+    query = QueryEncoder(copy.deepcopy(model), tokenizer, name="minilm") if encoder == "minilm" else QueryEncoder.from_name(encoder)
+    config = SLMConfig()
+    config.model.encoder = encoder  # the saved config must name the query encoder actually used
+    slm = SLM(config, backbone=(copy.deepcopy(model), tokenizer), encoder=query)
     for t in range(tasks):
         params = slm._add_task(f"task{t}", ["a", "b", "c", "d"], g)
         slm.bank.set_statistics(t, (torch.randn(384, generator=g), torch.eye(384, dtype=torch.float64) * 100,
@@ -341,6 +347,7 @@ def end2end_section(model, tokenizer, repeats: int) -> dict:
 
     g = torch.Generator().manual_seed(4)
     slm = synthetic_slm(model, tokenizer, 5, g)
+    light = synthetic_slm(model, tokenizer, 5, torch.Generator().manual_seed(4), encoder="minilm-l4")
     plain = copy.deepcopy(model).eval()
     head = nn.Linear(384, 4)
     texts = long_texts(32)
@@ -351,15 +358,118 @@ def end2end_section(model, tokenizer, repeats: int) -> dict:
             feats = mean_pool(plain(**batch).last_hidden_state, batch["attention_mask"])
             head(feats).argmax(-1)
 
-    def cold():
-        slm.encoder._cache.clear()
-        slm.predict(texts, batch_size=32)
+    def cold(m):
+        def fn():
+            m.encoder._cache.clear()
+            m.predict(texts, batch_size=32)
+        return fn
 
-    res = bench({"plain backbone + head": plain_predict, "SLM predict, queries encoded": cold,
+    res = bench({"plain backbone + head": plain_predict,
+                 "SLM predict, queries encoded (MiniLM, 6 layers)": cold(slm),
+                 "SLM predict, queries encoded (minilm-l4, the default)": cold(light),
                  "SLM predict, queries cached": lambda: slm.predict(texts, batch_size=32)}, repeats)
-    return {"setup": {"batch": 32, "tokens": 128, "tasks": 5, "query encoder": "minilm (6 layers)"}, "timings": res,
-            "ratios": {"SLM (queries encoded) / plain": ratio(res, "SLM predict, queries encoded", "plain backbone + head"),
+    accuracy = {}
+    for enc in ("minilm", "minilm-l4"):  # routing accuracy of each query encoder, from the retrieval benchmark
+        path = ROOT / "results" / "retrieval" / f"{enc}.json"
+        if path.exists():
+            r = json.loads(path.read_text())
+            chosen = r["default_router_by_validation"]["chosen"]
+            accuracy[enc] = {"router": chosen, "validation": r["results"][chosen]["validation"]["mean"],
+                             "test": r["results"][chosen]["test"]["mean"]}
+    return {"setup": {"batch": 32, "tokens": 128, "tasks": 5}, "timings": res,
+            "retrieval_accuracy_by_query_encoder": accuracy,
+            "ratios": {"SLM (MiniLM queries encoded) / plain": ratio(res, "SLM predict, queries encoded (MiniLM, 6 layers)", "plain backbone + head"),
+                       "SLM (minilm-l4 queries encoded) / plain": ratio(res, "SLM predict, queries encoded (minilm-l4, the default)", "plain backbone + head"),
                        "SLM (queries cached) / plain": ratio(res, "SLM predict, queries cached", "plain backbone + head")}}
+
+
+def decoder_section(repeats: int, new_tokens: int = 32) -> dict:
+    """Generation throughput of SmolLM2 with per-row mixing vs one merged LoRA (same prompts, same length)."""
+    from scalable_lm.adapters.causal import CausalLM
+    from scalable_lm.backbones import load_causal
+
+    g = torch.Generator().manual_seed(5)
+    model, tokenizer = load_causal("smollm2")
+    targets, tasks = ["o_proj"], 5
+    merged = copy.deepcopy(model)
+    with torch.no_grad():  # one LoRA of rank 12 merged into W: the plain model's cost, by construction
+        for name, module in merged.named_modules():
+            if isinstance(module, nn.Linear) and name.endswith("o_proj"):
+                b = torch.randn(module.out_features, RANK, generator=g) * 0.02
+                a = torch.randn(RANK, module.in_features, generator=g) / RANK
+                module.weight += (ALPHA / RANK) * b @ a
+    ours = copy.deepcopy(model)
+    layers = inject(ours, targets, RANK, ALPHA)
+    fill_tasks(layers, tasks, g)
+    lm = CausalLM(model, tokenizer)
+    prompts = [lm.render(t[: 300]) for t in long_texts(8)]
+    batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    idx = torch.stack([torch.randperm(tasks * P, generator=g)[:2] for _ in range(8)])
+    w = torch.softmax(torch.randn(8, 2, generator=g), dim=-1)
+    kw = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+              pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+
+    def gen_merged():
+        with torch.no_grad():
+            merged.generate(**batch, **kw)
+
+    def gen_ours():
+        with torch.no_grad(), routed(layers, idx, w):
+            ours.generate(**batch, **kw)
+
+    res = bench({"plain + one merged LoRA": gen_merged, "ours, K=2 per row": gen_ours}, repeats, warmup=1)
+    tokens = 8 * new_tokens
+    for r in res.values():
+        r["tokens_per_s"] = tokens / (r["median_ms"] / 1000)
+    return {"setup": {"model": "SmolLM2-135M-Instruct", "batch": 8, "prompt_tokens": int(batch["input_ids"].shape[1]),
+                      "new_tokens": new_tokens, "tasks": tasks, "entries_per_task": P, "rank": RANK, "targets": targets},
+            "timings": res,
+            "ratios": {"throughput ours / merged LoRA (target >= 0.95)": ratio(res, "plain + one merged LoRA", "ours, K=2 per row")}}
+
+
+def _timing_rows(timings: dict) -> list[str]:
+    rows = ["| variant | median ms | IQR ms | n |", "|---|---:|---:|---:|"]
+    for name, t in timings.items():
+        extra = f" ({t['tokens_per_s']:.0f} tokens/s)" if "tokens_per_s" in t else ""
+        rows.append(f"| {name}{extra} | {t['median_ms']:.1f} | {t['q1_ms']:.1f}–{t['q3_ms']:.1f} | {t['n']} |")
+    return rows
+
+
+def write_report(record: dict, path: Path) -> None:
+    """Markdown from the JSON only: every ratio with its target, then the timings behind it."""
+    lines = ["# Speed and scale (generated by `python benchmarks/perf/run.py`; figures from perf.json)", "",
+             f"CPU, {record.get('threads')} threads; medians of interleaved repeats after warm-up; "
+             "ratios measured in the same process. Section commits: "
+             + ", ".join(f"{k} {v[:7]}" for k, v in record.get("section_commits", {}).items()), ""]
+    for name in SECTIONS:
+        section = record.get(name)
+        if not section:
+            continue
+        lines += [f"## {name}", ""]
+        if "setup" in section:
+            lines += ["setup: " + ", ".join(f"{k} {v}" for k, v in section["setup"].items()), ""]
+        if "ratios" in section:
+            lines += ["| ratio | value |", "|---|---:|"] + [f"| {k} | {v:.3f} |" for k, v in section["ratios"].items()] + [""]
+        if "timings" in section:
+            lines += _timing_rows(section["timings"]) + [""]
+        if name == "growth":
+            lines += ["bytes per task: " + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in section["per_task_bytes"].items()), ""]
+        if name == "training":
+            shares = section.get("preparation_share_of_fine_tune (key_s / fine-tune s, from results/cl5; target <= 0.05)", {})
+            if shares:
+                lines += ["| run | preparation / fine-tune time per task |", "|---|---|"]
+                lines += [f"| {run} | " + ", ".join(f"{t} {v:.3f}" for t, v in per.items()) + " |" for run, per in shares.items()]
+                lines.append("")
+        if name == "store":
+            lines += ["| tasks | save s | load s | one task's keys lazily ms | MB per task file | total MB |",
+                      "|---:|---:|---:|---:|---:|---:|"]
+            lines += [f"| {n} | {v['save_s']:.1f} | {v['load_s']:.1f} | {v['read_one_task_keys_ms']:.1f} | "
+                      f"{v['file_bytes_per_task'] / 1e6:.2f} | {v['total_bytes'] / 1e6:.0f} |" for n, v in section.items()]
+            lines.append("")
+    path.write_text("\n".join(lines) + "\n")
+
+
+SECTIONS = ("mixing", "growth", "training", "end2end", "store", "decoder")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -368,32 +478,45 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-tasks", type=int, default=2000)
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "perf")
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument("--report-only", action="store_true", help="rewrite README.md from perf.json and stop")
     args = parser.parse_args(argv)
+    target = args.out / ("perf_quick.json" if args.quick else "perf.json")
+    if args.report_only:
+        write_report(json.loads(target.read_text()), args.out / "README.md")
+        return
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     repeats = 3 if args.quick else 15
     sizes = [s for s in ([5, 50] if args.quick else [5, 50, 500, 2000]) if s <= args.max_tasks]
     model, tokenizer = load_encoder("minilm")
-    record = {"command": "python benchmarks/perf/run.py" + (" --quick" if args.quick else ""),
-              "threads": args.threads, "provenance": provenance()}
-    start = time.perf_counter()
-    record["mixing"] = mixing_section(model, tokenizer, repeats)
-    print(json.dumps(record["mixing"]["ratios"], indent=1), flush=True)
-    record["growth"] = growth_section(model, tokenizer, sizes, max(5, repeats // 2))
-    print(json.dumps(record["growth"]["ratios"], indent=1), flush=True)
-    record["training"] = training_section(model, tokenizer, repeats)
-    print(json.dumps(record["training"]["ratios"], indent=1), flush=True)
-    record["end2end"] = end2end_section(model, tokenizer, repeats)
-    print(json.dumps(record["end2end"]["ratios"], indent=1), flush=True)
-    record["store"] = store_section(model, tokenizer, sizes)
-    record["not_measured"] = {
-        "decoder generation (SmolLM2, K=2 vs merged LoRA)": "the causal-LM path (issue 4) does not exist yet",
-        "accelerate 2-process training": "not built yet",
+    record = json.loads(target.read_text()) if target.exists() and set(args.sections) != set(SECTIONS) else {}
+    record.update({"command": "python benchmarks/perf/run.py" + (" --quick" if args.quick else ""),
+                   "threads": args.threads, "provenance": provenance()})
+    if not isinstance(record.get("seconds"), dict):  # per section, so that a partial re-run keeps the others
+        record["seconds"] = {}
+    runs = {
+        "mixing": lambda: mixing_section(model, tokenizer, repeats),
+        "growth": lambda: growth_section(model, tokenizer, sizes, max(5, repeats // 2)),
+        "training": lambda: training_section(model, tokenizer, repeats),
+        "end2end": lambda: end2end_section(model, tokenizer, repeats),
+        "store": lambda: store_section(model, tokenizer, sizes),
+        "decoder": lambda: decoder_section(max(3, repeats // 3)),
     }
-    record["seconds"] = time.perf_counter() - start
+    for name in SECTIONS:
+        if name not in args.sections:
+            continue
+        start = time.perf_counter()
+        record[name] = runs[name]()
+        record["seconds"][name] = time.perf_counter() - start
+        record.setdefault("section_commits", {})[name] = record["provenance"].get("git_commit")
+        print(name, json.dumps(record[name].get("ratios", ""), indent=1), flush=True)
+    record.pop("not_measured", None)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / ("perf_quick.json" if args.quick else "perf.json")).write_text(json.dumps(record, indent=2))
-
+    tmp = target.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    tmp.replace(target)
+    write_report(record, args.out / ("README_quick.md" if args.quick else "README.md"))
 
 if __name__ == "__main__":
     main()

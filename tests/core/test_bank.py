@@ -23,3 +23,34 @@ def test_rejects_bad_shapes():
         KnowledgeBank(10, 3, 2)
     with pytest.raises(ValueError, match="exceeds"):
         KnowledgeBank(12, 6, 3)
+
+
+def test_routing_within_each_rows_task_equals_masking_the_whole_bank():
+    """The fast paths (cached unit keys, per-row task scoring, projected means) pick the same entries and
+    weights as scoring every entry and masking all but the chosen task's."""
+    from scalable_lm.core import retrieval, routers
+
+    g = torch.Generator().manual_seed(0)
+    bank = KnowledgeBank(dim=12, groups=3, entries_per_task=4)
+    for t in range(6):
+        bank.add_task(g).requires_grad_(False)
+        bank.set_statistics(t, routers.task_statistics(torch.randn(30, 12, generator=g) + t))
+    q = torch.randn(9, 12, generator=g)
+    scores = bank.task_scores(q, 0.1)
+    precision = routers.shared_precision([s[1] for s in bank.stats], [s[2] for s in bank.stats], 0.1)
+    means = torch.stack([s[0] for s in bank.stats])
+    diff = q.double()[:, None] - means[None]
+    direct = -torch.einsum("btd,de,bte->bt", diff, precision, diff)
+    assert torch.allclose(scores.double(), direct, atol=1e-3)
+    full = retrieval.entry_scores(q, bank.all_keys())
+    for only in (None, 4):
+        owner = bank.entry_task()
+        chosen = scores.argmax(-1) if only is None else torch.full((9,), only)
+        expected = retrieval.select_top_k(full, 2, owner[None] == chosen[:, None])
+        got = bank.route(q, 2, "gaussian", only=only)
+        assert torch.equal(got[0], expected[0]) and torch.allclose(got[1], expected[1], atol=1e-6)
+    dtkr = bank.route(q, 3, "dtkr", upto=3)
+    expected = retrieval.select_top_k(full, 3, owner <= 3)
+    assert torch.equal(dtkr[0], expected[0]) and torch.allclose(dtkr[1], expected[1], atol=1e-6)
+    with pytest.raises(ValueError, match="not in the bank"):
+        bank.route(q, 2, "gaussian", only=6)

@@ -40,6 +40,7 @@ class BankLinear(nn.Module):
         # Frozen tasks' factors are moved into one contiguous store (their parameters become views of it),
         # so a forward gathers the K entries of each row without concatenating every task again: the cost
         # per input stays flat as the bank grows, and nothing is held twice.
+        self._entries = 0  # entries of all tasks (kept here: summing over thousands of tasks per forward is slow)
         self._stored_tasks = 0  # tasks 0.._stored_tasks-1 live in the store
         self._stored_entries = 0
         self._store_a: torch.Tensor | None = None  # (capacity, r, d_in)
@@ -52,12 +53,14 @@ class BankLinear(nn.Module):
         a = (torch.rand(entries, self.rank, d_in, generator=generator) * 2 - 1) * bound
         self.lora_A.append(nn.Parameter(a))
         self.lora_B.append(nn.Parameter(torch.zeros(entries, d_out, self.rank)))
+        self._entries += entries
         return [self.lora_A[-1], self.lora_B[-1]]
 
     def truncate(self, num_tasks: int) -> None:
         """Keep only the first ``num_tasks`` tasks' increments (undoes a task whose learning failed)."""
         self.lora_A = nn.ParameterList(list(self.lora_A)[:num_tasks])
         self.lora_B = nn.ParameterList(list(self.lora_B)[:num_tasks])
+        self._entries = sum(a.shape[0] for a in self.lora_A)
         if num_tasks < self._stored_tasks:
             self._stored_tasks = num_tasks
             self._stored_entries = sum(a.shape[0] for a in self.lora_A)
@@ -109,10 +112,11 @@ class BankLinear(nn.Module):
         """
         self._sync_store()
         stored = self._stored_entries
-        if stored == sum(a.shape[0] for a in self.lora_A):
+        if stored == self._entries:
             return self._store_a[indices], self._store_b[indices]
-        tail_a = torch.cat(list(self.lora_A)[self._stored_tasks:])
-        tail_b = torch.cat(list(self.lora_B)[self._stored_tasks:])
+        tail = range(self._stored_tasks, len(self.lora_A))  # the trainable tasks (normally one)
+        tail_a = torch.cat([self.lora_A[i] for i in tail])
+        tail_b = torch.cat([self.lora_B[i] for i in tail])
         if stored == 0:
             return tail_a[indices], tail_b[indices]
         in_store = (indices < stored)[..., None, None]

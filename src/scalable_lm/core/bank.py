@@ -32,9 +32,11 @@ class KnowledgeBank(nn.Module):
         self.keys = nn.ParameterList()  # one (G, P, d/G) per task
         # Gaussian router statistics per task: mean (d,), scatter (d, d), count (); float64, never trained
         self.stats: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        self._precision: tuple[float, torch.Tensor] | None = None  # (shrinkage, shared inverse covariance)
-        self._means: torch.Tensor | None = None  # (T, d) stacked task means, rebuilt when statistics change
+        # Caches, rebuilt when what they derive from changes; they keep scoring cheap as the bank grows:
+        # (shrinkage, stacked means (T, d), shared precision (d, d), means @ precision (T, d), μΣμ (T,))
+        self._gauss: tuple | None = None
         self._frozen_keys: tuple[int, torch.Tensor] | None = None  # (tasks, their keys (E, G, d/G)) once frozen
+        self._unit_keys: tuple[int, torch.Tensor] | None = None  # (tasks, scoring_keys of all keys) when all frozen
 
     @property
     def num_tasks(self) -> int:
@@ -55,24 +57,24 @@ class KnowledgeBank(nn.Module):
         if task != len(self.stats):
             raise ValueError(f"statistics for task {task} given, expected task {len(self.stats)}")
         self.stats.append(tuple(t.to(torch.float64) for t in stats))
-        self._precision, self._means = None, None
+        self._gauss = None
 
     def truncate(self, num_tasks: int) -> None:
         """Keep only the first ``num_tasks`` tasks' keys (undoes a task whose learning failed)."""
         self.keys = nn.ParameterList(list(self.keys)[:num_tasks])
         self.stats = self.stats[:num_tasks]
-        self._precision, self._means, self._frozen_keys = None, None, None
+        self._gauss, self._frozen_keys, self._unit_keys = None, None, None
 
     def task_scores(self, queries: torch.Tensor, shrinkage: float) -> torch.Tensor:
         """``[B, T]`` Gaussian-router scores of every task with statistics (higher = more likely)."""
         if not self.stats:
             raise RuntimeError("no task statistics: learn a task first")
-        if self._precision is None or self._precision[0] != shrinkage:
+        if self._gauss is None or self._gauss[0] != shrinkage:
             precision = routers.shared_precision([s[1] for s in self.stats], [s[2] for s in self.stats], shrinkage)
-            self._precision = (shrinkage, precision)
-        if self._means is None:
-            self._means = torch.stack([s[0] for s in self.stats])
-        return routers.mahalanobis_scores(queries, self._means, self._precision[1])
+            means = torch.stack([s[0] for s in self.stats])
+            self._gauss = (shrinkage, means, precision, *routers.project_means(means, precision))
+        _, means, precision, pm, mpm = self._gauss
+        return routers.mahalanobis_scores(queries, means, precision, (pm, mpm))
 
     def all_keys(self) -> torch.Tensor:
         """``[E, G, d/G]``: entries in task order, ``P`` per task."""
@@ -121,8 +123,31 @@ class KnowledgeBank(nn.Module):
         if self.num_tasks == 0:
             raise RuntimeError("the knowledge bank is empty: learn a task first")
         with torch.no_grad():
-            scores = retrieval.entry_scores(queries, self.all_keys())
+            scores = retrieval.scores_from_unit_keys(queries, self._scoring_keys())
         return retrieval.select_top_k(scores, k, eligible, weighting, temperature)
+
+    def _scoring_keys(self) -> torch.Tensor:
+        """``retrieval.scoring_keys`` of every key, cached once no key is trainable (inference)."""
+        if self._unit_keys is not None and self._unit_keys[0] == self.num_tasks:
+            return self._unit_keys[1]
+        unit = retrieval.scoring_keys(self.all_keys().detach())
+        if not any(k.requires_grad for k in self.keys):
+            self._unit_keys = (self.num_tasks, unit)
+        return unit
+
+    def _retrieve_within(self, queries: torch.Tensor, tasks: torch.Tensor, k: int, weighting: str,
+                         temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-``k`` among the ``P`` entries of each row's own task ``tasks [B]``: only ``B·P`` entries are
+        scored, so the cost does not grow with the number of tasks. Same result as masking all but that
+        task's entries in ``retrieve``."""
+        p = self.entries_per_task
+        unit = self._scoring_keys()  # (G, dg, E)
+        g, dg, _ = unit.shape
+        rows = unit.view(g, dg, self.num_tasks, p)[:, :, tasks]  # (G, dg, B, P)
+        q = torch.nn.functional.normalize(retrieval.split_groups(queries, g), dim=-1)  # (B, G, dg)
+        scores = torch.einsum("bgd,gdbp->bp", q, rows) / g  # mean over groups of the cosines
+        local, weights = retrieval.select_top_k(scores, k, None, weighting, temperature)
+        return tasks[:, None] * p + local, weights
 
     def route(
         self,
@@ -143,11 +168,17 @@ class KnowledgeBank(nn.Module):
         """
         if router not in ("dtkr", "gaussian"):
             raise ValueError(f"unknown router {router!r}; use 'dtkr' or 'gaussian'")
-        if only is None and router == "gaussian":
+        if self.num_tasks == 0:
+            raise RuntimeError("the knowledge bank is empty: learn a task first")
+        if only is not None:
+            if not 0 <= only < self.num_tasks:
+                raise ValueError(f"task {only} is not in the bank ({self.num_tasks} tasks)")
+            with torch.no_grad():
+                return self._retrieve_within(queries, torch.full((queries.shape[0],), only), k, weighting, temperature)
+        if router == "gaussian":
             scores = self.task_scores(queries, shrinkage)
             if upto is not None:
                 scores = scores[:, : upto + 1]
-            eligible = self.entry_task()[None, :] == scores.argmax(dim=-1)[:, None]  # (B, E)
-        else:
-            eligible = self.eligible(upto=upto, only=only)
-        return self.retrieve(queries, k, eligible, weighting, temperature)
+            with torch.no_grad():
+                return self._retrieve_within(queries, scores.argmax(dim=-1), k, weighting, temperature)
+        return self.retrieve(queries, k, self.eligible(upto=upto), weighting, temperature)

@@ -45,6 +45,18 @@ def group_similarity(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bgd,egd->beg", q, k)
 
 
+def scoring_keys(keys: torch.Tensor) -> torch.Tensor:
+    """``[E, G, d/G]`` keys → ``[G, d/G, E]`` unit keys, the layout ``scores_from_unit_keys`` multiplies by
+    (a bank of frozen keys caches it: scoring is then one batched product)."""
+    return F.normalize(keys, dim=-1).permute(1, 2, 0).contiguous()
+
+
+def scores_from_unit_keys(queries: torch.Tensor, unit_keys: torch.Tensor) -> torch.Tensor:
+    """``entry_scores`` from ``scoring_keys(keys)``: ``[B, d]`` × ``[G, d/G, E]`` → ``[B, E]``."""
+    q = F.normalize(split_groups(queries, unit_keys.shape[0]), dim=-1).transpose(0, 1)  # (G, B, dg)
+    return torch.bmm(q, unit_keys).mean(dim=0)
+
+
 def entry_scores(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     """Entry score ``s(x, e)`` = mean over groups of the group similarities.
 

@@ -31,16 +31,31 @@ def shared_precision(scatters: list[torch.Tensor], counts: list[torch.Tensor], s
     return torch.linalg.inv((1 - shrinkage) * cov + shrinkage * target)
 
 
-def mahalanobis_scores(queries: torch.Tensor, means: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
+def mahalanobis_scores(
+    queries: torch.Tensor,
+    means: torch.Tensor,
+    precision: torch.Tensor,
+    projected: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
     """Negative squared Mahalanobis distances.
 
     Args:
         queries: ``[B, d]``.
         means: ``[T, d]`` task means.
         precision: ``[d, d]`` shared inverse covariance.
+        projected: optional ``(means @ precision [T, d], Σ means·(means @ precision) [T])`` (``project_means``),
+            cached by the caller so that scoring costs one ``[B, d] @ [d, T]`` product however many tasks.
 
     Returns:
-        ``[B, T]``; higher = closer.
+        ``[B, T]``; higher = closer. Computed as ``-(qΣq - 2 q Σ μ + μ Σ μ)``, in the precision's dtype.
     """
-    diff = queries.to(precision.dtype)[:, None, :] - means[None]  # (B, T, d)
-    return -torch.einsum("btd,de,bte->bt", diff, precision, diff).to(queries.dtype)
+    pm, mpm = projected if projected is not None else project_means(means, precision)
+    q = queries.to(precision.dtype)
+    qpq = ((q @ precision) * q).sum(-1, keepdim=True)  # (B, 1)
+    return -(qpq - 2 * q @ pm.T + mpm[None, :]).to(queries.dtype)
+
+
+def project_means(means: torch.Tensor, precision: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(means @ precision [T, d], row-wise μ Σ μ [T])`` for ``mahalanobis_scores``."""
+    pm = means @ precision
+    return pm, (pm * means).sum(-1)
