@@ -7,8 +7,10 @@ DTKR normalises per group.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -79,6 +81,15 @@ class QueryEncoder:
         if not texts:
             return torch.empty(0, self.dim)
         return torch.stack([self._cache[text_key(t)] for t in texts])
+
+    @contextlib.contextmanager
+    def cold(self) -> Iterator[None]:
+        """Within the block every text is encoded afresh (for timing the real cost); the cache is kept."""
+        saved, self._cache = self._cache, {}
+        try:
+            yield
+        finally:
+            self._cache = saved
 
     def default_cache_path(self) -> Path:
         """``$SLM_CACHE_DIR/queries-<fingerprint>.safetensors`` (default dir ``~/.cache/scalable_lm``)."""

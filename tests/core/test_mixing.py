@@ -102,3 +102,24 @@ def test_growing_the_store_keeps_earlier_entries_and_outputs():
     with routed({"l": layer}, torch.tensor([[0, 21]]), torch.tensor([[0.3, 0.7]])):
         out = layer(h[:1])
     assert torch.allclose(out, _dense(layer, h[:1], torch.tensor([[0, 21]]), torch.tensor([[0.3, 0.7]])), atol=1e-5)
+
+
+def test_inference_path_reuses_the_routes_factors_and_equals_the_dense_formula():
+    layer = _random_bank(seed=3)
+    idx = torch.randint(0, 12, (5, 2))
+    w = torch.softmax(torch.randn(5, 2), dim=-1)
+    a, b = torch.cat(list(layer.lora_A)), torch.cat(list(layer.lora_B))
+    with torch.no_grad(), routed({"l": layer}, idx, w):
+        for length in (6, 1, 1):  # a prompt, then one token at a time as in generation
+            h = torch.randn(5, length, 10)
+            dense = dense_reference(h, layer.base_layer.weight, layer.base_layer.bias, a, b, idx, w, layer.scaling)
+            assert torch.allclose(layer(h), dense, atol=1e-5)
+        cached = layer._route_cache
+        assert cached is not None and cached[0] is layer.route
+    assert layer._route_cache is None  # dropped with the route
+    idx2 = torch.randint(0, 12, (5, 2))  # a new route gets new factors, not the cached ones
+    h = torch.randn(5, 3, 10)
+    with torch.no_grad(), routed({"l": layer}, idx2, w):
+        out = layer(h)
+    dense = dense_reference(h, layer.base_layer.weight, layer.base_layer.bias, a, b, idx2, w, layer.scaling)
+    assert torch.allclose(out, dense, atol=1e-5)

@@ -37,6 +37,9 @@ class BankLinear(nn.Module):
         self.lora_A = nn.ParameterList()  # per task: (P, r, d_in)
         self.lora_B = nn.ParameterList()  # per task: (P, d_out, r)
         self.route: tuple[torch.Tensor, torch.Tensor] | None = None  # set by `routed`, not state
+        # Inference only: the route's factors, gathered once and laid out for two batched matmuls, kept
+        # while the same route holds (a generation calls the layer once per new token with one route).
+        self._route_cache: tuple[object, torch.dtype, torch.Tensor, torch.Tensor] | None = None
         # Frozen tasks' factors are moved into one contiguous store (their parameters become views of it),
         # so a forward gathers the K entries of each row without concatenating every task again: the cost
         # per input stays flat as the bank grows, and nothing is held twice.
@@ -131,8 +134,30 @@ class BankLinear(nn.Module):
         indices, weights = self.route
         if indices.shape[0] != x.shape[0]:
             raise ValueError(f"routing has {indices.shape[0]} rows but the layer input has {x.shape[0]}")
-        a, b = self.gather(indices)
-        return y + self.scaling * mixed_gathered(x, a.to(x.dtype), b.to(x.dtype), weights)
+        if torch.is_grad_enabled():
+            a, b = self.gather(indices)
+            return y + self.scaling * mixed_gathered(x, a.to(x.dtype), b.to(x.dtype), weights)
+        a_t, b_w = self._inference_factors(x.dtype)
+        rows = x.shape[0]
+        out = torch.baddbmm(y.reshape(rows, -1, y.shape[-1]), torch.bmm(x.reshape(rows, -1, x.shape[-1]), a_t), b_w)
+        return out.reshape(y.shape)
+
+    def _inference_factors(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """For the current route: ``A^T [B, d_in, K·r]`` and ``B_w [B, K·r, d_out]`` with ``scale · w_k`` folded in.
+
+        ``x @ A^T @ B_w`` equals ``scale · Σ_k w_k B_k A_k x`` (``mixed_gathered``); built once per route.
+        """
+        cache = self._route_cache
+        if cache is not None and cache[0] is self.route and cache[1] == dtype:
+            return cache[2], cache[3]
+        indices, weights = self.route
+        a, b = self.gather(indices)  # (B, K, r, d_in), (B, K, d_out, r)
+        rows, k, r, d_in = a.shape
+        a_t = a.to(dtype).reshape(rows, k * r, d_in).transpose(1, 2).contiguous()
+        w = (self.scaling * weights.to(dtype)).repeat_interleave(r, dim=1)[:, :, None]  # (B, K·r, 1)
+        b_w = (b.to(dtype).transpose(2, 3).reshape(rows, k * r, -1) * w).contiguous()
+        self._route_cache = (self.route, dtype, a_t, b_w)
+        return a_t, b_w
 
 
 def inject(model: nn.Module, targets: list[str], rank: int, alpha: float) -> dict[str, BankLinear]:
@@ -166,10 +191,11 @@ def routed(layers: dict[str, BankLinear], indices: torch.Tensor, weights: torch.
         indices: ``[B, K]`` entry indices per row.
         weights: ``[B, K]`` mixing weights per row.
     """
+    route = (indices, weights)
     for layer in layers.values():
-        layer.route = (indices, weights)
+        layer.route, layer._route_cache = route, None
     try:
         yield
     finally:
         for layer in layers.values():
-            layer.route = None
+            layer.route, layer._route_cache = None, None
