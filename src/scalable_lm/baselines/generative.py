@@ -18,6 +18,7 @@ import torch
 
 from scalable_lm import training
 from scalable_lm.adapters.inject import inject, routed
+from scalable_lm.baselines.olora import orthogonality_loss
 from scalable_lm.config import SLMConfig
 from scalable_lm.data.tasks import DataError, split_validation
 from scalable_lm.methods.base import Prediction
@@ -68,12 +69,7 @@ class SequentialLoRAGenerator:
 
     def _penalty(self) -> torch.Tensor:
         """O-LoRA: ``λ Σ_layers Σ_{s<t} |A_t A_s^T|`` for the newest LoRA ``t``."""
-        total = torch.zeros(())
-        for layer in self.layers.values():
-            new = layer.lora_A[-1][0]
-            for old in list(layer.lora_A)[:-1]:
-                total = total + (new @ old[0].T).abs().sum()
-        return self.orth_lambda * total
+        return self.orth_lambda * orthogonality_loss(self.layers.values())
 
     def learn(self, task, progress: bool = True) -> dict:
         if task.name in self.task_names:

@@ -10,11 +10,27 @@ term on the new LoRA and works with generative label words; neither is done here
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 
+from scalable_lm.adapters.inject import BankLinear
 from scalable_lm.baselines.lora import UnionLoRA
 from scalable_lm.config import BankConfig, TrainConfig
 from scalable_lm.data.tasks import Task, split_validation
+
+
+def orthogonality_loss(layers: Iterable[BankLinear]) -> torch.Tensor:
+    """``Σ_layers Σ_{s<t} |A_t A_s^T|`` (sum of absolute entries) for each layer's newest slot ``t``.
+
+    Each slot holds one entry: ``lora_A[s]`` is ``[1, r, d_in]``. Returns a scalar (0 with one slot).
+    """
+    total = torch.zeros(())
+    for layer in layers:
+        new = layer.lora_A[-1][0]  # (r, d_in)
+        for old in list(layer.lora_A)[:-1]:
+            total = total + (new @ old[0].T).abs().sum()
+    return total
 
 
 class OLoRA(UnionLoRA):
@@ -40,12 +56,7 @@ class OLoRA(UnionLoRA):
 
     def orthogonality(self) -> torch.Tensor:
         """``λ Σ_layers Σ_{s<t} |A_t A_s^T|`` for the newest task ``t``."""
-        total = torch.zeros(())
-        for layer in self.layers.values():
-            new = layer.lora_A[-1][0]  # (r, d_in)
-            for old in list(layer.lora_A)[:-1]:
-                total = total + (new @ old[0].T).abs().sum()
-        return self.orth_lambda * total
+        return self.orth_lambda * orthogonality_loss(self.layers.values())
 
     def learn(self, task: Task, progress: bool = True) -> dict:
         self._check_new(task)
