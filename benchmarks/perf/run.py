@@ -180,9 +180,41 @@ def mixing_section(model, tokenizer, repeats: int) -> dict:
         "PEFT mixed batch, 1 adapter per row": run_plain(peft_model, adapter_names=names),
         "PEFT Arrow, top-3 per token": run_plain(arrow_model),
     }, repeats)
+    # the same comparison on one target layer alone (input [32, 128, 384]), where the differences are not
+    # diluted by the rest of the backbone: more repeats, tighter spread
+    name = next(iter(layers))
+    ours_layer, plain_layer = layers[name], layers[name].base_layer
+    peft_layer = peft_model.base_model.model.get_submodule(name)
+    h = torch.randn(32, 128, plain_layer.in_features, generator=g)
+
+    def layer_fn(fn):
+        def run():
+            with torch.no_grad():
+                fn()
+        return run
+
+    def ours_at(i, wt):
+        def run():
+            with routed({name: ours_layer}, i, wt):
+                ours_layer(h)
+        return run
+
+    layer_res = bench({
+        "plain nn.Linear": layer_fn(lambda: plain_layer(h)),
+        "ours, K=4 per row": layer_fn(ours_at(idx, w)),
+        "ours, K=1 per row": layer_fn(ours_at(idx[:, :1], torch.ones(32, 1))),
+        "PEFT LoRA layer, 1 adapter per row": layer_fn(lambda: peft_layer(h, adapter_names=names)),
+    }, repeats * 10, warmup=5)
     return {
         "setup": {"batch": 32, "tokens": 128, "tasks": tasks, "entries_per_task": P, "rank": RANK, "targets": TARGETS},
         "timings": res,
+        "layer_timings": layer_res,
+        "layer_ratios": {
+            "one layer: ours K=4 / plain Linear": ratio(layer_res, "ours, K=4 per row", "plain nn.Linear"),
+            "one layer: PEFT 1 adapter per row / plain Linear": ratio(layer_res, "PEFT LoRA layer, 1 adapter per row", "plain nn.Linear"),
+            "one layer: PEFT mixed / ours K=4 (target >= 1.0)": ratio(layer_res, "PEFT LoRA layer, 1 adapter per row", "ours, K=4 per row"),
+            "one layer: PEFT mixed / ours K=1 (same work)": ratio(layer_res, "PEFT LoRA layer, 1 adapter per row", "ours, K=1 per row"),
+        },
         "ratios": {
             "ours / plain (target <= 1.10)": ratio(res, "ours, K=4 per row", "plain backbone"),
             "PEFT mixed / ours (throughput ours / PEFT; target >= 1.0)": ratio(res, "PEFT mixed batch, 1 adapter per row", "ours, K=4 per row"),
@@ -475,6 +507,10 @@ def write_report(record: dict, path: Path) -> None:
             lines += ["| ratio | value |", "|---|---:|"] + [f"| {k} | {v:.3f} |" for k, v in section["ratios"].items()] + [""]
         if "timings" in section:
             lines += _timing_rows(section["timings"]) + [""]
+        if "layer_ratios" in section:
+            lines += ["One target layer alone (input [32, 128, 384]):", "", "| ratio | value |", "|---|---:|"]
+            lines += [f"| {k} | {v:.3f} |" for k, v in section["layer_ratios"].items()] + [""]
+            lines += _timing_rows(section["layer_timings"]) + [""]
         if name == "growth":
             lines += ["bytes per task: " + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in section["per_task_bytes"].items()), ""]
         if name == "training":
