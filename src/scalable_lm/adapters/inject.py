@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from scalable_lm.core.mixing import mixed_gathered
+from scalable_lm.core.mixing import apply_row_factors, row_factors
 
 
 class BankLinear(nn.Module):
@@ -134,29 +134,20 @@ class BankLinear(nn.Module):
         indices, weights = self.route
         if indices.shape[0] != x.shape[0]:
             raise ValueError(f"routing has {indices.shape[0]} rows but the layer input has {x.shape[0]}")
-        if torch.is_grad_enabled():
-            a, b = self.gather(indices)
-            return y + self.scaling * mixed_gathered(x, a.to(x.dtype), b.to(x.dtype), weights)
-        a_t, b_w = self._inference_factors(x.dtype)
-        rows = x.shape[0]
-        out = torch.baddbmm(y.reshape(rows, -1, y.shape[-1]), torch.bmm(x.reshape(rows, -1, x.shape[-1]), a_t), b_w)
-        return out.reshape(y.shape)
+        return apply_row_factors(x, *self._route_factors(x.dtype), base=y)
 
-    def _inference_factors(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """For the current route: ``A^T [B, d_in, K·r]`` and ``B_w [B, K·r, d_out]`` with ``scale · w_k`` folded in.
-
-        ``x @ A^T @ B_w`` equals ``scale · Σ_k w_k B_k A_k x`` (``mixed_gathered``); built once per route.
-        """
+    def _route_factors(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """``row_factors`` of the current route's entries, scaled. Without grad (inference) they are kept
+        while the same route holds: a generation then gathers them once, not once per new token."""
+        inference = not torch.is_grad_enabled()
         cache = self._route_cache
-        if cache is not None and cache[0] is self.route and cache[1] == dtype:
+        if inference and cache is not None and cache[0] is self.route and cache[1] == dtype:
             return cache[2], cache[3]
         indices, weights = self.route
         a, b = self.gather(indices)  # (B, K, r, d_in), (B, K, d_out, r)
-        rows, k, r, d_in = a.shape
-        a_t = a.to(dtype).reshape(rows, k * r, d_in).transpose(1, 2).contiguous()
-        w = (self.scaling * weights.to(dtype)).repeat_interleave(r, dim=1)[:, :, None]  # (B, K·r, 1)
-        b_w = (b.to(dtype).transpose(2, 3).reshape(rows, k * r, -1) * w).contiguous()
-        self._route_cache = (self.route, dtype, a_t, b_w)
+        a_t, b_w = row_factors(a.to(dtype), b.to(dtype), weights, self.scaling)
+        if inference:
+            self._route_cache = (self.route, dtype, a_t, b_w)
         return a_t, b_w
 
 

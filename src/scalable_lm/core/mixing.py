@@ -46,17 +46,42 @@ def mixed_gathered(h: torch.Tensor, a_rows: torch.Tensor, b_rows: torch.Tensor, 
         a_rows: ``[B, K, r, d_in]``; b_rows: ``[B, K, d_out, r]``; weights: ``[B, K]``.
 
     Returns:
-        ``[B, ..., d_out]``. Two batched matmuls: ``[B, N, d_in] @ [B, d_in, K·r]`` then
-        ``[B, N, K·r] @ [B, K·r, d_out]``, with the weights folded into the middle.
+        ``[B, ..., d_out]`` (``apply_row_factors`` of ``row_factors``).
+    """
+    return apply_row_factors(h, *row_factors(a_rows, b_rows, weights))
+
+
+def row_factors(a_rows: torch.Tensor, b_rows: torch.Tensor, weights: torch.Tensor,
+                scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's K entries laid out for two batched matmuls, ``scale · w_k`` folded into the second.
+
+    Args:
+        a_rows: ``[B, K, r, d_in]``; b_rows: ``[B, K, d_out, r]``; weights: ``[B, K]``.
+
+    Returns:
+        ``(A^T [B, d_in, K·r], B_w [B, K·r, d_out])`` with ``h @ A^T @ B_w = scale · Σ_k w_k B_k A_k h``.
     """
     rows, k, r, d_in = a_rows.shape
+    a_t = a_rows.reshape(rows, k * r, d_in).transpose(1, 2).contiguous()
+    w = (scale * weights.to(b_rows.dtype)).repeat_interleave(r, dim=1)[:, :, None]  # (B, K·r, 1)
+    b_w = (b_rows.transpose(2, 3).reshape(rows, k * r, -1) * w).contiguous()
+    return a_t, b_w
+
+
+def apply_row_factors(h: torch.Tensor, a_t: torch.Tensor, b_w: torch.Tensor,
+                      base: torch.Tensor | None = None) -> torch.Tensor:
+    """``base + h @ A^T @ B_w`` per row (``row_factors``): ``[B, ..., d_in]`` → ``[B, ..., d_out]``.
+
+    ``base`` (``[B, ..., d_out]``, e.g. the frozen layer's output) is added inside the second product.
+    """
+    rows = a_t.shape[0]
     if h.shape[0] != rows:
         raise ValueError(f"routing has {rows} rows but the layer input has {h.shape[0]}")
-    flat = h.reshape(rows, -1, d_in)  # (B, N, d_in)
-    z = torch.bmm(flat, a_rows.reshape(rows, k * r, d_in).transpose(1, 2))  # (B, N, K·r)
-    z = z * weights.to(z.dtype).repeat_interleave(r, dim=1)[:, None, :]
-    out = torch.bmm(z, b_rows.transpose(2, 3).reshape(rows, k * r, -1))  # (B, N, d_out)
-    return out.reshape(*h.shape[:-1], b_rows.shape[2])
+    z = torch.bmm(h.reshape(rows, -1, h.shape[-1]), a_t)  # (B, N, K·r)
+    shape = (*h.shape[:-1], b_w.shape[2])
+    if base is None:
+        return torch.bmm(z, b_w).reshape(shape)
+    return torch.baddbmm(base.reshape(rows, -1, b_w.shape[2]), z, b_w).reshape(shape)
 
 
 def dense_reference(
