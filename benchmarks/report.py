@@ -117,7 +117,7 @@ def ablations(records: list[tuple[Path, dict]], reference: dict | None) -> str:
     lines = ["| result | what changes | avg acc % | retrieval % | forgetting pts |", "|---|---|---|---|---|"]
     if reference:
         m = reference["metrics"]
-        lines.append(f"| slm_gaussian_order4 (reference) | defaults | {_pct(m['average_accuracy'])} | "
+        lines.append(f"| slm_gaussian_l4_order4 (reference) | defaults (K=4, rank 12, attention output) | {_pct(m['average_accuracy'])} | "
                      f"{_pct(m['retrieval_accuracy'])} | {_pct(m['forgetting'])} |")
     for path, r in records:
         m = r["metrics"]
@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> None:
     records = [(p, r) for p, r in records if "R" in r]
     ablation = [(p, r) for p, r in records if p.stem.startswith("ablation_")]
     records = [(p, r) for p, r in records if not p.stem.startswith("ablation_")]
-    reference = next((r for p, r in records if p.stem == "slm_gaussian_order4"), None)
+    reference = next((r for p, r in records if p.stem == "slm_gaussian_l4_order4"), None)
     records.sort(key=lambda pr: (not pr[0].stem.endswith("order4"), pr[0].stem))
     oracles = [r for p, r in records if p.stem.startswith("oracle")]
     oracle = oracles[0] if oracles else None
