@@ -72,6 +72,27 @@ def test_truncated_or_edited_task_file_refused(saved, tokenizer):
         _load(directory, tokenizer)
 
 
+def test_directory_from_before_the_fallback_statistics_still_loads_and_grows(saved, toy_stream, tokenizer):
+    """Task files written before ``novelty.*`` existed (and manifests without the ``fallback`` option) load
+    with the fallback off for those tasks; new tasks are added beside them."""
+    from safetensors.torch import load_file, save_file
+
+    slm, directory = saved
+    task_file = next((directory / "tasks").iterdir())
+    assert {"novelty.centre", "novelty.spread"} <= set(load_file(str(task_file)))
+    old = {k: v for k, v in load_file(str(task_file)).items() if not k.startswith("novelty.")}
+    save_file(old, str(task_file), metadata={"task": "fruit"})
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest["tasks"][0]["sha256"] = store.sha256(task_file)
+    del manifest["config"]["bank"]["fallback"]
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    again = _load(directory, tokenizer)
+    assert again.bank.novelty[0][1][1] == float("inf")
+    again.learn(toy_stream[1], progress=False)
+    assert store.save(again, directory) == ["vehicle"]
+    assert _load(directory, tokenizer).task_names == ["fruit", "vehicle"]
+
+
 def test_other_backbone_refused(saved, tokenizer):
     _, directory = saved
     with pytest.raises(ModelDirError, match="backbone"):

@@ -14,6 +14,8 @@ Config: {"benchmark": "instruct3", "order": ["medical", "mmlu", "finance"],
 - arrow: per-task PEFT LoRAs routed per token by PEFT's Arrow.
 "zeroshot": {"sets": ["arc_easy", "arc_challenge", "piqa", "winogrande"], "rows": 200} adds, after the
 stream, log-likelihood multiple-choice accuracy on a seeded sample of each set (retention; base = untrained).
+"fallback_sweep": [0.0, ...] (slm only) re-scores the final bank with bank.fallback set to each value
+(0 = every input gets its nearest task's increments), test tasks and zero-shot sets alike.
 Scores: finance and mmlu by first-word exact match, medical by BERTScore-F1 (packaged MiniLM) with ROUGE-L
 beside it. The result holds the score matrix, five example answers per task from the final mixed batches,
 retrieval accuracy, and retrieval vs generation time per task.
@@ -38,6 +40,7 @@ from tasks import BUILDERS, SKIPPED, read_jsonl  # noqa: E402
 
 from scalable_lm import metrics  # noqa: E402
 from scalable_lm.config import SLMConfig  # noqa: E402
+from scalable_lm.methods.generative import BASE_MODEL  # noqa: E402
 from scalable_lm.scoring import bert_score_f1, first_word_match, rouge_l  # noqa: E402
 
 MAX_NEW = {"medical": 64, "mmlu": 4, "finance": 4}
@@ -49,6 +52,25 @@ def score(task: str, answers: list[str], golds: list[str]) -> dict:
         return {"primary": f1, "bertscore_f1": f1, "rouge_l": rouge_l(answers, golds)}
     match = first_word_match(answers, golds)
     return {"primary": match, "first_word_match": match}
+
+
+def zeroshot(method, zs: dict, data_dir: Path, seed: int) -> dict:
+    """Log-likelihood multiple-choice accuracy on a seeded sample of each set; for SLM also the share of
+    questions answered by the frozen base model (``bank.fallback``)."""
+    out = {}
+    for name in zs["sets"]:
+        path = next((data_dir / name / f for f in ("test.jsonl", "validation.jsonl") if (data_dir / name / f).exists()))
+        rows = read_jsonl(path)
+        rows = random.Random(seed).sample(rows, min(zs["rows"], len(rows)))
+        answers = method.multiple_choice(name, rows, progress=sys.stderr.isatty())  # base: nothing learned
+        out[name] = {"accuracy": sum(a == r["answer"] for a, r in zip(answers, rows)) / len(rows),
+                     "rows": len(rows), "file": str(path.name)}
+        if getattr(method, "task_names", None) and hasattr(method, "bank"):
+            with torch.no_grad():
+                _, weights = method._route(method.encoder.encode([r["question"] for r in rows]))
+            out[name]["fallback"] = float((weights.sum(-1) == 0).float().mean())
+        print(f"zero-shot {name}: {100 * out[name]['accuracy']:.1f}", flush=True)
+    return out
 
 
 def evaluate(method, tasks, cfg, task_id: bool) -> tuple[dict, list]:
@@ -69,8 +91,9 @@ def evaluate(method, tasks, cfg, task_id: bool) -> tuple[dict, list]:
     for t in tasks:
         mine = [(p, gold, pred) for (n, p, gold), pred in zip(rows, out) if n == t.name]
         s = score(t.name, [pred.label for _, _, pred in mine], [g for _, g, _ in mine])
-        if not task_id and all(pred.entry_tasks for *_, pred in mine):
+        if not task_id and any(pred.entry_tasks for *_, pred in mine):  # SLM; a base-model fallback is a miss
             s["retrieval"] = metrics.retrieval_accuracy([pred.entry_tasks for *_, pred in mine], [t.name] * len(mine))
+            s["fallback"] = sum(pred.task == BASE_MODEL for *_, pred in mine) / len(mine)
         scores[t.name] = s
         examples += [{"task": t.name, "prompt": p[-300:], "gold": g, "answer": pred.label, "retrieved": pred.task,
                       "weights": pred.weights} for p, g, pred in mine[:5]]
@@ -151,16 +174,15 @@ def main(argv: list[str] | None = None) -> None:
                                                  "generation_ms": 1000 * g, "retrieval_share_of_generation": r / g}
     zs = cfg.get("zeroshot")  # {"sets": [...], "rows": N}: retention of general abilities after the stream
     if zs:
-        record["zeroshot"] = {}
-        for name in zs["sets"]:
-            path = next((args.data_dir / name / f for f in ("test.jsonl", "validation.jsonl")
-                         if (args.data_dir / name / f).exists()))
-            rows = read_jsonl(path)
-            rows = random.Random(seed).sample(rows, min(zs["rows"], len(rows)))
-            answers = slm.multiple_choice(name, rows, progress=sys.stderr.isatty())  # base: nothing learned
-            record["zeroshot"][name] = {"accuracy": sum(a == r["answer"] for a, r in zip(answers, rows)) / len(rows),
-                                        "rows": len(rows), "file": str(path.name)}
-            print(f"zero-shot {name}: {100 * record['zeroshot'][name]['accuracy']:.1f}", flush=True)
+        record["zeroshot"] = zeroshot(slm, zs, args.data_dir, seed)
+    if method == "slm" and cfg.get("fallback_sweep"):  # the same final bank at other fallback settings
+        default, record["fallback_sweep"] = slm.config.bank.fallback, {}
+        for z in cfg["fallback_sweep"]:
+            slm.config.bank.fallback = float(z)
+            result, _ = evaluate(slm, tasks, cfg, task_id=False)
+            record["fallback_sweep"][str(z)] = {"scores": result["scores"],
+                                                "zeroshot": zeroshot(slm, zs, args.data_dir, seed) if zs else None}
+        slm.config.bank.fallback = default
     record.update(R=R, examples=examples, seconds=time.perf_counter() - start, skipped_broken_lines=dict(SKIPPED),
                   metrics={"average": sum(x for x in R[-1] if x is not None) / n,
                            "forgetting": metrics.forgetting(R) if method != "base" else None})

@@ -28,6 +28,11 @@ class BankConfig:
                 "task's query mean (shared covariance), then mix that task's entries by their keys; 'dtkr': the "
                 "paper's keys over all entries"})
     shrinkage: float = field(default=0.1, metadata={"help": "covariance shrinkage of the gaussian router"})
+    fallback: float = field(default=3.0, metadata={
+        "help": "generative models, gaussian router: an input whose cosine distance to its routed task's query "
+                "centre exceeds that task's mean held-out distance by more than this many standard deviations is "
+                "answered by the frozen base model (keeps general abilities for inputs of none of the tasks); "
+                "0 = off. Classifiers always use a task's head"})
     weighting: str = field(default="normalize", metadata={"help": "'normalize' (w=s/sum s, paper) or 'softmax'"})
     temperature: float = field(default=0.1, metadata={"help": "softmax temperature (weighting=softmax only)"})
 

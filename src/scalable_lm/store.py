@@ -24,6 +24,9 @@ from safetensors.torch import load_file, save_file
 
 FORMAT = "scalable-lm/1"
 STATS = ("stats.mean", "stats.scatter", "stats.count")  # gaussian-router statistics, not parameters
+# base-model fallback statistics (routers.novelty_statistics); optional: files written before them load
+# with the fallback off for that task
+NOVELTY = ("novelty.centre", "novelty.spread")
 MANIFEST = "manifest.json"
 
 
@@ -93,6 +96,8 @@ def task_tensors(slm, t: int) -> dict[str, torch.Tensor]:
         head = slm.classifier.heads[t]
         tensors["head.weight"], tensors["head.bias"] = head.weight, head.bias
     tensors.update(zip(STATS, slm.bank.stats[t]))
+    if t < len(slm.bank.novelty):
+        tensors.update(zip(NOVELTY, slm.bank.novelty[t]))
     return {k: v.detach().contiguous() for k, v in tensors.items()}
 
 
@@ -101,12 +106,14 @@ def save(slm, directory: str | Path) -> list[str]:
 
     Refuses a directory whose backbone, encoder, config or earlier tasks differ from ``slm``.
     """
+    from scalable_lm.config import SLMConfig
+
     directory = Path(directory)
     identity = _identity(slm)
     if (directory / MANIFEST).exists():
         manifest = read_manifest(directory)
         check_identity(manifest, identity, directory)
-        if manifest["config"] != slm.config.to_dict():
+        if SLMConfig.from_dict(manifest["config"]).to_dict() != slm.config.to_dict():  # options added later default
             raise ModelDirError(f"{directory} was created with a different configuration")
         known = [t["name"] for t in manifest["tasks"]]
         if slm.task_names[: len(known)] != known:
@@ -180,14 +187,17 @@ def _restore_task(slm, entry: dict, tensors: dict[str, torch.Tensor], path: Path
     t = len(slm.task_names)
     slm._add_task(entry["name"], entry["label_names"], torch.Generator().manual_seed(0))
     slm.bank.set_statistics(t, tuple(tensors.get(name, torch.zeros(())) for name in STATS))
-    expected = task_tensors(slm, t)
     d = slm.bank.dim
+    novelty_ok = all(n in tensors and tuple(tensors[n].shape) == shape for n, shape in zip(NOVELTY, [(d,), (2,)]))
+    slm.bank.set_novelty(t, tuple(tensors[n] for n in NOVELTY) if novelty_ok else None)
+    expected = set(task_tensors(slm, t)) - set(NOVELTY)
     stats_ok = all(n in tensors and tuple(tensors[n].shape) == shape for n, shape in zip(STATS, [(d,), (d, d), ()]))
-    if set(expected) != set(tensors) or not stats_ok:
+    partial_novelty = any(n in tensors for n in NOVELTY) and not novelty_ok
+    if expected != set(tensors) - set(NOVELTY) or not stats_ok or partial_novelty:
         slm._drop_last_task()
         raise ModelDirError(f"task file {path} does not match this model's layers (tensor names differ)")
     with torch.no_grad():
-        for name, target in zip([n for n in expected if n not in STATS], slm._task_params(t)):
+        for name, target in zip([n for n in task_tensors(slm, t) if n not in STATS + NOVELTY], slm._task_params(t)):
             if tensors[name].shape != target.shape:
                 slm._drop_last_task()
                 raise ModelDirError(f"task file {path}: {name} has shape {tuple(tensors[name].shape)}, "

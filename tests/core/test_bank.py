@@ -54,3 +54,30 @@ def test_routing_within_each_rows_task_equals_masking_the_whole_bank():
     assert torch.equal(dtkr[0], expected[0]) and torch.allclose(dtkr[1], expected[1], atol=1e-6)
     with pytest.raises(ValueError, match="not in the bank"):
         bank.route(q, 2, "gaussian", only=6)
+
+
+def test_fallback_zeroes_the_weights_of_unfamiliar_rows_only():
+    from scalable_lm.core import routers
+
+    g = torch.Generator().manual_seed(0)
+    centres = [torch.randn(12, generator=g) * 3 for _ in range(3)]
+    bank = KnowledgeBank(dim=12, groups=3, entries_per_task=2)
+    for t, c in enumerate(centres):
+        bank.add_task(g).requires_grad_(False)
+        q = c + 0.2 * torch.randn(40, 12, generator=g)
+        bank.set_statistics(t, routers.task_statistics(q))
+        bank.set_novelty(t, routers.novelty_statistics(q))
+    familiar = torch.stack([c + 0.2 * torch.randn(12, generator=g) for c in centres])
+    queries = torch.cat([familiar, -familiar])  # the opposite directions belong to no task
+    plain = bank.route(queries, 2, "gaussian")
+    entries, weights = bank.route(queries, 2, "gaussian", fallback=3.0)
+    assert torch.equal(entries, plain[0]) and torch.equal(weights[:3], plain[1][:3])
+    assert (weights[3:] == 0).all() and (plain[1][3:] > 0).any()
+    assert (bank.route(queries, 2, "gaussian", only=1, fallback=3.0)[1] > 0).all()  # task named (SLM-TI): no fallback
+    bank.truncate(2)
+    assert len(bank.novelty) == 2
+    unknown = KnowledgeBank(dim=12, groups=3, entries_per_task=2)  # statistics from before the fallback existed
+    unknown.add_task(g).requires_grad_(False)
+    unknown.set_statistics(0, routers.task_statistics(centres[0] + 0.2 * torch.randn(40, 12, generator=g)))
+    unknown.set_novelty(0, None)
+    assert (unknown.route(-familiar, 2, "gaussian", fallback=3.0)[1] > 0).all()

@@ -36,3 +36,23 @@ def test_shared_covariance_separates_elongated_clusters_that_cosine_confuses():
     assert (predicted == truth).float().mean() > 0.95
     bank.truncate(1)
     assert len(bank.stats) == 1 and bank.task_scores(test_a, 0.1).shape == (200, 1)
+
+
+def test_novelty_spread_is_measured_on_held_out_folds():
+    gen = torch.Generator().manual_seed(0)
+    centre = torch.randn(16, generator=gen)
+    q = centre + 0.3 * torch.randn(60, 16, generator=gen)
+    mean_unit, spread = routers.novelty_statistics(q, folds=5)
+    unit = torch.nn.functional.normalize(q.double(), dim=-1)
+    assert torch.allclose(mean_unit, unit.mean(0))
+    held = torch.cat([((unit[k::5] - unit[[i for i in range(60) if i % 5 != k]].mean(0)) ** 2).sum(-1) for k in range(5)])
+    assert torch.allclose(spread, torch.stack([held.mean(), held.std()]))
+    # held-out distances are larger than in-sample ones: the spread describes unseen inputs
+    assert spread[0] > routers.unit_distances(q, mean_unit.expand(60, -1)).mean()
+    fresh = centre + 0.3 * torch.randn(500, 16, generator=gen)
+    far = torch.randn(500, 16, generator=gen) * centre.norm()
+    limit = spread[0] + 3 * spread[1]
+    assert (routers.unit_distances(fresh, mean_unit.expand(500, -1)) > limit).float().mean() < 0.02
+    assert (routers.unit_distances(far, mean_unit.expand(500, -1)) > limit).float().mean() > 0.98
+    _, none = routers.novelty_statistics(q[:2])  # too few queries to estimate: nothing is ever unfamiliar
+    assert none[1] == float("inf")

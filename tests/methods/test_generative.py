@@ -74,6 +74,24 @@ def test_two_tasks_in_sequence_answer_in_their_own_format(lm_tokenizer):
     assert (alone.label, alone.entries) == (preds[-1].label, preds[-1].entries)
 
 
+def test_a_prompt_of_none_of_the_tasks_is_answered_by_the_base_model(lm_tokenizer):
+    from scalable_lm.methods.generative import BASE_MODEL
+
+    slm = make_generative(lm_tokenizer)
+    slm.config.train.epochs = 2
+    fruit, vehicle = instruction_task("fruit", "sweet"), instruction_task("vehicle", "fast", seed=1)
+    slm.learn(fruit, progress=False)
+    slm.learn(vehicle, progress=False)
+    other = "Which planet in the solar system has the largest number of known moons?"
+    preds = slm.predict([fruit.test[0][0], other, vehicle.test[0][0]])
+    assert [p.task for p in preds] == ["fruit", BASE_MODEL, "vehicle"]
+    assert preds[1].entries == [] and preds[1].weights == []
+    base_answer = slm.lm.generate([other], slm.max_new_tokens)[0][0]  # no route set: the frozen model
+    assert preds[1].label == base_answer
+    slm.config.bank.fallback = 0.0  # off: every prompt gets its nearest task's increments
+    assert slm.predict([other])[0].task in ("fruit", "vehicle")
+
+
 def test_instruction_files_are_checked(tmp_path):
     path = tmp_path / "t.jsonl"
     path.write_text('{"instruction": "Say hi", "input": "", "output": "hi"}\n{"instruction": "x", "output": ""}\n')

@@ -32,6 +32,10 @@ class KnowledgeBank(nn.Module):
         self.keys = nn.ParameterList()  # one (G, P, d/G) per task
         # Gaussian router statistics per task: mean (d,), scatter (d, d), count (); float64, never trained
         self.stats: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        # per task (centre (d,), spread (2,)) of its unit-normalised queries, for the base-model fallback
+        # (routers.novelty_statistics); a task without them (older model directories) never falls back
+        self.novelty: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._novel: tuple[torch.Tensor, torch.Tensor] | None = None  # stacked centres (T, d), spreads (T, 2)
         # Caches, rebuilt when what they derive from changes; they keep scoring cheap as the bank grows:
         # (shrinkage, stacked means (T, d), shared precision (d, d), means @ precision (T, d), μΣμ (T,))
         self._gauss: tuple | None = None
@@ -59,11 +63,21 @@ class KnowledgeBank(nn.Module):
         self.stats.append(tuple(t.to(torch.float64) for t in stats))
         self._gauss = None
 
+    def set_novelty(self, task: int, novelty: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+        """Record task ``task``'s ``(centre [d], spread [2])`` (``routers.novelty_statistics``); ``None``: unknown."""
+        if task != len(self.novelty):
+            raise ValueError(f"novelty statistics for task {task} given, expected task {len(self.novelty)}")
+        if novelty is None:
+            novelty = (torch.zeros(self.dim), torch.tensor([0.0, float("inf")]))
+        self.novelty.append(tuple(t.to(torch.float64) for t in novelty))
+        self._novel = None
+
     def truncate(self, num_tasks: int) -> None:
         """Keep only the first ``num_tasks`` tasks' keys (undoes a task whose learning failed)."""
         self.keys = nn.ParameterList(list(self.keys)[:num_tasks])
         self.stats = self.stats[:num_tasks]
-        self._gauss, self._frozen_keys, self._unit_keys = None, None, None
+        self.novelty = self.novelty[:num_tasks]
+        self._gauss, self._frozen_keys, self._unit_keys, self._novel = None, None, None, None
 
     def task_scores(self, queries: torch.Tensor, shrinkage: float) -> torch.Tensor:
         """``[B, T]`` Gaussian-router scores of every task with statistics (higher = more likely)."""
@@ -75,6 +89,17 @@ class KnowledgeBank(nn.Module):
             self._gauss = (shrinkage, means, precision, *routers.project_means(means, precision))
         _, means, precision, pm, mpm = self._gauss
         return routers.mahalanobis_scores(queries, means, precision, (pm, mpm))
+
+    def unfamiliar(self, queries: torch.Tensor, tasks: torch.Tensor, z: float) -> torch.Tensor:
+        """``[B]`` bool: query ``[B, d]`` lies farther from the centre of its row's task ``tasks [B]`` than the
+        mean held-out distance of that task plus ``z`` standard deviations (``routers.novelty_statistics``)."""
+        if len(self.novelty) < self.num_tasks:
+            raise RuntimeError("no novelty statistics for some tasks: learn them with this version")
+        if self._novel is None:
+            self._novel = (torch.stack([n[0] for n in self.novelty]), torch.stack([n[1] for n in self.novelty]))
+        centres, spreads = self._novel
+        limits = spreads[tasks, 0] + z * spreads[tasks, 1]
+        return routers.unit_distances(queries, centres[tasks]) > limits
 
     def all_keys(self) -> torch.Tensor:
         """``[E, G, d/G]``: entries in task order, ``P`` per task."""
@@ -159,12 +184,15 @@ class KnowledgeBank(nn.Module):
         weighting: str = "normalize",
         temperature: float = 0.1,
         shrinkage: float = 0.1,
+        fallback: float = 0.0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-row ``(entries [B, K], weights [B, K])`` for ``queries [B, d]``.
 
         ``router="dtkr"``: top-``k`` over the keys of every eligible entry (tasks ``<= upto``, or task
         ``only``). ``router="gaussian"``: each row first picks its most likely task from the query
-        statistics, then top-``k`` among that task's entries (``only`` overrides the pick).
+        statistics, then top-``k`` among that task's entries (``only`` overrides the pick); with
+        ``fallback > 0``, a row ``unfamiliar`` to its task at ``z = fallback`` gets all-zero weights, i.e.
+        the frozen base model.
         """
         if router not in ("dtkr", "gaussian"):
             raise ValueError(f"unknown router {router!r}; use 'dtkr' or 'gaussian'")
@@ -179,6 +207,10 @@ class KnowledgeBank(nn.Module):
             scores = self.task_scores(queries, shrinkage)
             if upto is not None:
                 scores = scores[:, : upto + 1]
+            tasks = scores.argmax(dim=-1)
             with torch.no_grad():
-                return self._retrieve_within(queries, scores.argmax(dim=-1), k, weighting, temperature)
+                entries, weights = self._retrieve_within(queries, tasks, k, weighting, temperature)
+                if fallback > 0:
+                    weights = weights.masked_fill(self.unfamiliar(queries, tasks, fallback)[:, None], 0.0)
+            return entries, weights
         return self.retrieve(queries, k, self.eligible(upto=upto), weighting, temperature)

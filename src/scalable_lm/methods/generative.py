@@ -3,7 +3,8 @@ model for that prompt alone, and the model answers in the format of the task it 
 
 Same two stages as ``methods.slm`` (keys on cached queries, then values), with the answer-token loss in
 place of a classification head. There are no heads: the retrieved increments decide how the model
-answers; ``Prediction.task`` names the task owning most of the retrieved weight (for inspection only).
+answers; ``Prediction.task`` names the task owning most of the retrieved weight (for inspection only), or
+``BASE_MODEL`` when the prompt is unfamiliar to the task it was routed to and the frozen model answered (``bank.fallback``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from scalable_lm.data.tasks import DataError
 from scalable_lm.encoder import QueryEncoder
 from scalable_lm.methods.base import GrowsByTask, Prediction
 
+BASE_MODEL = "(base model)"  # Prediction.task of an input that fell back to the frozen model (bank.fallback)
 DECODER_TARGETS = ["o_proj"]  # attention output of LLaMA-family blocks (the paper's choice)
 SEQ2SEQ_TARGETS = ["SelfAttention.o", "EncDecAttention.o"]  # T5 attention outputs, encoder and decoder
 
@@ -125,7 +127,8 @@ class GenerativeSLM(GrowsByTask):
 
     def _route(self, queries: torch.Tensor, upto: int | None = None, only: int | None = None):
         b = self.config.bank
-        return self.bank.route(queries, b.top_k, b.router, upto, only, b.weighting, b.temperature, b.shrinkage)
+        return self.bank.route(queries, b.top_k, b.router, upto, only, b.weighting, b.temperature, b.shrinkage,
+                               fallback=b.fallback)
 
     # ---- learn ---------------------------------------------------------------------------------
     def _learn_new(self, train_rows, val_rows, generator, progress) -> dict:
@@ -134,6 +137,7 @@ class GenerativeSLM(GrowsByTask):
         start = time.perf_counter()
         queries = self.encoder.encode([p for p, _ in train_rows], progress=progress)
         self.bank.set_statistics(t, routers.task_statistics(queries))
+        self.bank.set_novelty(t, routers.novelty_statistics(queries))
         key_loss = training.train_keys(self.bank.keys[t], queries, self.config.keys, generator)
         key_s = time.perf_counter() - start
         route = {"only": t} if self.config.bank.router == "gaussian" else {"upto": t}
@@ -200,9 +204,13 @@ class GenerativeSLM(GrowsByTask):
             self.timings["generation_s"] += time.perf_counter() - routed_at
             mass = torch.zeros(len(idx), len(self.task_names)).scatter_add_(1, owner[entries], weights)
             for row, (text, logprob) in enumerate(answers):
+                confidence = float(torch.tensor(logprob).exp())
+                if not bool((weights[row] > 0).any()):  # unfamiliar to its routed task: the frozen base model answered
+                    out.append(Prediction(label=text, task=BASE_MODEL, confidence=confidence))
+                    continue
                 t = int(mass[row].argmax())
                 out.append(Prediction(
-                    label=text, task=self.task_names[t], confidence=float(torch.tensor(logprob).exp()),
+                    label=text, task=self.task_names[t], confidence=confidence,
                     entries=[f"{self.task_names[int(owner[e])]}#{int(e) % per_task}" for e in entries[row]],
                     weights=[round(float(w), 6) for w in weights[row]],
                     entry_tasks=[self.task_names[int(owner[e])] for e in entries[row]]))

@@ -19,7 +19,7 @@ from scalable_lm.adapters.classification import EncoderClassifier
 from scalable_lm.adapters.inject import inject, routed
 from scalable_lm.config import SLMConfig
 from scalable_lm.core.bank import KnowledgeBank
-from scalable_lm.core.routers import task_statistics
+from scalable_lm.core.routers import novelty_statistics, task_statistics
 from scalable_lm.data.tasks import DataError
 from scalable_lm.encoder import QueryEncoder
 from scalable_lm.methods.base import GrowsByTask, Prediction
@@ -92,6 +92,7 @@ class SLM(GrowsByTask):
         queries = self.encoder.encode([x for x, _ in train_rows], progress=progress)
         encode_s = time.perf_counter() - start
         self.bank.set_statistics(t, task_statistics(queries))  # for the gaussian router; cheap either way
+        self.bank.set_novelty(t, novelty_statistics(queries))  # kept for a uniform store; classifiers never fall back
         key_loss = training.train_keys(self.bank.keys[t], queries, self.config.keys, generator)
         key_s = time.perf_counter() - start - encode_s
         report = self._fine_tune(t, train_rows, val_rows, queries, generator, progress)
