@@ -55,3 +55,14 @@ def test_key_loss_handles_full_mask_and_training_lowers_it():
 def test_step_decay():
     factors = [retrieval.step_decay(e, 30) for e in range(30)]
     assert factors[:21] == [1.0] * 21 and factors[21:] == pytest.approx([0.1] * 9)
+
+
+def test_scores_within_tasks_equal_the_full_scores_of_each_rows_task():
+    g = torch.Generator().manual_seed(0)
+    keys = torch.randn(5 * 3, 4, 6, generator=g)  # 5 tasks x P=3 entries, G=4 groups of 6
+    queries = torch.randn(7, 24, generator=g)
+    tasks = torch.tensor([0, 4, 2, 2, 1, 3, 0])
+    unit = retrieval.scoring_keys(keys)
+    full = retrieval.scores_from_unit_keys(queries, unit).view(7, 5, 3)
+    within = retrieval.scores_within_tasks(queries, unit, tasks, 3)
+    assert torch.allclose(within, full[torch.arange(7), tasks], atol=1e-6)

@@ -65,8 +65,7 @@ class BankLinear(nn.Module):
         self.lora_B = nn.ParameterList(list(self.lora_B)[:num_tasks])
         self._entries = sum(a.shape[0] for a in self.lora_A)
         if num_tasks < self._stored_tasks:
-            self._stored_tasks = num_tasks
-            self._stored_entries = sum(a.shape[0] for a in self.lora_A)
+            self._stored_tasks, self._stored_entries = num_tasks, self._entries
 
     def _sync_store(self) -> None:
         """Move newly frozen tasks (a prefix of the list, in order) into the contiguous store.

@@ -165,14 +165,9 @@ class KnowledgeBank(nn.Module):
         """Top-``k`` among the ``P`` entries of each row's own task ``tasks [B]``: only ``B·P`` entries are
         scored, so the cost does not grow with the number of tasks. Same result as masking all but that
         task's entries in ``retrieve``."""
-        p = self.entries_per_task
-        unit = self._scoring_keys()  # (G, dg, E)
-        g, dg, _ = unit.shape
-        rows = unit.view(g, dg, self.num_tasks, p)[:, :, tasks]  # (G, dg, B, P)
-        q = torch.nn.functional.normalize(retrieval.split_groups(queries, g), dim=-1)  # (B, G, dg)
-        scores = torch.einsum("bgd,gdbp->bp", q, rows) / g  # mean over groups of the cosines
+        scores = retrieval.scores_within_tasks(queries, self._scoring_keys(), tasks, self.entries_per_task)
         local, weights = retrieval.select_top_k(scores, k, None, weighting, temperature)
-        return tasks[:, None] * p + local, weights
+        return tasks[:, None] * self.entries_per_task + local, weights
 
     def route(
         self,

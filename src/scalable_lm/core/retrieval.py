@@ -57,6 +57,16 @@ def scores_from_unit_keys(queries: torch.Tensor, unit_keys: torch.Tensor) -> tor
     return torch.bmm(q, unit_keys).mean(dim=0)
 
 
+def scores_within_tasks(queries: torch.Tensor, unit_keys: torch.Tensor, tasks: torch.Tensor,
+                        entries_per_task: int) -> torch.Tensor:
+    """``scores_from_unit_keys`` restricted to each row's own task: ``[B, P]`` scores of the ``P`` entries of
+    task ``tasks [B]`` (entries ``t·P .. t·P+P-1``). Only ``B·P`` entries are scored, however large the bank."""
+    g, dg, e = unit_keys.shape
+    rows = unit_keys.view(g, dg, e // entries_per_task, entries_per_task)[:, :, tasks]  # (G, dg, B, P)
+    q = F.normalize(split_groups(queries, g), dim=-1)  # (B, G, dg)
+    return torch.einsum("bgd,gdbp->bp", q, rows) / g  # mean over groups of the cosines
+
+
 def entry_scores(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     """Entry score ``s(x, e)`` = mean over groups of the group similarities.
 
