@@ -18,7 +18,7 @@ def test_config_parses(path):
     from run import METHODS
 
     cfg = json.loads(path.read_text())
-    methods = ("slm", "oracle", "base", "sequential-lora", "replay", "o-lora", "arrow") if cfg["benchmark"].startswith("instruct3") else METHODS
+    methods = ("slm", "oracle", "base", "sequential-lora", "replay", "o-lora", "arrow") if cfg["benchmark"].startswith(("instruct3", "fewshot_smollm2")) else METHODS
     assert cfg["method"] in methods and cfg["order"] and (cfg.get("train_per_class") or cfg["train_per_task"] > 0)
     base = SLMConfig().to_dict()
     for section, values in cfg.get("config", {}).items():
@@ -64,3 +64,20 @@ def test_report_writes_table_and_plots_from_json(tmp_path):
     assert "| [slm_x](slm_x.json) | 75.0 | 85.0 | 80.0 | 88.9 |" in text  # honest, SLM-TI, leaking, % oracle
     assert (tmp_path / "heatmap_slm_x.png").stat().st_size > 0 and (tmp_path / "average_accuracy.png").exists()
     assert (tmp_path / "forgetting.png").exists()
+
+
+def test_generative_stream_report_from_json(tmp_path):
+    sys.path.insert(0, str(ROOT))
+    import report
+
+    out = tmp_path / "fewshot_smollm2"
+    out.mkdir()
+    scores = {"a": {"primary": 0.5, "retrieval": 1.0}, "b": {"primary": 0.25, "retrieval": 0.75, "fallback": 0.25}}
+    record = {"command": "python benchmarks/instruct/run.py x.json", "benchmark_config": {"method": "slm"},
+              "tasks": ["a", "b"], "R": [[0.75, None], [0.5, 0.25]], "rows": [{"scores": {"a": scores["a"]}}, {"scores": scores}],
+              "metrics": {"average": 0.375, "forgetting": 0.25}, "seconds": 120}
+    (out / "slm_order1.json").write_text(json.dumps(record))
+    report.main([str(out)])
+    text = (out / "README.md").read_text()
+    assert "| slm | 1 | 37.5 | 37.5–37.5 | 25.0 |" in text
+    assert "| [slm_order1](slm_order1.json) | a → b | 50.0 (ret 100) | 25.0 (ret 75, 25% to base) | 37.5 | 25.0 | 2 |" in text

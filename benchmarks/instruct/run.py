@@ -1,4 +1,5 @@
-"""Instruct-3 (paper's "LLaMA benchmark") on SmolLM2: one config, one stream, one results JSON.
+"""Instruct-3 (paper's "LLaMA benchmark") and few-shot text-label streams on SmolLM2: one config, one
+stream, one results JSON.
 
 Usage:
     python benchmarks/instruct/run.py benchmarks/configs/instruct3/slm_order8.json [--data-dir ../shared/datasets]
@@ -16,6 +17,8 @@ Config: {"benchmark": "instruct3", "order": ["medical", "mmlu", "finance"],
 stream, log-likelihood multiple-choice accuracy on a seeded sample of each set (retention; base = untrained).
 "fallback_sweep": [0.0, ...] (slm only) re-scores the final bank with bank.fallback set to each value
 (0 = every input gets its nearest task's increments), test tasks and zero-shot sets alike.
+Few-shot with text labels: "benchmark": "fewshot_smollm2", "order": ["dbpedia", "amazon", "yahoo", "agnews"],
+"train_per_class": 16 (tasks.classification; answers scored by scoring.label_match).
 Scores: finance and mmlu by first-word exact match, medical by BERTScore-F1 (packaged MiniLM) with ROUGE-L
 beside it. The result holds the score matrix, five example answers per task from the final mixed batches,
 retrieval accuracy, and retrieval vs generation time per task.
@@ -36,20 +39,23 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))  # first: `run` is benchmarks/run.py, `tasks` is found in HERE
 from run import provenance  # noqa: E402
-from tasks import BUILDERS, SKIPPED, read_jsonl  # noqa: E402
+from tasks import BUILDERS, LABEL_TASKS, SKIPPED, read_jsonl  # noqa: E402
 
 from scalable_lm import metrics  # noqa: E402
 from scalable_lm.config import SLMConfig  # noqa: E402
 from scalable_lm.methods.generative import BASE_MODEL  # noqa: E402
-from scalable_lm.scoring import bert_score_f1, first_word_match, rouge_l  # noqa: E402
+from scalable_lm.scoring import bert_score_f1, first_word_match, label_match, rouge_l  # noqa: E402
 
-MAX_NEW = {"medical": 64, "mmlu": 4, "finance": 4}
+MAX_NEW = {"medical": 64, "mmlu": 4, "finance": 4, **{n: 8 for n in LABEL_TASKS}}
 
 
 def score(task: str, answers: list[str], golds: list[str]) -> dict:
     if task == "medical":
         f1 = bert_score_f1(answers, golds)
         return {"primary": f1, "bertscore_f1": f1, "rouge_l": rouge_l(answers, golds)}
+    if task in LABEL_TASKS:
+        match = label_match(answers, golds)
+        return {"primary": match, "label_match": match}
     match = first_word_match(answers, golds)
     return {"primary": match, "first_word_match": match}
 
@@ -109,7 +115,8 @@ def main(argv: list[str] | None = None) -> None:
     cfg = json.loads(args.config.read_text())
     out = args.out or HERE.parent / "results" / cfg["benchmark"] / f"{args.config.stem}.json"
     seed = cfg.get("seed", 0)
-    tasks = [BUILDERS[n](args.data_dir, cfg["train_per_task"], cfg["test_per_task"], seed) for n in cfg["order"]]
+    few = {"per_class": cfg["train_per_class"]} if cfg.get("train_per_class") else {}  # few-shot: rows per class
+    tasks = [BUILDERS[n](args.data_dir, cfg.get("train_per_task"), cfg["test_per_task"], seed, **few) for n in cfg["order"]]
     base = SLMConfig().to_dict()
     for section, values in cfg.get("config", {}).items():
         base[section].update(values)

@@ -4,6 +4,9 @@
 - mmlu: multiple choice; the answer is the letter. Training rows and evaluation rows are disjoint: a
   seeded split of the local mmlu test file (``dev.jsonl`` is kept out as the paper's few-shot pool).
 - medical_chatdoctor5k: already instruction rows (a doctor's answer to a patient's description).
+
+Few-shot with text labels (paper's T5 benchmark on a decoder): dbpedia, amazon, yahoo, agnews become
+instruction tasks whose answer is the class name; ``per_class`` keeps that many training rows of each class.
 """
 
 from __future__ import annotations
@@ -70,4 +73,33 @@ def medical(data: Path, n_train: int | None, n_test: int | None, seed: int = 0) 
                            _sample(parse_instructions(read_jsonl(d / "test.jsonl"), str(d / "test.jsonl")), n_test, seed + 1))
 
 
-BUILDERS = {"finance": finance, "mmlu": mmlu, "medical": medical}
+CLASSIFY = {
+    "dbpedia": "Which kind of entity does this encyclopedia abstract describe?",
+    "amazon": "How would the reviewer rate this product review?",
+    "yahoo": "Which topic does this question and answer belong to?",
+    "agnews": "Which topic does this news article belong to?",
+}
+
+
+def classification(name: str):
+    """Builder of the text-label instruction task ``name`` (a key of ``CLASSIFY``)."""
+
+    def build(data: Path, n_train: int | None, n_test: int | None, seed: int = 0, per_class: int | None = None) -> InstructionTask:
+        train_rows, test_rows = (read_jsonl(data / name / f"{split}.jsonl") for split in ("train", "test"))
+        labels = [n for _, n in sorted({(r["label"], r["label_name"]) for r in train_rows})]
+        instruction = f"{CLASSIFY[name]} Answer with one of: {', '.join(labels)}."
+        if per_class is not None:
+            rng = random.Random(seed)
+            train_rows = [r for label in sorted({r["label"] for r in train_rows})
+                          for r in _sample([r for r in train_rows if r["label"] == label], per_class, rng.randrange(1 << 30))]
+        else:
+            train_rows = _sample(train_rows, n_train, seed)
+
+        def pairs(rows):
+            return [(prompt_text(instruction, r["text"]), r["label_name"]) for r in rows]
+        return InstructionTask(name, pairs(train_rows), pairs(_sample(test_rows, n_test, seed + 1)))
+    return build
+
+
+BUILDERS = {"finance": finance, "mmlu": mmlu, "medical": medical, **{n: classification(n) for n in CLASSIFY}}
+LABEL_TASKS = set(CLASSIFY)  # scored by scoring.label_match

@@ -2,6 +2,8 @@
 
 - ``first_word_match``: label-like answers (finance sentiment word, MMLU letter): the first word of the
   answer, lower-cased and stripped of punctuation, equals the gold answer's.
+- ``label_match``: text labels of one or more words ("very negative", "Sci/Tech"): the answer's words
+  begin with all of the gold label's words (so "very positive" is not right for "very negative").
 - ``rouge_l``: ROUGE-L F1 (``rouge-score``) for free answers.
 - ``bert_score_f1``: BERTScore F1 computed offline with the packaged MiniLM (6 layers, no baseline
   rescaling: the rescaling files come from the hub).
@@ -21,6 +23,15 @@ def first_word_match(predictions: list[str], golds: list[str]) -> float:
     if len(predictions) != len(golds) or not golds:
         raise ValueError("predictions and golds must be non-empty and of equal length")
     return sum(first_word(p) == first_word(g) for p, g in zip(predictions, golds)) / len(golds)
+
+
+def label_match(predictions: list[str], golds: list[str]) -> float:
+    if len(predictions) != len(golds) or not golds:
+        raise ValueError("predictions and golds must be non-empty and of equal length")
+
+    def words(text: str) -> list[str]:
+        return re.findall(r"[a-z0-9]+", text.lower())
+    return sum(words(p)[: len(words(g))] == words(g) for p, g in zip(predictions, golds)) / len(golds)
 
 
 def rouge_l(predictions: list[str], golds: list[str]) -> float:
