@@ -94,7 +94,8 @@ class KnowledgeBank(nn.Module):
         """``[B]`` bool: query ``[B, d]`` lies farther from the centre of its row's task ``tasks [B]`` than the
         mean held-out distance of that task plus ``z`` standard deviations (``routers.novelty_statistics``)."""
         if len(self.novelty) < self.num_tasks:
-            raise RuntimeError("no novelty statistics for some tasks: learn them with this version")
+            raise RuntimeError(f"only {len(self.novelty)} of {self.num_tasks} tasks have novelty statistics (set_novelty); "
+                               "the base-model fallback needs every task's")
         if self._novel is None:
             self._novel = (torch.stack([n[0] for n in self.novelty]), torch.stack([n[1] for n in self.novelty]))
         centres, spreads = self._novel
