@@ -269,7 +269,7 @@ def instruct_report(out: Path) -> str:
         settings = [(r["method_config"]["bank"].get("fallback", 0.0), r["rows"][-1]["scores"], r.get("zeroshot") or {})]
         settings += [(float(z), v["scores"], v.get("zeroshot") or {}) for z, v in r["fallback_sweep"].items()]
         for z, scores, zero in sorted(settings, key=lambda x: x[0]):
-            cells = [_pct(scores.get(t, {}).get("primary")) + (f" ({100 * scores[t]['fallback']:.0f}% to base)"
+            cells = [_pct(scores.get(t, {}).get("primary")) + (f" ({100 * scores[t]['fallback']:.1f}% to base)"
                      if scores.get(t, {}).get("fallback") else "") for t in tasks]
             sweep.append(f"| {p.stem} | {z:g}{' (off)' if not z else ''} | " + " | ".join(cells + [zs_cell(zero.get(s, {})) for s in zs_sets]) + " |")
     timing = ["| result | task | prompts | retrieval ms | generation ms | retrieval / generation |", "|---|---|---|---|---|---|"]
