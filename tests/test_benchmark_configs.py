@@ -81,3 +81,22 @@ def test_generative_stream_report_from_json(tmp_path):
     text = (out / "README.md").read_text()
     assert "| slm | 1 | 37.5 | 37.5–37.5 | 25.0 |" in text
     assert "| [slm_order1](slm_order1.json) | a → b | 50.0 (ret 100) | 25.0 (ret 75, 25% to base) | 37.5 | 25.0 | 2 |" in text
+
+
+def test_text_label_task_keeps_per_class_rows_and_lists_the_labels(tmp_path):
+    import importlib.util
+
+    # loaded under its own name: benchmarks/instruct/ also holds a run.py that must not shadow benchmarks/run.py
+    spec = importlib.util.spec_from_file_location("instruct_tasks", ROOT / "instruct" / "tasks.py")
+    tasks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tasks)
+    BUILDERS = tasks.BUILDERS
+
+    (tmp_path / "agnews").mkdir()
+    names = ["World", "Sports", "Sci/Tech"]
+    rows = "".join(json.dumps({"text": f"news {i}", "label": i % 3, "label_name": names[i % 3]}) + "\n" for i in range(30))
+    for split in ("train", "test"):
+        (tmp_path / "agnews" / f"{split}.jsonl").write_text(rows)
+    task = BUILDERS["agnews"](tmp_path, None, 5, 0, per_class=2)
+    assert sorted(a for _, a in task.train) == ["Sci/Tech", "Sci/Tech", "Sports", "Sports", "World", "World"]
+    assert "Answer with one of: World, Sports, Sci/Tech." in task.train[0][0] and len(task.test) == 5
