@@ -190,14 +190,15 @@ def _restore_task(slm, entry: dict, tensors: dict[str, torch.Tensor], path: Path
     d = slm.bank.dim
     novelty_ok = all(n in tensors and tuple(tensors[n].shape) == shape for n, shape in zip(NOVELTY, [(d,), (2,)]))
     slm.bank.set_novelty(t, tuple(tensors[n] for n in NOVELTY) if novelty_ok else None)
-    expected = set(task_tensors(slm, t)) - set(NOVELTY)
+    names = list(task_tensors(slm, t))  # in the order of slm._task_params(t), statistics last
+    expected = set(names) - set(NOVELTY)
     stats_ok = all(n in tensors and tuple(tensors[n].shape) == shape for n, shape in zip(STATS, [(d,), (d, d), ()]))
     partial_novelty = any(n in tensors for n in NOVELTY) and not novelty_ok
     if expected != set(tensors) - set(NOVELTY) or not stats_ok or partial_novelty:
         slm._drop_last_task()
         raise ModelDirError(f"task file {path} does not match this model's layers (tensor names differ)")
     with torch.no_grad():
-        for name, target in zip([n for n in task_tensors(slm, t) if n not in STATS + NOVELTY], slm._task_params(t)):
+        for name, target in zip([n for n in names if n not in STATS + NOVELTY], slm._task_params(t)):
             if tensors[name].shape != target.shape:
                 slm._drop_last_task()
                 raise ModelDirError(f"task file {path}: {name} has shape {tuple(tensors[name].shape)}, "

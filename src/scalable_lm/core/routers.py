@@ -61,7 +61,7 @@ def project_means(means: torch.Tensor, precision: torch.Tensor) -> tuple[torch.T
     return pm, (pm * means).sum(-1)
 
 
-# ---- "none of my tasks": inputs far from every task go to the frozen base model ----------------------
+# ---- "none of my tasks": inputs far from their routed task go to the frozen base model ----------------
 # Measured on Instruct-3 (MiniLM-L4 queries): the shared-covariance distance cannot say "far", because its
 # scale changes as tasks are added (a limit set when a task is learned is ~5x too loose three tasks later);
 # the cosine distance to a task's centre depends on that task alone, so its limit stays valid as the bank grows.
@@ -91,6 +91,6 @@ def novelty_statistics(queries: torch.Tensor, folds: int = 5) -> tuple[torch.Ten
     for k in range(folds):
         held = torch.zeros(len(q), dtype=torch.bool)
         held[k::folds] = True
-        held_out.append(((q[held] - q[~held].mean(dim=0)) ** 2).sum(-1))
+        held_out.append(unit_distances(q[held], q[~held].mean(dim=0).expand(int(held.sum()), -1)))
     d = torch.cat(held_out)
     return centre, torch.stack([d.mean(), d.std()])
