@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run several benchmark configs one after another (one at a time: this machine has 2 cores), then the report.
-# Usage: benchmarks/run_queue.sh [--bench cl5|fewshot|instruct3|fewshot_smollm2] DATA_DIR CONFIG_STEM...
+# Usage: benchmarks/run_queue.sh [--bench cl5|fewshot|instruct3|fewshot_smollm2|mmlu_check] DATA_DIR CONFIG_STEM...
 #   CONFIG_STEM names benchmarks/configs/<bench>/<stem>.json; the default bench is cl5.
 # Logs go to benchmarks/results/<bench>/logs/ (not committed).
 set -uo pipefail
@@ -9,8 +9,8 @@ BENCH=cl5
 if [ "${1:-}" = "--bench" ]; then BENCH=$2; shift 2; fi
 case $BENCH in
   cl5|fewshot) RUNNER=benchmarks/run.py ;;
-  instruct3|fewshot_smollm2) RUNNER=benchmarks/instruct/run.py ;;
-  *) echo "unknown benchmark '$BENCH' (expected cl5, fewshot, instruct3 or fewshot_smollm2)" >&2; exit 2 ;;
+  instruct3|fewshot_smollm2|mmlu_check) RUNNER=benchmarks/instruct/run.py ;;
+  *) echo "unknown benchmark '$BENCH' (expected cl5, fewshot, instruct3, fewshot_smollm2 or mmlu_check)" >&2; exit 2 ;;
 esac
 DATA=$1; shift
 mkdir -p benchmarks/results/$BENCH/logs
