@@ -18,7 +18,7 @@ def test_config_parses(path):
     from run import METHODS
 
     cfg = json.loads(path.read_text())
-    methods = ("slm", "oracle", "base", "sequential-lora", "replay", "o-lora", "arrow") if cfg["benchmark"].startswith(("instruct3", "fewshot_smollm2")) else METHODS
+    methods = ("slm", "oracle", "base", "sequential-lora", "replay", "o-lora", "arrow") if cfg["benchmark"].startswith(("instruct3", "fewshot_smollm2", "mmlu_check")) else METHODS
     assert cfg["method"] in methods and cfg["order"] and (cfg.get("train_per_class") or cfg["train_per_task"] > 0)
     base = SLMConfig().to_dict()
     for section, values in cfg.get("config", {}).items():
@@ -81,6 +81,23 @@ def test_generative_stream_report_from_json(tmp_path):
     text = (out / "README.md").read_text()
     assert "| slm | 1 | 37.5 | 37.5–37.5 | 25.0 |" in text
     assert "| [slm_order1](slm_order1.json) | a → b | 50.0 (ret 100) | 25.0 (ret 75, 25% to base) | 37.5 | 25.0 | 2 |" in text
+
+
+def test_mmlu_check_report_pools_seeds_where_slm_and_oracle_both_ran(tmp_path):
+    sys.path.insert(0, str(ROOT))
+    import report
+
+    out = tmp_path / "mmlu_check"
+    out.mkdir()
+    for method, seed, acc in [("slm", 0, 0.30), ("oracle", 0, 0.33), ("base", 0, 0.20), ("slm", 1, 0.31),
+                              ("oracle", 1, 0.30), ("slm", 2, 0.5)]:  # seed 2 has no oracle: not pooled
+        record = {"benchmark_config": {"method": method, "seed": seed}, "R": [[acc]], "sizes": {"mmlu": {"test": 400}}}
+        (out / f"{method}_seed{seed}.json").write_text(json.dumps(record))
+    report.main([str(out)])
+    text = (out / "README.md").read_text()
+    assert "| 0 | 400 | 20.0 | 33.0 | 30.0 | 91% |" in text and "| 2 | 400 | – | – | 50.0 | – |" in text
+    assert "| pooled | 800 | – | 31.5 | 30.5 | 97% |" in text  # base missed seed 1, so no pooled base
+    assert "Pooled gap SLM - oracle: -1.0 points" in text
 
 
 def test_text_label_task_keeps_per_class_rows_and_lists_the_labels(tmp_path):
