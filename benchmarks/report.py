@@ -376,15 +376,18 @@ def generative_stream_report(out: Path) -> str:
     tasks = sorted({t for _, r in records for t in r["tasks"]})
     by_method: dict[str, list[float]] = defaultdict(list)
     forgetting: dict[str, list[float]] = defaultdict(list)
+    fresh: dict[str, list[float]] = defaultdict(list)  # mean score of each task right after learning it
     for _, r in records:
         by_method[r["benchmark_config"]["method"]].append(r["metrics"]["average"])
+        fresh[r["benchmark_config"]["method"]].append(sum(r["R"][i][i] for i in range(len(r["tasks"]))) / len(r["tasks"]))
         if r["metrics"].get("forgetting") is not None:
             forgetting[r["benchmark_config"]["method"]].append(r["metrics"]["forgetting"])
-    summary = ["| method | orders | average % (mean) | min–max | forgetting pts (mean) |", "|---|---|---|---|---|"]
+    summary = ["| method | orders | average % (mean) | min–max | forgetting pts (mean) | right after learning each task % (mean) |",
+               "|---|---|---|---|---|---|"]
     for method, values in sorted(by_method.items(), key=lambda kv: -sum(kv[1]) / len(kv[1])):
-        f = forgetting.get(method)
+        f, d = forgetting.get(method), fresh[method]
         summary.append(f"| {method} | {len(values)} | {_pct(sum(values) / len(values))} | {_pct(min(values))}–{_pct(max(values))} | "
-                       f"{_pct(sum(f) / len(f)) if f else '–'} |")
+                       f"{_pct(sum(f) / len(f)) if f else '–'} | {_pct(sum(d) / len(d))} |")
     every = ["| result | order | " + " | ".join(tasks) + " | average % | forgetting pts | minutes | command |",
              "|---|---|" + "---|" * len(tasks) + "---|---|---|---|"]
     for p, r in records:

@@ -79,7 +79,7 @@ def test_generative_stream_report_from_json(tmp_path):
     (out / "slm_order1.json").write_text(json.dumps(record))
     report.main([str(out)])
     text = (out / "README.md").read_text()
-    assert "| slm | 1 | 37.5 | 37.5–37.5 | 25.0 |" in text
+    assert "| slm | 1 | 37.5 | 37.5–37.5 | 25.0 | 50.0 |" in text  # right after learning: (75 + 25) / 2
     assert "| [slm_order1](slm_order1.json) | a → b | 50.0 (ret 100) | 25.0 (ret 75, 25% to base) | 37.5 | 25.0 | 2 |" in text
 
 
