@@ -419,23 +419,11 @@ def generative_stream_report(out: Path) -> str:
 def main(argv: list[str] | None = None) -> None:
     name = (argv or sys.argv[1:])[0]
     out = Path(name) if Path(name).is_dir() else ROOT / name
-    if out.name.startswith("instruct3"):
-        text = instruct_report(out)
-        (out / "README.md").write_text(text + "\n")
-        print(text)
-        return
-    if out.name.startswith("fewshot_smollm2"):
-        text = generative_stream_report(out)
-        (out / "README.md").write_text(text + "\n")
-        print(text)
-        return
-    if out.name == "mmlu_check":
-        text = mmlu_check_report(out)
-        (out / "README.md").write_text(text + "\n")
-        print(text)
-        return
-    if out.name == "retrieval":
-        text = retrieval_report(out)
+    special = (instruct_report if out.name.startswith("instruct3") else generative_stream_report
+               if out.name.startswith("fewshot_smollm2") else
+               {"mmlu_check": mmlu_check_report, "retrieval": retrieval_report}.get(out.name))
+    if special:  # one table builder per benchmark; CL-5 and few-shot share the classifier report below
+        text = special(out)
         (out / "README.md").write_text(text + "\n")
         print(text)
         return
