@@ -214,6 +214,30 @@ def cmd_info(args) -> None:
         print(f"  - {t['name']}: {what}, {t['entries']} entries, {size:.0f} KiB")
 
 
+def cmd_serve(args) -> None:
+    import ipaddress
+
+    from scalable_lm import server, store
+
+    store.read_manifest(args.model)  # a clear error now rather than a server that never gets ready
+    try:
+        loopback = ipaddress.ip_address(args.host).is_loopback
+    except ValueError:
+        loopback = args.host == "localhost"
+    if not loopback and not args.api_key:
+        raise ValueError(f"--host {args.host} is reachable from other machines: give --api-key (clients send "
+                         "'Authorization: Bearer KEY')")
+    for flag in ("max_batch", "max_queue", "max_new_tokens"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be at least 1")
+    if args.max_wait_ms < 0 or args.request_timeout <= 0:
+        raise ValueError("--max-wait-ms must be >= 0 and --request-timeout > 0")
+    server.run(args.model, host=args.host, port=args.port, log_level="warning" if args.quiet else "info",
+               api_key=args.api_key, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
+               max_new_tokens=args.max_new_tokens, request_timeout=args.request_timeout,
+               reload_interval=args.reload_interval)
+
+
 def cmd_demo(args) -> None:
     from scalable_lm.demo import run_demo
 
@@ -260,6 +284,27 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="tasks, entries and sizes of a model directory")
     info.add_argument("model", help="model directory")
     info.set_defaults(func=cmd_info)
+
+    serve = sub.add_parser("serve", help="serve a model directory over an OpenAI-compatible HTTP API",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                           description="Serve a model directory (FastAPI + uvicorn). Each request is routed by its "
+                           "own input: requests of different tasks share one batch. Generative models: "
+                           "/v1/chat/completions, /v1/completions (streaming too); classifiers: /v1/classify; "
+                           "both: /v1/models, /health, /metrics. A task that `slm learn` adds to the directory is "
+                           "loaded and served without a restart. SIGTERM or Ctrl-C finishes in-flight requests, "
+                           "then exits.")
+    serve.add_argument("--model", required=True, help="model directory (read only; never written)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind; other than loopback needs --api-key")
+    serve.add_argument("--port", type=int, default=8000, help="port to bind")
+    serve.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1/* (as vLLM's --api-key)")
+    serve.add_argument("--max-batch", type=int, default=16, help="most requests gathered into one batch")
+    serve.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill")
+    serve.add_argument("--max-queue", type=int, default=256, help="most waiting requests; more get HTTP 429")
+    serve.add_argument("--max-new-tokens", type=int, default=256, help="largest max_tokens a request may ask for")
+    serve.add_argument("--request-timeout", type=float, default=120.0, help="seconds before a request gets HTTP 408")
+    serve.add_argument("--reload-interval", type=float, default=1.0,
+                       help="seconds between checks of the directory's manifest for new tasks (0: never)")
+    serve.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser("demo", help="the built-in demo: sequential fine-tuning vs SLM on 3 generated tasks")
     demo.add_argument("--out", default="demo-results.json", help="where to write the results JSON")

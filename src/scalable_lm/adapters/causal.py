@@ -7,6 +7,8 @@ weights at every step, and the KV cache is untouched (the increments change the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -84,6 +86,79 @@ class CausalLM(nn.Module):
             text = self.tokenizer.decode(tokens[:stop], skip_special_tokens=True).strip()
             answers.append((text, float(chosen[row, : max(stop, 1)].mean())))
         return answers
+
+
+    def prompt_ids(self, text: str, rendered: bool = False) -> list[int]:
+        """Token ids the model reads before its answer, cut from the left to ``max_length`` as ``generate``
+        does; ``rendered=True`` when ``text`` already went through ``render`` (or a chat template)."""
+        return self._ids(text if rendered else self.render(text))[-self.max_length:]
+
+    @torch.no_grad()
+    def decode(self, ids: list[list[int]], max_new_tokens: list[int], temperature: list[float],
+               top_p: list[float] | None = None, generators: list[torch.Generator | None] | None = None,
+               on_token: Callable[[int, int], bool] | None = None) -> list[list[int]]:
+        """Our own decoding loop: each row has its own length limit, temperature, top-p and random stream.
+
+        ``transformers``' ``generate`` takes one sampling setting and one global random stream for the whole
+        batch, so a sampled row would depend on its batch-mates; here every row samples from its own
+        ``torch.Generator`` and stops on its own. Rows are left-padded and never removed (the KV cache and
+        the per-row routes keep their shape); a finished row keeps feeding end-of-sequence tokens whose
+        outputs are ignored. Temperature 0 is greedy (the same tokens as ``generate``).
+
+        Args:
+            ids: prompt token ids per row (``prompt_ids``).
+            max_new_tokens, temperature, top_p, generators: per row.
+            on_token: called as ``on_token(row, token_id)`` for every new token of an unfinished row
+                (end-of-sequence included); returning False finishes the row (a stop string, a client gone).
+
+        Returns:
+            the new token ids per row, without the end-of-sequence token.
+        """
+        n = len(ids)
+        top_p = top_p or [1.0] * n
+        generators = generators or [None] * n
+        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        width = max(len(x) for x in ids)
+        device = next(self.model.parameters()).device
+        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=device)
+        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out: list[list[int]] = [[] for _ in range(n)]
+        done = [limit <= 0 for limit in max_new_tokens]
+        cache = None
+        while not all(done):
+            result = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                                past_key_values=cache, use_cache=True)
+            cache, logits = result.past_key_values, result.logits[:, -1].float()
+            step = torch.full((n,), eos, dtype=torch.long, device=device)
+            for row in range(n):
+                if done[row]:
+                    continue
+                token = _choose(logits[row], temperature[row], top_p[row], generators[row])
+                step[row] = token
+                keep = on_token(row, token) if on_token is not None else True
+                if token == eos:
+                    done[row] = True
+                    continue
+                out[row].append(token)
+                done[row] = not keep or len(out[row]) >= max_new_tokens[row]
+            input_ids = step[:, None]
+            mask = torch.cat([mask, mask.new_ones(n, 1)], dim=1)
+            positions = positions[:, -1:] + 1
+        return out
+
+
+def _choose(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> int:
+    """One token from ``logits [V]``: argmax at temperature 0, else a sample (nucleus ``top_p``)."""
+    if temperature <= 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        outside = sorted_probs.cumsum(-1) - sorted_probs >= top_p  # keep the smallest prefix reaching top_p
+        sorted_probs[outside] = 0.0
+        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+    return int(torch.multinomial(probs.cpu(), 1, generator=generator))
 
 
 class Seq2SeqLM(nn.Module):

@@ -217,6 +217,47 @@ class GenerativeSLM(GrowsByTask):
         return out
 
     @torch.no_grad()
+    def route_rows(self, prompts: list[str], models: list[str]) -> tuple[torch.Tensor, torch.Tensor, list[dict]]:
+        """Routes for one mixed batch in which each row chooses how it is routed (the server's ``model``).
+
+        ``models[i]`` is ``"auto"`` (retrieve from the whole bank; the base-model fallback applies),
+        ``"base"`` (the frozen model: all-zero weights) or a task name (that task's entries only, SLM-TI).
+        Each row is routed from its own query, so a row's route never depends on the other rows.
+
+        Returns:
+            ``entries [B, K]``, ``weights [B, K]`` and, per row, ``{"task", "entries", "weights",
+            "fallback"}`` (``task`` is ``BASE_MODEL`` for a row answered by the frozen model).
+        """
+        if not self.task_names:
+            raise RuntimeError("no task learned yet")
+        k = self.config.bank.top_k
+        entries = torch.zeros(len(prompts), k, dtype=torch.long)
+        weights = torch.zeros(len(prompts), k)
+        groups: dict[str, list[int]] = {}
+        for i, model in enumerate(models):
+            groups.setdefault(model, []).append(i)
+        queries = self.encoder.encode([prompts[i] for i, m in enumerate(models) if m != "base"])
+        row_of_query = {i: j for j, i in enumerate(i for i, m in enumerate(models) if m != "base")}
+        for model, rows in groups.items():
+            if model == "base":
+                continue
+            only = None if model == "auto" else self.task_names.index(model)
+            e, w = self._route(queries[[row_of_query[i] for i in rows]], only=only)
+            entries[rows], weights[rows] = e, w.to(weights.dtype)
+        owner = self.bank.entry_task()
+        per_task = self.bank.entries_per_task
+        infos = []
+        for i, model in enumerate(models):
+            if model == "base" or not bool((weights[i] > 0).any()):
+                infos.append({"task": BASE_MODEL, "entries": [], "weights": [], "fallback": model != "base"})
+                continue
+            mass = torch.zeros(len(self.task_names)).scatter_add_(0, owner[entries[i]], weights[i])
+            infos.append({"task": self.task_names[int(mass.argmax())],
+                          "entries": [f"{self.task_names[int(owner[e])]}#{int(e) % per_task}" for e in entries[i]],
+                          "weights": [round(float(w), 6) for w in weights[i]], "fallback": False})
+        return entries, weights, infos
+
+    @torch.no_grad()
     def multiple_choice(self, task: str, rows: list[dict], progress: bool = False) -> list[int]:
         """Zero-shot answers (``scalable_lm.zeroshot``), each question routed by its own query first."""
         from scalable_lm import zeroshot

@@ -1,0 +1,409 @@
+"""``slm serve``: an OpenAI-compatible HTTP server (FastAPI + uvicorn) in front of ``serving.Engine``.
+
+Endpoints: ``GET /v1/models``, ``POST /v1/chat/completions``, ``POST /v1/completions`` (generative models;
+streaming as server-sent events), ``POST /v1/classify`` (classifiers), ``GET /health``, ``GET /metrics``
+(Prometheus). A request's ``model`` is ``"auto"`` (routed by its own query), ``"base"`` (the frozen
+model) or a task name (SLM-TI). Each choice carries an ``slm`` field (ignored by OpenAI clients): the task,
+the entries and weights, and whether the base-model fallback answered.
+
+This layer only parses, checks limits and serialises; errors are OpenAI-style JSON bodies that never hold
+file paths or stack traces. Nothing here writes to the model directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import time
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from scalable_lm.serving import AUTO, BASE, Engine, Job, ModelWatcher, ServeError, timeout_error
+
+log = logging.getLogger("scalable_lm.serve")
+ENDPOINTS = {"/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/classify"}
+
+
+class Metrics:
+    """The server's Prometheus metrics, in a registry of its own (several servers can live in one process)."""
+
+    def __init__(self, engine_ref):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("slm_requests", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=r)
+        self.latency = Histogram("slm_request_latency_seconds", "request latency (until the last byte for streams)",
+                                 ["endpoint"], registry=r,
+                                 buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+        self.batch_size = Histogram("slm_batch_size", "requests per batch", registry=r,
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+        self.tokens = Counter("slm_generated_tokens", "tokens generated", registry=r)
+        self.reloads = Counter("slm_reloads", "attempts to load the model directory, by result", ["result"], registry=r)
+        queue = Gauge("slm_queue_length", "requests waiting for a batch", registry=r)
+        queue.set_function(lambda: engine_ref().queue_length if engine_ref() else 0)
+        running = Gauge("slm_running_requests", "requests in the batch being run", registry=r)
+        running.set_function(lambda: engine_ref().running if engine_ref() else 0)
+        tasks = Gauge("slm_tasks_loaded", "tasks in the bank being served", registry=r)
+        tasks.set_function(lambda: len(engine_ref().loaded.tasks) if engine_ref() and engine_ref().loaded else 0)
+
+
+# ---- request bodies (extra fields are accepted, as OpenAI clients send many) ------------------------------
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class Message(_Body):
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+
+
+class _Sampling(_Body):
+    model: str = AUTO
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    n: int = 1
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+
+
+class ChatRequest(_Sampling):
+    messages: list[Message] = Field(min_length=1)
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str]
+
+
+class ClassifyRequest(_Body):
+    model: str = AUTO
+    input: str | list[str]
+
+
+def _error(status: int, message: str, kind: str, param: str | None = None, headers=None) -> JSONResponse:
+    body = {"error": {"message": message, "type": kind, "param": param, "code": status}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _text_of(content) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    parts = []
+    for part in content:
+        if part.get("type") != "text":
+            raise ServeError(400, f"only text content is supported, not '{part.get('type')}'", param="messages")
+        parts.append(str(part.get("text", "")))
+    return "".join(parts)
+
+
+def create_app(model_dir: str, *, api_key: str | None = None, max_batch: int = 16, max_wait_ms: float = 5.0,
+               max_queue: int = 256, max_new_tokens: int = 256, request_timeout: float = 120.0,
+               reload_interval: float = 1.0, loader=None) -> FastAPI:
+    """The ASGI app serving ``model_dir`` (see ``slm serve --help`` for the options)."""
+    holder: dict[str, Engine] = {}
+    metrics = Metrics(lambda: holder.get("engine"))
+    watcher = ModelWatcher(model_dir, reload_interval, loader=loader,
+                           on_event=lambda result: metrics.reloads.labels(result).inc())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        engine = Engine(watcher, max_batch, max_wait_ms, max_queue, max_new_tokens, metrics)
+        holder["engine"] = engine
+        engine.start()
+        watcher.start()
+        yield
+        log.info("shutting down: in-flight requests have finished")
+        watcher.stop()
+        await engine.stop()
+
+    app = FastAPI(title="scalable-lm", lifespan=lifespan)
+
+    def engine() -> Engine:
+        return holder["engine"]
+
+    # ---- errors: one OpenAI-style body for everything -----------------------------------------------
+    @app.exception_handler(ServeError)
+    async def _serve_error(request: Request, err: ServeError):
+        return _error(err.status, err.message, err.kind, err.param, err.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, err: RequestValidationError):
+        problems = []
+        for e in err.errors():
+            where = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"
+            problems.append("the body is not valid JSON" if e.get("type") == "json_invalid" else f"{where}: {e.get('msg')}")
+        return _error(400, "; ".join(problems), "invalid_request_error")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, err: StarletteHTTPException):
+        return _error(err.status_code, str(err.detail), "invalid_request_error")
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, err: Exception):
+        log.exception("internal error on %s", request.url.path)
+        return _error(500, "internal error", "server_error")
+
+    app.add_middleware(_AuthAndMetrics, api_key=api_key, metrics=metrics)
+
+    # ---- status ------------------------------------------------------------------------------------
+    @app.get("/health")
+    async def health():
+        loaded = engine().loaded
+        if loaded is None:
+            return JSONResponse({"status": "loading", "error": watcher.last_error and "the model directory did "
+                                 "not load; see the server log"}, status_code=503)
+        return {"status": "ok", "kind": loaded.kind, "tasks": loaded.tasks, "bank": loaded.generation,
+                "queue": engine().queue_length, "reload_error": watcher.last_error is not None}
+
+    @app.get("/metrics")
+    async def prometheus():
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models")
+    async def models():
+        loaded = engine().check(AUTO)
+        created = int(loaded.loaded_at)
+        return {"object": "list", "data": [{"id": m, "object": "model", "created": created, "owned_by": "scalable-lm"}
+                                           for m in loaded.models]}
+
+    # ---- classification ----------------------------------------------------------------------------
+    @app.post("/v1/classify")
+    async def classify(body: ClassifyRequest):
+        loaded = engine().check(body.model)
+        if loaded.kind != "classifier":
+            raise ServeError(400, "this is a generative model: use /v1/chat/completions or /v1/completions")
+        texts = [body.input] if isinstance(body.input, str) else list(body.input)
+        if not texts:
+            raise ServeError(400, "input is empty", param="input")
+        tokenizer = loaded.slm.classifier.tokenizer
+        for i, text in enumerate(texts):
+            if not text.strip():
+                raise ServeError(400, f"input {i} is empty", param="input")
+            n = len(tokenizer(text, add_special_tokens=True)["input_ids"])
+            if n > loaded.context:
+                raise ServeError(400, f"input {i} has {n} tokens; this model reads at most {loaded.context}",
+                                 param="input")
+        job = engine().submit(Job("classify", body.model, texts, deadline=time.perf_counter() + request_timeout))
+        result = await _wait(job, request_timeout)
+        data = [{"index": i, "label": p.label, "task": p.task, "confidence": p.confidence, "entries": p.entries,
+                 "weights": p.weights} for i, p in enumerate(result["predictions"])]
+        return {"object": "list", "model": body.model, "data": data}
+
+    # ---- generation --------------------------------------------------------------------------------
+    def _prepare(body: _Sampling, query: str, rendered: str | None, loaded) -> Job:
+        if loaded.kind != "generative":
+            raise ServeError(400, "this is a classifier: use /v1/classify")
+        if not hasattr(loaded.slm.lm, "decode"):
+            raise ServeError(400, "encoder-decoder models are not served yet; use `slm predict`")
+        if body.n != 1:
+            raise ServeError(400, "only n=1 is supported", param="n")
+        max_tokens = body.max_completion_tokens or body.max_tokens or min(16, max_new_tokens)
+        if max_tokens > max_new_tokens:
+            raise ServeError(400, f"max_tokens={max_tokens} is above this server's limit of {max_new_tokens} "
+                             "(slm serve --max-new-tokens)", param="max_tokens")
+        if not query.strip():
+            raise ServeError(400, "the prompt is empty", param="messages" if rendered else "prompt")
+        lm = loaded.slm.lm
+        full = len(lm._ids(rendered if rendered is not None else lm.render(query)))
+        if full + max_tokens > loaded.context:
+            raise ServeError(400, f"the prompt has {full} tokens and max_tokens is {max_tokens}; this model's "
+                             f"context is {loaded.context} tokens", param="messages" if rendered else "prompt")
+        stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+        if len(stop) > 4 or any(not s for s in stop):
+            raise ServeError(400, "stop takes up to 4 non-empty strings", param="stop")
+        return Job("generate", body.model, [query], rendered=rendered, max_tokens=max_tokens,
+                   temperature=body.temperature, top_p=body.top_p, seed=body.seed, stop=stop, stream=body.stream,
+                   deadline=time.perf_counter() + request_timeout)
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: ChatRequest, request: Request):
+        loaded = engine().check(body.model)
+        messages = [{"role": m.role, "content": _text_of(m.content)} for m in body.messages]
+        users = [m["content"] for m in messages if m["role"] == "user"]
+        if not users:
+            raise ServeError(400, "messages hold no user message", param="messages")
+        lm = getattr(loaded.slm, "lm", None)
+        rendered = None
+        if lm is not None and getattr(lm.tokenizer, "chat_template", None):
+            rendered = lm.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        elif lm is not None and len(messages) > 1:
+            raise ServeError(400, "this model has no chat template: send one user message", param="messages")
+        job = _prepare(body, users[-1], rendered, loaded)  # the query is the last user turn, as in training
+        return await _respond(job, body, "chat.completion", request)
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request):
+        loaded = engine().check(body.model)
+        prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
+        if len(prompts) != 1:
+            raise ServeError(400, "send one prompt per request", param="prompt")
+        job = _prepare(body, prompts[0], None, loaded)
+        return await _respond(job, body, "text_completion", request)
+
+    async def _respond(job: Job, body: _Sampling, kind: str, request: Request):
+        ident = ("chatcmpl-" if kind == "chat.completion" else "cmpl-") + uuid.uuid4().hex[:24]
+        created = int(time.time())
+        engine().submit(job)
+        if not job.stream:
+            result = await _wait(job, request_timeout)
+            usage = {"prompt_tokens": result["prompt_tokens"], "completion_tokens": result["completion_tokens"],
+                     "total_tokens": result["prompt_tokens"] + result["completion_tokens"]}
+            return {"id": ident, "object": kind, "created": created, "model": body.model, "usage": usage,
+                    "choices": [_choice(kind, result["text"], result["finish_reason"], result["slm"])]}
+        include_usage = bool((body.stream_options or {}).get("include_usage"))
+        return StreamingResponse(_sse(job, kind, ident, created, body.model, include_usage, request),
+                                 media_type="text/event-stream")
+
+    async def _sse(job: Job, kind: str, ident: str, created: int, model: str, include_usage: bool, request: Request):
+        chunk_kind = "chat.completion.chunk" if kind == "chat.completion" else "text_completion"
+
+        def chunk(choices, usage=None):
+            out = {"id": ident, "object": chunk_kind, "created": created, "model": model, "choices": choices}
+            if usage is not None:
+                out["usage"] = usage
+            return f"data: {json.dumps(out)}\n\n"
+
+        def piece(text=None, reason=None, slm=None, role=False):
+            if kind == "chat.completion":
+                delta = {"role": "assistant", "content": ""} if role else ({"content": text} if text else {})
+                choice = {"index": 0, "delta": delta, "finish_reason": reason}
+            else:
+                choice = {"index": 0, "text": text or "", "finish_reason": reason}
+            if slm is not None:
+                choice["slm"] = slm
+            return choice
+
+        status = "200"
+        try:
+            if kind == "chat.completion":
+                yield chunk([piece(role=True)])
+            while True:
+                item = await asyncio.wait_for(job.events.get(), timeout=request_timeout)
+                if isinstance(item, str):
+                    yield chunk([piece(item)])
+                elif isinstance(item, Exception):
+                    err = item if isinstance(item, ServeError) else ServeError(500, "internal error", "server_error")
+                    status = str(err.status)
+                    yield f"data: {json.dumps({'error': {'message': err.message, 'type': err.kind, 'code': err.status}})}\n\n"
+                    break
+                else:
+                    result = item["done"]
+                    yield chunk([piece(reason=result["finish_reason"], slm=result["slm"])])
+                    if include_usage:
+                        usage = {"prompt_tokens": result["prompt_tokens"], "completion_tokens": result["completion_tokens"],
+                                 "total_tokens": result["prompt_tokens"] + result["completion_tokens"]}
+                        yield chunk([], usage)
+                    break
+            yield "data: [DONE]\n\n"
+        except asyncio.TimeoutError:
+            status = "408"
+            err = timeout_error()
+            yield f"data: {json.dumps({'error': {'message': err.message, 'type': err.kind, 'code': 408}})}\n\n"
+        finally:  # a client gone mid-stream frees its row: the decoding loop stops it at the next token
+            job.cancelled.set()
+            if status != "200":
+                metrics.requests.labels("stream-error", status).inc()
+
+    return app
+
+
+class _AuthAndMetrics:
+    """ASGI middleware: the API key on ``/v1/*`` (``/health`` and ``/metrics`` stay open for probes and
+    scrapers), and per-endpoint request counts and latency until the last byte (streams included).
+
+    A plain ASGI class rather than ``@app.middleware("http")``: Starlette's ``BaseHTTPMiddleware`` re-wraps
+    every response as a stream and interferes with client-disconnect handling.
+    """
+
+    def __init__(self, app, api_key: str | None, metrics: Metrics):
+        self.app, self.api_key, self.metrics = app, api_key, metrics
+        self.expected = f"Bearer {api_key}".encode() if api_key else b""
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path, start = scope["path"], time.perf_counter()
+        if path not in ENDPOINTS:
+            path = "other"  # bounded label values, whatever paths clients try
+        if self.api_key and scope["path"].startswith("/v1/"):
+            given = dict(scope.get("headers") or []).get(b"authorization", b"")
+            if not secrets.compare_digest(given, self.expected):
+                self.metrics.requests.labels(path, "401").inc()
+                response = _error(401, "missing or wrong API key (send 'Authorization: Bearer <key>')",
+                                  "authentication_error")
+                return await response(scope, receive, send)
+        status = {"code": 500}
+
+        async def counted_send(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False) and path != "/metrics":
+                self.metrics.requests.labels(path, str(status["code"])).inc()
+                self.metrics.latency.labels(path).observe(time.perf_counter() - start)
+
+        await self.app(scope, receive, counted_send)
+
+
+def _choice(kind: str, text: str, reason: str, slm: dict) -> dict:
+    if kind == "chat.completion":
+        return {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": reason,
+                "logprobs": None, "slm": slm}
+    return {"index": 0, "text": text, "finish_reason": reason, "logprobs": None, "slm": slm}
+
+
+async def _wait(job: Job, timeout: float):
+    try:
+        return await asyncio.wait_for(asyncio.shield(job.future), timeout=timeout)
+    except asyncio.TimeoutError:
+        job.cancelled.set()
+        raise timeout_error() from None
+    except asyncio.CancelledError:  # the client went away
+        job.cancelled.set()
+        raise
+
+
+def run(model_dir: str, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info", **options) -> None:
+    """Serve ``model_dir`` until SIGTERM or Ctrl-C: new connections are refused, in-flight requests finish
+    (uvicorn's graceful shutdown, at most ``request_timeout`` seconds), then this returns normally."""
+    import signal
+    import threading
+
+    import uvicorn
+
+    class _Server(uvicorn.Server):
+        # uvicorn re-raises the signal after its graceful shutdown, so the process would die by SIGTERM
+        # (exit -15); we want a clean return once the requests are drained. A second Ctrl-C forces the exit.
+        @contextlib.contextmanager
+        def capture_signals(self):
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            handled = (signal.SIGINT, signal.SIGTERM)
+            original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+            try:
+                yield
+            finally:
+                for sig, handler in original.items():
+                    signal.signal(sig, handler)
+
+    logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(model_dir, **options)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                            timeout_graceful_shutdown=int(options.get("request_timeout", 120)))
+    _Server(config).run()

@@ -1,0 +1,78 @@
+"""The serving engine's building blocks: our decoding loop (greedy = ``generate``; a sampled row does not
+depend on its batch-mates), mixed per-row routes, and the text stream (stop strings, streamed pieces)."""
+
+import torch
+
+from scalable_lm.adapters.causal import CausalLM
+from scalable_lm.adapters.inject import routed
+from scalable_lm.serving import Job, _TextStream
+from tests.methods.test_generative import instruction_task, lm_tokenizer, make_generative, tiny_llama  # noqa: F401
+
+PROMPTS = ["apple banana", "a much longer prompt about a car and a truck and the rain", "sun"]
+
+
+def test_greedy_decode_matches_generate(lm_tokenizer):
+    lm = CausalLM(tiny_llama(), lm_tokenizer, max_length=32)
+    expected = [text for text, _ in lm.generate(PROMPTS, max_new_tokens=6)]
+    tokens = lm.decode([lm.prompt_ids(p) for p in PROMPTS], [6] * 3, [0.0] * 3)
+    assert [lm_tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens] == expected
+
+
+def test_sampled_row_does_not_depend_on_its_batch_mates(lm_tokenizer):
+    lm = CausalLM(tiny_llama(), lm_tokenizer, max_length=32)
+    ids = [lm.prompt_ids(p) for p in PROMPTS]
+
+    def sample(rows, seed_of):
+        gens = [torch.Generator().manual_seed(seed_of[i]) for i in rows]
+        return lm.decode([ids[i] for i in rows], [8] * len(rows), [1.0] * len(rows), [0.9] * len(rows), gens)
+
+    together = sample([0, 1, 2], {0: 1, 1: 2, 2: 3})
+    assert sample([1], {1: 2})[0] == together[1] and sample([2, 0], {0: 1, 2: 3}) == [together[2], together[0]]
+    assert sample([1], {1: 5})[0] != together[1] or sample([1], {1: 6})[0] != together[1]  # the seed matters
+
+
+def test_per_row_limits_and_early_stop(lm_tokenizer):
+    lm = CausalLM(tiny_llama(), lm_tokenizer, max_length=32)
+    ids = [lm.prompt_ids(p) for p in PROMPTS]
+    full = lm.decode(ids, [6, 6, 6], [0.0] * 3)
+    short = lm.decode(ids, [2, 6, 0], [0.0] * 3, on_token=lambda row, tok: row != 1)
+    assert short[0] == full[0][:2] and short[1] == full[1][:1] and short[2] == []
+
+
+def test_mixed_routes_are_per_row(lm_tokenizer):
+    from scalable_lm.methods.generative import BASE_MODEL
+
+    slm = make_generative(lm_tokenizer)
+    slm.config.train.epochs = 4
+    fruit, vehicle = instruction_task("fruit", "sweet"), instruction_task("vehicle", "fast", seed=1)
+    slm.learn(fruit, progress=False)
+    slm.learn(vehicle, progress=False)
+    prompts = [fruit.test[0][0], vehicle.test[0][0], fruit.test[1][0], vehicle.test[1][0]]
+    entries, weights, infos = slm.route_rows(prompts, ["auto", "auto", "vehicle", "base"])
+    assert [i["task"] for i in infos] == ["fruit", "vehicle", "vehicle", BASE_MODEL]
+    assert float(weights[3].abs().sum()) == 0.0 and not infos[3]["fallback"]
+    alone = slm.route_rows(prompts[2:3], ["vehicle"])
+    assert torch.equal(alone[0][0], entries[2]) and torch.equal(alone[1][0], weights[2])
+    ids = [slm.lm.prompt_ids(p) for p in prompts]
+    with routed(slm.layers, entries, weights):
+        mixed = slm.lm.decode(ids, [3] * 4, [0.0] * 4)
+    preds = slm.predict(prompts[:2])
+    assert [lm_tokenizer.decode(t, skip_special_tokens=True).strip() for t in mixed[:2]] == [p.label for p in preds]
+
+
+class _Tok:
+    eos_token_id = -1
+
+    def decode(self, tokens, skip_special_tokens=True):
+        return "".join(chr(t) for t in tokens)
+
+
+def test_text_stream_stops_and_streams_whole_pieces():
+    pushed = []
+    job = Job("generate", "auto", ["q"], stop=["END"], stream=True)
+    job.push = pushed.append
+    stream = _TextStream(_Tok(), job)
+    assert all(stream.add(ord(c)) for c in " hello E")
+    assert stream.add(ord("N")) and not stream.add(ord("D"))
+    assert stream.final([], 99) == ("hello", "stop") and "".join(pushed) == "hello"
+    assert all("E" not in piece for piece in pushed)  # a possible stop string is held back, never sent
