@@ -174,7 +174,7 @@ def test_openai_client_chat_completion_streaming_models_and_errors(server, workd
         client.completions.create(model="nope", prompt=vehicle, max_tokens=3)
     with pytest.raises(openai.BadRequestError, match="limit of 32"):
         client.completions.create(model="auto", prompt=vehicle, max_tokens=33)
-    with pytest.raises(openai.BadRequestError, match="context is 128 tokens"):
+    with pytest.raises(openai.BadRequestError, match="context is 128 tokens"):  # checked in the batch thread
         client.completions.create(model="auto", prompt="apple " * 200, max_tokens=3)
 
 
@@ -290,17 +290,27 @@ def test_queue_overflow_gets_429_and_sigterm_drains(two_task_dir, workdir, tmp_p
     srv = Server(two_task_dir, tmp_path, "--max-queue", "2", "--max-batch", "2", "--max-new-tokens", "64")
     body = {"prompt": prompts(workdir, "fruit")[0], "max_tokens": 64, "temperature": 1.0, "seed": 1}
 
-    async def burst(n):
+    async def burst(n, max_tokens=64):
         async with httpx.AsyncClient(base_url=srv.url, timeout=120) as client:
-            return await asyncio.gather(*(client.post("/v1/completions", json=body) for _ in range(n)))
+            return await asyncio.gather(*(client.post("/v1/completions", json={**body, "max_tokens": max_tokens})
+                                          for _ in range(n)))
 
     try:
-        replies = asyncio.run(burst(24))
+        replies = asyncio.run(burst(24, max_tokens=16))
         codes = [r.status_code for r in replies]
         assert set(codes) == {200, 429} and codes.count(429) >= 1, codes
         refused = next(r for r in replies if r.status_code == 429)
         assert refused.headers["retry-after"] == "1" and "queue is full" in refused.json()["error"]["message"]
         assert httpx.post(srv.url + "/v1/completions", json=body, timeout=60).status_code == 200  # recovered
+
+        # a client that leaves mid-stream frees its row: the batch ends long before 64 tokens would
+        with httpx.stream("POST", srv.url + "/v1/completions", json={**body, "stream": True}, timeout=60) as r:
+            first = next(r.iter_lines())
+            assert first.startswith("data: ")
+        deadline = time.time() + 20
+        while "slm_running_requests 0.0" not in httpx.get(srv.url + "/metrics").text and time.time() < deadline:
+            time.sleep(0.05)
+        assert "slm_running_requests 0.0" in httpx.get(srv.url + "/metrics").text
 
         # SIGTERM with requests in flight: every accepted request is answered, then the process exits 0
         out: list = []
@@ -343,6 +353,15 @@ def test_api_key_and_classifier_endpoint(workdir, tmp_path, tokenizer):
         got = r.json()["data"]
         assert [(g["label"], g["task"], g["entries"]) for g in got] == [(e["label"], e["task"], e["entries"])
                                                                          for e in expected]
+        assert not any(g["truncated"] for g in got)
+
+        async def each():  # concurrent single-text requests share batches; answers as in one call
+            async with httpx.AsyncClient(base_url=srv.url, headers=auth, timeout=60) as client:
+                replies = await asyncio.gather(*(client.post("/v1/classify", json={"input": t}) for t in texts * 2))
+                return [r.json()["data"][0] for r in replies]
+        assert [(g["label"], g["task"]) for g in asyncio.run(each())] == [(g["label"], g["task"]) for g in got] * 2
+        long = httpx.post(srv.url + "/v1/classify", json={"input": "apple sweet " * 20}, headers=auth, timeout=60)
+        assert long.status_code == 200 and long.json()["data"][0]["truncated"]  # as slm predict: cut, not refused
         one = httpx.post(srv.url + "/v1/classify", json={"input": texts[0], "model": "vehicle"}, headers=auth,
                          timeout=60).json()["data"]
         assert len(one) == 1 and one[0]["task"] == "vehicle"

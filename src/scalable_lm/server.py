@@ -189,22 +189,19 @@ def create_app(model_dir: str, *, api_key: str | None = None, max_batch: int = 1
         texts = [body.input] if isinstance(body.input, str) else list(body.input)
         if not texts:
             raise ServeError(400, "input is empty", param="input")
-        tokenizer = loaded.slm.classifier.tokenizer
         for i, text in enumerate(texts):
             if not text.strip():
                 raise ServeError(400, f"input {i} is empty", param="input")
-            n = len(tokenizer(text, add_special_tokens=True)["input_ids"])
-            if n > loaded.context:
-                raise ServeError(400, f"input {i} has {n} tokens; this model reads at most {loaded.context}",
-                                 param="input")
+        # tokenising (length checks included) happens in the batch thread: a fast tokenizer is not thread-safe
         job = engine().submit(Job("classify", body.model, texts, deadline=time.perf_counter() + request_timeout))
         result = await _wait(job, request_timeout)
         data = [{"index": i, "label": p.label, "task": p.task, "confidence": p.confidence, "entries": p.entries,
-                 "weights": p.weights} for i, p in enumerate(result["predictions"])]
+                 "weights": p.weights, "truncated": cut} for i, (p, cut) in enumerate(zip(result["predictions"],
+                                                                                         result["truncated"]))]
         return {"object": "list", "model": body.model, "data": data}
 
     # ---- generation --------------------------------------------------------------------------------
-    def _prepare(body: _Sampling, query: str, rendered: str | None, loaded) -> Job:
+    def _prepare(body: _Sampling, query: str, messages: list[dict] | None, loaded) -> Job:
         if loaded.kind != "generative":
             raise ServeError(400, "this is a classifier: use /v1/classify")
         if not hasattr(loaded.slm.lm, "decode"):
@@ -216,16 +213,11 @@ def create_app(model_dir: str, *, api_key: str | None = None, max_batch: int = 1
             raise ServeError(400, f"max_tokens={max_tokens} is above this server's limit of {max_new_tokens} "
                              "(slm serve --max-new-tokens)", param="max_tokens")
         if not query.strip():
-            raise ServeError(400, "the prompt is empty", param="messages" if rendered else "prompt")
-        lm = loaded.slm.lm
-        full = len(lm._ids(rendered if rendered is not None else lm.render(query)))
-        if full + max_tokens > loaded.context:
-            raise ServeError(400, f"the prompt has {full} tokens and max_tokens is {max_tokens}; this model's "
-                             f"context is {loaded.context} tokens", param="messages" if rendered else "prompt")
+            raise ServeError(400, "the prompt is empty", param="messages" if messages else "prompt")
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         if len(stop) > 4 or any(not s for s in stop):
             raise ServeError(400, "stop takes up to 4 non-empty strings", param="stop")
-        return Job("generate", body.model, [query], rendered=rendered, max_tokens=max_tokens,
+        return Job("generate", body.model, [query], messages=messages, max_tokens=max_tokens,
                    temperature=body.temperature, top_p=body.top_p, seed=body.seed, stop=stop, stream=body.stream,
                    deadline=time.perf_counter() + request_timeout)
 
@@ -236,13 +228,8 @@ def create_app(model_dir: str, *, api_key: str | None = None, max_batch: int = 1
         users = [m["content"] for m in messages if m["role"] == "user"]
         if not users:
             raise ServeError(400, "messages hold no user message", param="messages")
-        lm = getattr(loaded.slm, "lm", None)
-        rendered = None
-        if lm is not None and getattr(lm.tokenizer, "chat_template", None):
-            rendered = lm.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        elif lm is not None and len(messages) > 1:
-            raise ServeError(400, "this model has no chat template: send one user message", param="messages")
-        job = _prepare(body, users[-1], rendered, loaded)  # the query is the last user turn, as in training
+        # the query is the last user turn, as in training; the engine renders the whole conversation
+        job = _prepare(body, users[-1], messages, loaded)
         return await _respond(job, body, "chat.completion", request)
 
     @app.post("/v1/completions")

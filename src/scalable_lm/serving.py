@@ -151,8 +151,17 @@ class ModelWatcher:
     def _run(self) -> None:
         self._attempt()
         while not self._stop.wait(self.interval if self.interval > 0 else 3600):
-            if self.interval > 0 and _manifest_state(self.directory) != self._seen:
-                self._attempt()
+            state = _manifest_state(self.directory)
+            if self.interval <= 0 or state == self._seen:
+                continue
+            try:
+                unchanged = self.current is not None and _manifest_sha(self.directory) == self.current.manifest_sha
+            except OSError:
+                unchanged = False
+            if unchanged:  # touched or rewritten with the same content: nothing to load
+                self._seen = state
+                continue
+            self._attempt()
 
     def take(self) -> Loaded | None:
         """The bank the next batch should use (swaps in a pending one)."""
@@ -168,7 +177,7 @@ class Job:
     kind: str  # "classify" | "generate"
     model: str
     texts: list[str]  # classify: the inputs; generate: [routing query]
-    rendered: str | None = None  # generate: the text the model reads (chat template applied), else None
+    messages: list[dict] | None = None  # chat: the conversation (rendered with the chat template), else None
     max_tokens: int = 16
     temperature: float = 0.0
     top_p: float = 1.0
@@ -332,6 +341,9 @@ class Engine:
 
     def _classify(self, loaded: Loaded, batch: list[Job]) -> None:
         slm = loaded.slm
+        limit = slm.config.train.max_length  # as `slm predict` and `slm eval`: longer inputs are truncated
+        tokenizer = slm.classifier.tokenizer
+        truncated = {id(job): [len(ids) > limit for ids in tokenizer(job.texts)["input_ids"]] for job in batch}
         by_model: dict[str, list[tuple[Job, int]]] = {}
         for job in batch:
             by_model.setdefault(job.model, []).extend((job, i) for i in range(len(job.texts)))
@@ -342,15 +354,17 @@ class Engine:
             for (job, i), pred in zip(rows, preds):
                 results[id(job)][i] = pred
         for job in batch:
-            job.finish({"predictions": results[id(job)], "generation": loaded.generation})
+            job.finish({"predictions": results[id(job)], "truncated": truncated[id(job)],
+                        "generation": loaded.generation})
 
     def _generate(self, loaded: Loaded, batch: list[Job]) -> None:
         from scalable_lm.adapters.inject import routed
 
         slm = loaded.slm
         lm = slm.lm
-        ids = [lm.prompt_ids(job.rendered, rendered=True) if job.rendered is not None else lm.prompt_ids(job.texts[0])
-               for job in batch]
+        batch, ids = self._prompt_ids(lm, loaded.context, batch)
+        if not batch:
+            return
         models = [job.model for job in batch]
         if all(m == BASE for m in models):  # the frozen model alone: no query, no mixing
             entries = weights = None
@@ -394,6 +408,37 @@ class Engine:
             job.finish({"text": text, "finish_reason": reason, "prompt_tokens": len(ids[row]),
                         "completion_tokens": streams[row].count, "slm": {**infos[row], "bank": loaded.generation},
                         "decode_s": elapsed})
+
+
+    @staticmethod
+    def _prompt_ids(lm, context: int, batch: list[Job]) -> tuple[list[Job], list[list[int]]]:
+        """Each job's prompt tokens (cut from the left to the training length, as ``slm predict`` does);
+        a job whose prompt and ``max_tokens`` exceed the model's context, or whose conversation the chat
+        template cannot render, is answered with its error here and left out of the batch."""
+        kept, ids = [], []
+        for job in batch:
+            try:
+                if job.messages is not None and getattr(lm.tokenizer, "chat_template", None):
+                    text = lm.tokenizer.apply_chat_template(job.messages, add_generation_prompt=True, tokenize=False)
+                elif job.messages is not None and len(job.messages) > 1:
+                    raise ServeError(400, "this model has no chat template: send one user message", param="messages")
+                else:
+                    text = lm.render(job.texts[0])
+                full = lm.token_count(text)
+                if full + job.max_tokens > context:
+                    raise ServeError(400, f"the prompt has {full} tokens and max_tokens is {job.max_tokens}; this "
+                                     f"model's context is {context} tokens",
+                                     param="messages" if job.messages else "prompt")
+            except ServeError as err:
+                job.finish(error=err)
+                continue
+            except Exception as err:  # noqa: BLE001 - e.g. a chat template that rejects the roles given
+                job.finish(error=ServeError(400, f"cannot format the conversation ({type(err).__name__})",
+                                            param="messages"))
+                continue
+            kept.append(job)
+            ids.append(lm.prompt_ids(text, rendered=True))
+        return kept, ids
 
 
 def _base_name() -> str:

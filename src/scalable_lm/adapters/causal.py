@@ -88,6 +88,10 @@ class CausalLM(nn.Module):
         return answers
 
 
+    def token_count(self, text: str) -> int:
+        """Tokens of ``text`` as the model reads it (no special tokens added, no truncation)."""
+        return len(self._ids(text))
+
     def prompt_ids(self, text: str, rendered: bool = False) -> list[int]:
         """Token ids the model reads before its answer, cut from the left to ``max_length`` as ``generate``
         does; ``rendered=True`` when ``text`` already went through ``render`` (or a chat template)."""
