@@ -76,3 +76,18 @@ def test_text_stream_stops_and_streams_whole_pieces():
     assert stream.add(ord("N")) and not stream.add(ord("D"))
     assert stream.final([], 99) == ("hello", "stop") and "".join(pushed) == "hello"
     assert all("E" not in piece for piece in pushed)  # a possible stop string is held back, never sent
+
+
+def test_query_cache_bound_keeps_the_newest(tokenizer):
+    from scalable_lm.encoder import QueryEncoder, text_key
+    from tests.conftest import tiny_query_model
+
+    encoder = QueryEncoder(tiny_query_model(), tokenizer, max_length=24)
+    unbounded = encoder.encode(["apple", "car", "rain"])
+    encoder._cache.clear()
+    encoder.cache_limit = 2
+    assert torch.equal(encoder.encode(["apple", "car", "rain"]), unbounded)  # more texts than the bound: still right
+    assert len(encoder._cache) == 2 and text_key("apple") not in encoder._cache
+    encoder.cache_limit = 0
+    encoder.encode(["sun"])
+    assert not encoder._cache

@@ -230,12 +230,12 @@ def cmd_serve(args) -> None:
     for flag in ("max_batch", "max_queue", "max_new_tokens"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be at least 1")
-    if args.max_wait_ms < 0 or args.request_timeout <= 0:
-        raise ValueError("--max-wait-ms must be >= 0 and --request-timeout > 0")
+    if args.max_wait_ms < 0 or args.request_timeout <= 0 or args.query_cache < 0:
+        raise ValueError("--max-wait-ms and --query-cache must be >= 0, --request-timeout > 0")
     server.run(args.model, host=args.host, port=args.port, log_level="warning" if args.quiet else "info",
                api_key=args.api_key, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                max_new_tokens=args.max_new_tokens, request_timeout=args.request_timeout,
-               reload_interval=args.reload_interval)
+               reload_interval=args.reload_interval, query_cache=args.query_cache)
 
 
 def cmd_demo(args) -> None:
@@ -304,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--request-timeout", type=float, default=120.0, help="seconds before a request gets HTTP 408")
     serve.add_argument("--reload-interval", type=float, default=1.0,
                        help="seconds between checks of the directory's manifest for new tasks (0: never)")
+    serve.add_argument("--query-cache", type=int, default=0,
+                       help="query embeddings kept in memory for repeated inputs (0: none; bounded either way)")
     serve.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser("demo", help="the built-in demo: sequential fine-tuning vs SLM on 3 generated tasks")

@@ -54,6 +54,7 @@ class QueryEncoder:
         self.max_length, self.batch_size = max_length, batch_size
         self.dim = int(model.config.hidden_size)
         self._cache: dict[str, torch.Tensor] = {}
+        self.cache_limit: int | None = None  # most cached queries (None: all; a server sets a bound)
 
     @classmethod
     def from_name(cls, name: str, **kwargs) -> QueryEncoder:
@@ -80,7 +81,11 @@ class QueryEncoder:
                 self._cache[text_key(text)] = row.clone()
         if not texts:
             return torch.empty(0, self.dim)
-        return torch.stack([self._cache[text_key(t)] for t in texts])
+        out = torch.stack([self._cache[text_key(t)] for t in texts])
+        if self.cache_limit is not None:  # a long-running server: keep only the newest entries
+            for key in list(self._cache)[: max(0, len(self._cache) - self.cache_limit)]:
+                del self._cache[key]
+        return out
 
     @contextlib.contextmanager
     def cold(self) -> Iterator[None]:

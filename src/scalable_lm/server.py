@@ -112,11 +112,11 @@ def _text_of(content) -> str:
 
 def create_app(model_dir: str, *, api_key: str | None = None, max_batch: int = 16, max_wait_ms: float = 5.0,
                max_queue: int = 256, max_new_tokens: int = 256, request_timeout: float = 120.0,
-               reload_interval: float = 1.0, loader=None) -> FastAPI:
+               reload_interval: float = 1.0, query_cache: int = 0, loader=None) -> FastAPI:
     """The ASGI app serving ``model_dir`` (see ``slm serve --help`` for the options)."""
     holder: dict[str, Engine] = {}
     metrics = Metrics(lambda: holder.get("engine"))
-    watcher = ModelWatcher(model_dir, reload_interval, loader=loader,
+    watcher = ModelWatcher(model_dir, reload_interval, loader=loader, query_cache=query_cache,
                            on_event=lambda result: metrics.reloads.labels(result).inc())
 
     @contextlib.asynccontextmanager

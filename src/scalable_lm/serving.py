@@ -92,10 +92,13 @@ class ModelWatcher:
         interval: seconds between manifest checks (0: never reload).
         loader: ``loader(directory) -> slm`` (default ``store.load``); tests and benchmarks pass their own.
         on_event: ``on_event(result)`` with ``"loaded"`` or ``"failed"`` after each load attempt (metrics).
+        query_cache: most query embeddings kept in memory (0: none). The encoder is frozen, so a repeated
+            input skips its encoding; the bound keeps a long-running server's memory flat.
     """
 
-    def __init__(self, directory: str | Path, interval: float = 1.0, loader=None, on_event=None):
+    def __init__(self, directory: str | Path, interval: float = 1.0, loader=None, on_event=None, query_cache: int = 0):
         self.directory = Path(directory)
+        self.query_cache = query_cache
         self.interval = interval
         self.loader = loader or store.load
         self.on_event = on_event or (lambda result: None)
@@ -113,6 +116,8 @@ class ModelWatcher:
         sha = _manifest_sha(self.directory) if state is not None else ""
         self._seen = state
         slm = self.loader(self.directory)
+        if getattr(slm, "encoder", None) is not None:
+            slm.encoder.cache_limit = self.query_cache
         self._generation += 1
         kind = store.kind_of(slm)
         return Loaded(slm, kind, list(slm.task_names), sha, self._generation)
