@@ -91,3 +91,68 @@ def test_query_cache_bound_keeps_the_newest(tokenizer):
     encoder.cache_limit = 0
     encoder.encode(["sun"])
     assert not encoder._cache
+
+
+def test_engine_times_out_a_queued_request_and_refuses_a_full_queue():
+    import asyncio
+    import time as _time
+
+    from scalable_lm.methods.base import Prediction
+    from scalable_lm.serving import Engine, Loaded, QueueFull, ServeError
+
+    class SlowClassifier:  # stands in for SLM: 0.3 s per batch
+        class classifier:
+            @staticmethod
+            def tokenizer(texts):
+                return {"input_ids": [[0] * 3 for _ in texts]}
+
+        class config:
+            class train:
+                max_length = 8
+
+        task_names = ["t"]
+
+        def predict(self, texts, batch_size=32, task=None):
+            _time.sleep(0.3)
+            return [Prediction(label="x", task="t", confidence=1.0) for _ in texts]
+
+    class Watcher:
+        pending = None
+        current = Loaded(SlowClassifier(), "classifier", ["t"], "sha", 1)
+
+        def take(self):
+            return self.current
+
+    async def main():
+        engine = Engine(Watcher(), max_batch=1, max_wait_ms=0, max_queue=2)
+        engine.start()
+        first = engine.submit(Job("classify", "auto", ["a"]))
+        late = engine.submit(Job("classify", "auto", ["b"], deadline=_time.perf_counter() + 0.1))
+        try:
+            engine.submit(Job("classify", "auto", ["c"]))
+            raise AssertionError("a third request fit a queue of 2")
+        except QueueFull as err:
+            assert err.status == 429 and err.headers == {"Retry-After": "1"}
+        assert (await first.future)["predictions"][0].label == "x"
+        try:
+            await late.future
+            raise AssertionError("the late request was answered")
+        except ServeError as err:
+            assert err.status == 408
+        await engine.stop()
+
+    asyncio.run(main())
+
+
+def test_classifier_predict_encodes_each_text_once_without_a_cache(make_slm, toy_stream):
+    slm = make_slm()
+    slm.learn(toy_stream[0], progress=False)
+    texts = [x for x, _ in toy_stream[0].test[:5]]
+    expected = slm.predict(texts)
+    slm.encoder._cache.clear()
+    slm.encoder.cache_limit = 0  # as in a server: every input is encoded afresh, exactly once
+    seen = []
+    original = slm.encoder._encode_batch
+    slm.encoder._encode_batch = lambda batch: (seen.extend(batch), original(batch))[1]
+    assert [p.label for p in slm.predict(texts, batch_size=2)] == [p.label for p in expected]
+    assert sorted(seen) == sorted(set(texts))

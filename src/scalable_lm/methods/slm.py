@@ -158,9 +158,11 @@ class SLM(GrowsByTask):
         b = self.config.bank
         return self.bank.route(queries, b.top_k, b.router, upto, only, b.weighting, b.temperature, b.shrinkage)
 
-    def _features(self, texts: list[str], upto: int | None = None, only: int | None = None):
-        """``(features [B, H], entries [B, K], weights [B, K])`` with per-row retrieval."""
-        entries, weights = self._route(self.encoder.encode(texts), upto, only)
+    def _features(self, texts: list[str], upto: int | None = None, only: int | None = None,
+                  queries: torch.Tensor | None = None):
+        """``(features [B, H], entries [B, K], weights [B, K])`` with per-row retrieval (``queries [B, d]``
+        when already encoded)."""
+        entries, weights = self._route(self.encoder.encode(texts) if queries is None else queries, upto, only)
         batch = self.classifier.tokenize(texts, self.config.train.max_length)
         with routed(self.layers, entries, weights):
             return self.classifier.features(batch), entries, weights
@@ -176,10 +178,10 @@ class SLM(GrowsByTask):
         self.classifier.eval()
         only = self.task_index(task) if task is not None else None
         owner = self.bank.entry_task()
-        self.encoder.encode(texts, progress=progress)  # fill the cache in one pass
+        queries = self.encoder.encode(texts, progress=progress)  # once, in one pass
         out: list[Prediction] = []
         for idx in tqdm(list(training.batches(len(texts), batch_size)), desc="predicting", disable=not progress, leave=False):
-            feats, entries, weights = self._features([texts[i] for i in idx], only=only)
+            feats, entries, weights = self._features([texts[i] for i in idx], only=only, queries=queries[idx])
             per_task = torch.zeros(len(idx), len(self.task_names)).scatter_add_(1, owner[entries], weights)
             chosen = per_task.argmax(dim=-1)  # head of the task owning most retrieved weight
             for row in range(len(idx)):
