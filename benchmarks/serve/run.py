@@ -154,6 +154,8 @@ async def load(url: str, path: str, bodies: list[dict], concurrency: int, second
         if tick:
             tick.cancel()
     wall = time.perf_counter() - start
+    if failures and len(failures) == len(latencies) + sum("error" in f for f in failures):
+        raise RuntimeError(f"every request failed, e.g. {failures[0]}")  # a broken benchmark, not a measurement
     q = statistics.quantiles(latencies, n=100) if len(latencies) >= 2 else [latencies[0]] * 99 if latencies else [0] * 99
     return {"concurrency": concurrency, "requests": len(latencies) + sum("error" in f for f in failures),
             "failed": len(failures), "failures": failures[:10], "wall_s": round(wall, 3),
@@ -270,7 +272,7 @@ def slm_eval(model_dir: Path, rows) -> dict:
 
 def part_generative(args) -> dict:
     model_dir, tests = generative_dir(args.data_dir, args.gen_max_train)
-    prompts = [p for i in range(20) for t in INSTRUCT3 for p in tests[t][i: i + 1]]  # interleaved tasks
+    prompts = [p for i in range(20) for t in INSTRUCT3 for p, _ in tests[t][i: i + 1]]  # interleaved tasks
     plan = {1: 6, 8: 24, 32: 64}
 
     def bodies(model):
