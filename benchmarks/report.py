@@ -427,7 +427,7 @@ def serve_report(out: Path) -> str:
              "merged_lora": "same server, one merged LoRA (no routing)", "max_batch_1": "slm serve --max-batch 1"}
     for part, title, unit in (("classifier", "Classifier: MiniLM, the 5 CL-5 tasks, /v1/classify (one text per request)", "req"),
                               ("generative", "Generative: SmolLM2-135M-Instruct, the 3 Instruct-3 tasks, "
-                               "/v1/chat/completions, max_tokens 32, temperature 0", "tok")):
+                               "/v1/chat/completions, 32 tokens per answer (ignore_eos), temperature 0", "tok")):
         if part not in data:
             continue
         d = data[part]

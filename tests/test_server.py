@@ -369,3 +369,14 @@ def test_api_key_and_classifier_endpoint(workdir, tmp_path, tokenizer):
         assert chat.status_code == 400 and "classifier" in chat.json()["error"]["message"]
     finally:
         assert srv.stop() == 0
+
+
+def test_serve_refuses_bad_options_before_starting(two_task_dir, tmp_path, capsys):
+    from scalable_lm import cli
+
+    assert cli.main(["serve", "--model", str(tmp_path)]) == 2
+    assert "not a model directory" in capsys.readouterr().err
+    assert cli.main(["serve", "--model", str(two_task_dir), "--host", "0.0.0.0"]) == 2
+    assert "give --api-key" in capsys.readouterr().err
+    assert cli.main(["serve", "--model", str(two_task_dir), "--max-batch", "0"]) == 2
+    assert "--max-batch must be at least 1" in capsys.readouterr().err

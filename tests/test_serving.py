@@ -156,3 +156,9 @@ def test_classifier_predict_encodes_each_text_once_without_a_cache(make_slm, toy
     slm.encoder._encode_batch = lambda batch: (seen.extend(batch), original(batch))[1]
     assert [p.label for p in slm.predict(texts, batch_size=2)] == [p.label for p in expected]
     assert sorted(seen) == sorted(set(texts))
+
+
+def test_ignore_eos_gives_fixed_length_answers(lm_tokenizer):
+    lm = CausalLM(tiny_llama(), lm_tokenizer, max_length=32)
+    ids = [lm.prompt_ids(p) for p in PROMPTS]
+    assert [len(t) for t in lm.decode(ids, [7, 3, 5], [0.0] * 3, ignore_eos=[True] * 3)] == [7, 3, 5]

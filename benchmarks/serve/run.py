@@ -13,7 +13,8 @@ resumed part by part; `--part` may be repeated):
   `--max-batch 1` at concurrency 32. The answers of the concurrency-32 run cover every test row once and
   are scored as `slm eval` scores them (right task and right label), next to `slm eval` on the same rows.
 - generative: the 3 Instruct-3 tasks learned into runs/serve/generative (SmolLM2-135M-Instruct);
-  /v1/chat/completions with max_tokens 32 and temperature 0, prompts mixed from the three tasks; beside
+  /v1/chat/completions with max_tokens 32, temperature 0 and ignore_eos (every answer is 32 tokens, so both
+  servers do the same work), prompts mixed from the three tasks; beside
   it the same server on one merged LoRA (task 0's P entries, mean weights, merged into the frozen weights;
   requests name model "base", so no query and no mixing) and `--max-batch 1` at concurrency 32.
 - soak: the classifier server at concurrency 32 for --soak-s seconds; resident memory sampled every 5 s.
@@ -276,8 +277,8 @@ def part_generative(args) -> dict:
     plan = {1: 6, 8: 24, 32: 64}
 
     def bodies(model):
-        return [{"model": model, "messages": [{"role": "user", "content": p}], "max_tokens": 32, "temperature": 0}
-                for p in prompts]
+        return [{"model": model, "messages": [{"role": "user", "content": p}], "max_tokens": 32, "temperature": 0,
+                 "ignore_eos": True} for p in prompts]  # 32 tokens each: the same work for both servers
 
     out: dict = {"max_tokens": 32, "max_train": args.gen_max_train, "runs": {}}
     for name, argv, model in (("routed", slm_serve(model_dir), "auto"), ("merged_lora", variant("merged", model_dir), "base"),

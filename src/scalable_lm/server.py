@@ -77,6 +77,7 @@ class _Sampling(_Body):
     n: int = 1
     stream: bool = False
     stream_options: dict[str, Any] | None = None
+    ignore_eos: bool = False  # vLLM's extension: generate exactly max_tokens
 
 
 class ChatRequest(_Sampling):
@@ -219,6 +220,7 @@ def create_app(model_dir: str, *, api_key: str | None = None, max_batch: int = 1
             raise ServeError(400, "stop takes up to 4 non-empty strings", param="stop")
         return Job("generate", body.model, [query], messages=messages, max_tokens=max_tokens,
                    temperature=body.temperature, top_p=body.top_p, seed=body.seed, stop=stop, stream=body.stream,
+                   ignore_eos=body.ignore_eos,
                    deadline=time.perf_counter() + request_timeout)
 
     @app.post("/v1/chat/completions")

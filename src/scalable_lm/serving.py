@@ -189,6 +189,7 @@ class Job:
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     stream: bool = False
+    ignore_eos: bool = False  # vLLM's extension: always generate max_tokens (load tests)
     deadline: float = float("inf")
     enqueued: float = field(default_factory=time.perf_counter)
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -395,10 +396,10 @@ class Engine:
         temps, top_p = [job.temperature for job in batch], [job.top_p for job in batch]
         start = time.perf_counter()
         if entries is None:
-            tokens = lm.decode(ids, limits, temps, top_p, generators, on_token)
+            tokens = lm.decode(ids, limits, temps, top_p, generators, on_token, [job.ignore_eos for job in batch])
         else:
             with routed(slm.layers, entries, weights):
-                tokens = lm.decode(ids, limits, temps, top_p, generators, on_token)
+                tokens = lm.decode(ids, limits, temps, top_p, generators, on_token, [job.ignore_eos for job in batch])
         elapsed = time.perf_counter() - start
         if self.metrics is not None:
             self.metrics.tokens.inc(sum(len(t) for t in tokens))
@@ -477,7 +478,8 @@ class _TextStream:
     def add(self, token: int) -> bool:
         """Record a token; False once a stop string appeared (the row is then finished)."""
         if token == self.tokenizer.eos_token_id:
-            return False
+            self.count += self.job.ignore_eos
+            return self.job.ignore_eos
         self.tokens.append(token)
         self.count += 1
         text = self._text()

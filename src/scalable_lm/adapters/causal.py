@@ -7,6 +7,7 @@ weights at every step, and the KV cache is untouched (the increments change the 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import torch
@@ -100,7 +101,8 @@ class CausalLM(nn.Module):
     @torch.no_grad()
     def decode(self, ids: list[list[int]], max_new_tokens: list[int], temperature: list[float],
                top_p: list[float] | None = None, generators: list[torch.Generator | None] | None = None,
-               on_token: Callable[[int, int], bool] | None = None) -> list[list[int]]:
+               on_token: Callable[[int, int], bool] | None = None,
+               ignore_eos: list[bool] | None = None) -> list[list[int]]:
         """Our own decoding loop: each row has its own length limit, temperature, top-p and random stream.
 
         ``transformers``' ``generate`` takes one sampling setting and one global random stream for the whole
@@ -112,6 +114,7 @@ class CausalLM(nn.Module):
         Args:
             ids: prompt token ids per row (``prompt_ids``).
             max_new_tokens, temperature, top_p, generators: per row.
+            ignore_eos: per row, keep decoding past end-of-sequence (fixed-length answers, for load tests).
             on_token: called as ``on_token(row, token_id)`` for every new token of an unfinished row
                 (end-of-sequence included); returning False finishes the row (a stop string, a client gone).
 
@@ -120,6 +123,10 @@ class CausalLM(nn.Module):
         """
         n = len(ids)
         top_p = top_p or [1.0] * n
+        ignore_eos = ignore_eos or [False] * n
+        # only the last position's logits are needed: skips the LM head over the whole prompt when the
+        # model's forward supports it (transformers' causal LMs do)
+        last_only = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(self.model.forward).parameters else {}
         generators = generators or [None] * n
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
         width = max(len(x) for x in ids)
@@ -132,7 +139,7 @@ class CausalLM(nn.Module):
         cache = None
         while not all(done):
             result = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                                past_key_values=cache, use_cache=True)
+                                past_key_values=cache, use_cache=True, **last_only)
             cache, logits = result.past_key_values, result.logits[:, -1].float()
             step = torch.full((n,), eos, dtype=torch.long, device=device)
             for row in range(n):
@@ -141,7 +148,7 @@ class CausalLM(nn.Module):
                 token = _choose(logits[row], temperature[row], top_p[row], generators[row])
                 step[row] = token
                 keep = on_token(row, token) if on_token is not None else True
-                if token == eos:
+                if token == eos and not ignore_eos[row]:
                     done[row] = True
                     continue
                 out[row].append(token)
