@@ -456,6 +456,14 @@ def serve_report(out: Path) -> str:
                   f"| {d['seconds']:.0f} | {d['requests']} | {d['failed']} | {d['requests_per_s']:.2f} | {d['p50_s']:.3f} | "
                   f"{d['p99_s']:.3f} | {d['rss_after_warmup_mb']:.0f} | {d['rss_max_after_warmup_mb']:.0f} | "
                   f"{d['rss_growth_pct']:.2f} |", ""]
+    if (out / "cost_split.json").exists():
+        d = json.loads((out / "cost_split.json").read_text())
+        lines += ["## Where a classifier request's time goes (in-process, no HTTP)\n",
+                  f"Command: `{d['command']}` (commit {d['commit']}; {d['texts']} test texts, {d['max_length']} tokens, "
+                  f"{d['threads']} threads, query encoder {d['encoder']}; best of 3).\n",
+                  "| part | ms per text, batch 1 | ms per text, batch 16 |", "|---|---|---|"]
+        lines += [f"| {name} | {row['1']:.1f} | {row['16']:.1f} |" for name, row in d["ms_per_text"].items()]
+        lines.append("")
     notes = out / "notes.md"  # hand-written reading of the figures, kept beside the JSON
     if notes.exists():
         lines += [notes.read_text().strip(), ""]

@@ -117,3 +117,23 @@ def test_text_label_task_keeps_per_class_rows_and_lists_the_labels(tmp_path):
     task = BUILDERS["agnews"](tmp_path, None, 5, 0, per_class=2)
     assert sorted(a for _, a in task.train) == ["Sci/Tech", "Sci/Tech", "Sports", "Sports", "World", "World"]
     assert "Answer with one of: World, Sports, Sci/Tech." in task.train[0][0] and len(task.test) == 5
+
+
+def test_serve_report_from_json(tmp_path):
+    sys.path.insert(0, str(ROOT))
+    import report
+
+    out = tmp_path / "serve"
+    out.mkdir()
+    run = {"requests": 10, "failed": 0, "requests_per_s": 5.0, "tokens_per_s": 0.0, "p50_s": 0.1, "p95_s": 0.2,
+           "p99_s": 0.3, "server_rss_mb": 600.0}
+    record = {"command": "python benchmarks/serve/run.py", "commit": "abc", "minutes": 1.0, "test_rows": 10,
+              "runs": {"routed": {"1": run}, "plain": {"1": {**run, "requests_per_s": 10.0}}},
+              "ratios": {"routed_over_plain_c1": 0.5},
+              "served_accuracy": {"per_task": {"a": 0.5}, "average": 0.5}, "slm_eval": {"per_task": {"a": 0.5}, "average": 0.5}}
+    (out / "serve.json").write_text(json.dumps({"classifier": record}))
+    (out / "notes.md").write_text("## Reading\n\nhand-written")
+    report.main([str(out)])
+    text = (out / "README.md").read_text()
+    assert "| slm serve (routing per request) | 1 | 10 | 0 | 5.00 | 0.0 | 0.100 | 0.200 | 0.300 | 600 |" in text
+    assert "| routed_over_plain_c1 | 0.500 |" in text and "| a | 50.0 | 50.0 |" in text and "hand-written" in text
