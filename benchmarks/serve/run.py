@@ -239,11 +239,16 @@ def part_classifier(args) -> dict:
         finally:
             server.stop()
     out["slm_eval"] = slm_eval(model_dir, rows)
-    r, p = out["runs"]["routed"], out["runs"]["plain"]
-    out["ratios"] = {f"routed_over_plain_c{c}": round(r[c]["requests_per_s"] / p[c]["requests_per_s"], 3)
-                     for c in ("1", "8", "32")}
-    out["ratios"]["batching_on_over_max_batch_1_c32"] = round(
-        r["32"]["requests_per_s"] / out["runs"]["max_batch_1"]["32"]["requests_per_s"], 3)
+    out["ratios"] = ratios(out["runs"], "plain", "requests_per_s")
+    return out
+
+
+def ratios(runs: dict, baseline: str, metric: str) -> dict:
+    """Routed / ``baseline`` at each concurrency, and batching on / ``--max-batch 1`` at 32, on ``metric``."""
+    r, b, one = runs["routed"], runs[baseline], runs["max_batch_1"]
+    name, suffix = ("plain", "") if baseline == "plain" else ("merged_tokens", "_tokens")
+    out = {f"routed_over_{name}_c{c}": round(r[c][metric] / b[c][metric], 3) for c in ("1", "8", "32")}
+    out[f"batching_on_over_max_batch_1_c32{suffix}"] = round(r["32"][metric] / one["32"][metric], 3)
     return out
 
 
@@ -299,11 +304,7 @@ def part_generative(args) -> dict:
                 out["runs"][name][str(c)] = _strip(result)
         finally:
             server.stop()
-    r, m = out["runs"]["routed"], out["runs"]["merged_lora"]
-    out["ratios"] = {f"routed_over_merged_tokens_c{c}": round(r[c]["tokens_per_s"] / m[c]["tokens_per_s"], 3)
-                     for c in ("1", "8", "32")}
-    out["ratios"]["batching_on_over_max_batch_1_c32_tokens"] = round(
-        r["32"]["tokens_per_s"] / out["runs"]["max_batch_1"]["32"]["tokens_per_s"], 3)
+    out["ratios"] = ratios(out["runs"], "merged_lora", "tokens_per_s")
     return out
 
 
