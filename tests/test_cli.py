@@ -149,3 +149,17 @@ def test_help_on_every_command(capsys):
             cli.main([command, "--help"])
         assert exit_info.value.code == 0
         assert "usage: slm " + command in capsys.readouterr().out
+
+
+def test_version_and_predict_from_standard_input(tmp_path, models, data, capsys, monkeypatch):
+    import io
+
+    with pytest.raises(SystemExit) as done:
+        cli.main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.startswith("scalable-lm ")
+    model_dir = tmp_path / "m"
+    assert learn(capsys, model_dir, models, data, "fruit")[0] == 0
+    monkeypatch.setattr("sys.stdin", io.StringIO("banana sweet apple\n\nmango sour cherry\n"))
+    code, out, err = run(capsys, "predict", "--model", model_dir, "--json")
+    assert code == 0, err
+    assert [json.loads(line)["text"] for line in out.splitlines()] == ["banana sweet apple", "mango sour cherry"]

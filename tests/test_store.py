@@ -151,3 +151,14 @@ def test_read_task_reads_one_task_lazily_and_checks_it(tmp_path, make_slm, toy_s
         read_task(tmp_path / "m", "nope")
     with pytest.raises(ModelDirError, match="no tensors"):
         read_task(tmp_path / "m", toy_stream[0].name, ["bogus"])
+
+
+def test_files_get_the_mode_a_plain_write_would(saved):
+    import os
+    import stat
+
+    _, directory = saved  # written under the test process's umask
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for path in [directory / "manifest.json", *(directory / "tasks").iterdir()]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask, path  # not mkstemp's 0600

@@ -149,8 +149,10 @@ def cmd_predict(args) -> None:
             texts += [str(r.get(args.text_column, "")) for r in read_rows(path)]
         else:
             texts += [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not texts and not args.file and not sys.stdin.isatty():  # `echo "..." | slm predict --model m`
+        texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not texts:
-        raise DataError("nothing to predict: give texts or --file")
+        raise DataError("nothing to predict: give texts, --file, or lines on standard input")
     slm = store.load(args.model)
     preds = slm.predict(texts, progress=_progress(args), task=args.task)
     for text, p in zip(texts, preds):
@@ -247,6 +249,9 @@ def cmd_demo(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slm", description="Teach one model a stream of tasks; use it on any "
                                      "input without saying which task it belongs to (SLM, ICLR 2024).")
+    from scalable_lm import __version__
+
+    parser.add_argument("--version", action="version", version=f"scalable-lm {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--no-cache", action="store_true",
                         help="do not read or write the query-embedding cache ($SLM_CACHE_DIR, default ~/.cache/scalable_lm)")
@@ -266,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = sub.add_parser("predict", help="predict labels for texts, without task-ID")
     predict.add_argument("--model", required=True, help="model directory")
-    predict.add_argument("texts", nargs="*", help="texts to classify")
+    predict.add_argument("texts", nargs="*", help="texts to classify (none: one per line from standard input)")
     predict.add_argument("--file", help="a file of texts: one per line, or JSONL/CSV with a text column")
     predict.add_argument("--task", help="restrict retrieval to this task's entries (SLM-TI)")
     predict.add_argument("--json", action="store_true", help="one JSON object per input")
