@@ -163,3 +163,20 @@ def test_version_and_predict_from_standard_input(tmp_path, models, data, capsys,
     code, out, err = run(capsys, "predict", "--model", model_dir, "--json")
     assert code == 0, err
     assert [json.loads(line)["text"] for line in out.splitlines()] == ["banana sweet apple", "mango sour cherry"]
+
+
+def test_global_flags_after_the_command_and_repeated_data_flags(tmp_path, models, data, capsys):
+    model_dir = tmp_path / "m"
+    code, _, err = run(capsys, "learn", "--model", model_dir, "--task", "fruit", "--data", data["fruit", "train"],
+                       "--backbone", models / "backbone", "--encoder", models / "encoder", *FAST, "-q", "--no-cache")
+    assert code == 0, err
+    assert learn(capsys, model_dir, models, data, "vehicle")[0] == 0
+    report = tmp_path / "eval.json"
+    code, _, err = run(capsys, "eval", "--model", model_dir, "--json", report, "--data", f"fruit={data['fruit', 'test']}",
+                       "--data", f"vehicle={data['vehicle', 'test']}", "-q")
+    assert code == 0, err
+    assert set(json.loads(report.read_text())["scores"]) == {"fruit", "vehicle"}  # the repeat adds, not replaces
+    args = cli.build_parser().parse_args(["learn", "--model", "m", "--task", "t", "--data", "d", "--targets", "a",
+                                          "--targets", "b"])
+    assert cli._config_overrides(args)["bank"]["targets"] == ["a", "b"] and args.quiet is False
+    assert cli.build_parser().parse_args(["info", "m", "-q"]).quiet is True

@@ -24,9 +24,12 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group(f"{section.name} options (used when the model directory is created)")
         for f in dataclasses.fields(section.default_factory()):  # type: ignore[misc]
             flag = "--" + f.name.replace("_", "-")
-            kwargs = {"dest": f"cfg.{section.name}.{f.name}", "default": argparse.SUPPRESS, "help": f.metadata["help"]}
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            shown = " ".join(default) if isinstance(default, list) else default
+            kwargs = {"dest": f"cfg.{section.name}.{f.name}", "default": argparse.SUPPRESS,
+                      "metavar": f.name.upper(), "help": f"{f.metadata['help']} (default: {shown})"}
             if f.type in ("list[str]",):
-                kwargs.update(nargs="+")
+                kwargs.update(nargs="+", action="extend")  # --targets a --targets b = --targets a b
             else:
                 kwargs.update(type={"int": int, "float": float, "str": str}[str(f.type)])
             group.add_argument(flag, **kwargs)
@@ -129,13 +132,14 @@ def cmd_learn(args) -> None:
 
 
 def _is_instruction_data(path: str) -> bool:
-    """Instruction rows (``instruction`` + ``output`` columns) train a generative model."""
+    """Instruction rows (``instruction`` + ``output``, or Dolly's ``response``) train a generative model."""
     from scalable_lm.data.tasks import read_rows
 
     if str(path).startswith("hf:"):
         return False
-    first = read_rows(path)[0]
-    return "instruction" in first and "output" in first
+    from scalable_lm.data.instructions import is_instruction_row
+
+    return is_instruction_row(read_rows(path)[0])
 
 
 def cmd_predict(args) -> None:
@@ -255,7 +259,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--no-cache", action="store_true",
                         help="do not read or write the query-embedding cache ($SLM_CACHE_DIR, default ~/.cache/scalable_lm)")
+    # the same two flags after the command (`slm learn ... -q`); absent there, the value before it stands
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars")
+    common.add_argument("--no-cache", action="store_true", default=argparse.SUPPRESS,
+                        help="do not read or write the query-embedding cache")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_parser = sub.add_parser
+    sub.add_parser = lambda *a, **k: _add_parser(*a, parents=[common], **k)  # type: ignore[method-assign]
 
     learn = sub.add_parser("learn", help="learn one new task into a model directory (created if absent)",
                            description="Learn one task: train its keys, then its low-rank values and head. Earlier "
@@ -280,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="accuracy and retrieval accuracy per task, on mixed batches")
     ev.add_argument("--model", required=True, help="model directory")
-    ev.add_argument("--data", required=True, nargs="+", metavar="TASK=FILE", help="labelled test files per task")
+    ev.add_argument("--data", required=True, nargs="+", action="extend", metavar="TASK=FILE",
+                    help="labelled test files per task (repeat the flag or list several; all are scored)")
     ev.add_argument("--task-id", action="store_true", help="give each input its task (SLM-TI, an upper bound)")
     ev.add_argument("--json", metavar="OUT", help="also write the scores to this JSON file")
     _add_data_columns(ev)

@@ -208,3 +208,12 @@ def test_arrow_generator_routes_through_peft(lm_tokenizer):
     method.learn(vehicle, progress=False)  # the router is rebuilt over both adapters
     assert len(method.predict([p for p, _ in vehicle.test[:3]])) == 3
     assert method.peft.peft_config["arrow_router"].arrow_config.task_adapter_names == ["task_0", "task_1"]
+
+
+def test_dolly_style_rows_are_instruction_rows(tmp_path):
+    from scalable_lm.data.instructions import is_instruction_row
+
+    path = tmp_path / "dolly.jsonl"
+    path.write_text('{"instruction": "Summarise", "context": "A long text.", "response": "Short.", "category": "x"}\n')
+    assert is_instruction_row({"instruction": "x", "response": "y"}) and not is_instruction_row({"text": "x"})
+    assert load_instruction_task("t", path).train == [("Summarise\n\nA long text.", "Short.")]

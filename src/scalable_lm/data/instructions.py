@@ -31,19 +31,32 @@ def prompt_text(instruction: str, input_text: str | None = None) -> str:
     return instruction.strip() + (f"\n\n{input_text.strip()}" if input_text and input_text.strip() else "")
 
 
+# Dolly-style names (databricks-dolly-15k: instruction, context, response) are read as input and output
+ALIASES = {"output": "response", "input": "context"}
+
+
+def _column(row: dict, name: str):
+    return row.get(name, row.get(ALIASES[name])) if name in ALIASES else row.get(name)
+
+
+def is_instruction_row(row: dict) -> bool:
+    """Rows with an ``instruction`` and an ``output`` (or Dolly's ``response``) train a generative model."""
+    return "instruction" in row and ("output" in row or "response" in row)
+
+
 def parse_instructions(rows: list[dict], source: str) -> list[tuple[str, str]]:
-    for column in ("instruction", "output"):
-        if column not in rows[0]:
-            raise DataError(f"{source}: column '{column}' missing (columns: {sorted(rows[0])}); "
-                            "instruction data needs 'instruction', 'output' and optionally 'input'")
+    if "instruction" not in rows[0] or not ("output" in rows[0] or "response" in rows[0]):
+        missing = "instruction" if "instruction" not in rows[0] else "output"
+        raise DataError(f"{source}: column '{missing}' missing (columns: {sorted(rows[0])}); instruction data "
+                        "needs 'instruction', 'output' and optionally 'input' (or Dolly's 'context', 'response')")
     pairs = []
     for n, row in enumerate(rows, 1):
-        instruction, output = row.get("instruction"), row.get("output")
+        instruction, output = row.get("instruction"), _column(row, "output")
         if not isinstance(instruction, str) or not instruction.strip():
             raise DataError(f"{source} row {n}: empty or missing instruction")
         if not isinstance(output, str) or not output.strip():
             raise DataError(f"{source} row {n}: empty or missing output")
-        input_text = row.get("input")
+        input_text = _column(row, "input")
         if input_text is not None and not isinstance(input_text, str):
             raise DataError(f"{source} row {n}: 'input' must be text")
         pairs.append((prompt_text(instruction, input_text), output.strip()))
