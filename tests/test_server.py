@@ -176,6 +176,9 @@ def test_openai_client_chat_completion_streaming_models_and_errors(server, workd
         client.completions.create(model="auto", prompt=vehicle, max_tokens=33)
     with pytest.raises(openai.BadRequestError, match="context is 128 tokens"):  # checked in the batch thread
         client.completions.create(model="auto", prompt="apple " * 200, max_tokens=3)
+    with pytest.raises(openai.BadRequestError, match="context is 128 tokens"):  # refused before the stream starts
+        client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "apple " * 200}],
+                                       max_tokens=3, stream=True)
 
 
 def test_stop_strings_seeded_sampling_and_bad_bodies(server, workdir):

@@ -215,6 +215,22 @@ def create_app(model_dir: str, *, api_key: str | None = None, max_batch: int = 1
                              "(slm serve --max-new-tokens)", param="max_tokens")
         if not query.strip():
             raise ServeError(400, "the prompt is empty", param="messages" if messages else "prompt")
+        tokenizer = loaded.request_tokenizer
+        if tokenizer is not None and hasattr(loaded.slm.lm, "render"):  # refuse before a stream starts
+            try:
+                turns = messages if messages is not None else [{"role": "user", "content": query}]
+                if getattr(tokenizer, "chat_template", None):  # as CausalLM.render, on the request thread's copy
+                    text = tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
+                else:  # no template: render does not touch the tokenizer
+                    text = loaded.slm.lm.render(query) if len(turns) == 1 else None
+            except Exception:  # noqa: BLE001 - the batch thread reports a template that cannot render
+                text = None
+            if text is not None:
+                full = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+                if full + max_tokens > loaded.context:
+                    raise ServeError(400, f"the prompt has {full} tokens and max_tokens is {max_tokens}; this "
+                                     f"model's context is {loaded.context} tokens",
+                                     param="messages" if messages else "prompt")
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         if len(stop) > 4 or any(not s for s in stop):
             raise ServeError(400, "stop takes up to 4 non-empty strings", param="stop")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import copy
 import hashlib
 import logging
 import os
@@ -59,6 +60,9 @@ class Loaded:
     manifest_sha: str
     generation: int
     loaded_at: float = field(default_factory=time.time)
+    # a copy of the model's tokenizer for the request thread: a fast tokenizer must not be used from two
+    # threads at once, and the batch thread uses the model's own
+    request_tokenizer: object | None = None
 
     @property
     def models(self) -> list[str]:
@@ -120,7 +124,10 @@ class ModelWatcher:
             slm.encoder.cache_limit = self.query_cache
         self._generation += 1
         kind = store.kind_of(slm)
-        return Loaded(slm, kind, list(slm.task_names), sha, self._generation)
+        lm = getattr(slm, "lm", None)
+        tokenizer = lm.tokenizer if lm is not None else getattr(getattr(slm, "classifier", None), "tokenizer", None)
+        return Loaded(slm, kind, list(slm.task_names), sha, self._generation,
+                      request_tokenizer=copy.deepcopy(tokenizer) if tokenizer is not None else None)
 
     def start(self) -> None:
         """Load in the background (``/health`` says ``loading`` until done), then watch."""
