@@ -180,3 +180,15 @@ def test_global_flags_after_the_command_and_repeated_data_flags(tmp_path, models
                                           "--targets", "b"])
     assert cli._config_overrides(args)["bank"]["targets"] == ["a", "b"] and args.quiet is False
     assert cli.build_parser().parse_args(["info", "m", "-q"]).quiet is True
+
+
+def test_manifest_records_how_each_task_was_learned(tmp_path, models, data, capsys):
+    from scalable_lm.store import sha256
+
+    model_dir = tmp_path / "m"
+    assert learn(capsys, model_dir, models, data, "fruit")[0] == 0
+    entry = json.loads((model_dir / "manifest.json").read_text())["tasks"][0]
+    assert entry["train_rows"] + entry["val_rows"] == 40 and 0 <= entry["val_accuracy"] <= 1
+    assert entry["data_sha256"] == sha256(data["fruit", "train"]) and entry["learned_at"].startswith("20")
+    code, out, _ = run(capsys, "info", model_dir)
+    assert code == 0 and "36 train / 4 validation rows; validation accuracy" in out

@@ -107,7 +107,7 @@ def cmd_learn(args) -> None:
         slm = store.load(directory) if existing else SLM(config)
     cache = _query_cache(slm, args)
     report = slm.learn(task, progress=_progress(args))
-    store.save(slm, directory)
+    store.save(slm, directory, {task.name: _task_info(args, report)})
     if generative:
         val = report["epochs"][-1]["val_loss"] if report["epochs"] else None
         print(f"learned '{task.name}' ({report['train_rows']} train rows) into {directory} in "
@@ -129,6 +129,24 @@ def cmd_learn(args) -> None:
         score = evaluate(slm, [task], progress=_progress(args))[task.name]
         print(f"test accuracy on '{task.name}' (no task-ID): {score['accuracy']:.3f}")
     _save_query_cache(slm, cache)  # after the test rows too, so a later `slm eval` finds them
+
+
+def _task_info(args, report: dict) -> dict:
+    """What the manifest records of a task learned by ``slm learn`` (shown by ``slm info``)."""
+    import datetime
+
+    from scalable_lm import store
+
+    info = {"learned_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "data": str(args.data), "train_rows": report.get("train_rows"), "val_rows": report.get("val_rows")}
+    if Path(args.data).is_file():
+        info["data_sha256"] = store.sha256(Path(args.data))
+    last = (report.get("epochs") or [{}])[-1]
+    if report.get("best_val_accuracy") is not None:
+        info["val_accuracy"] = round(report["best_val_accuracy"], 4)
+    elif last.get("val_loss") is not None:
+        info["val_loss"] = round(min(e["val_loss"] for e in report["epochs"]), 4)
+    return info
 
 
 def _is_instruction_data(path: str) -> bool:
@@ -217,7 +235,13 @@ def cmd_info(args) -> None:
         size = (directory / t["file"]).stat().st_size / 1024
         what = "free-text answers" if manifest.get("kind") == "generative" else \
             f"{len(t['label_names'])} labels {t['label_names']}"
-        print(f"  - {t['name']}: {what}, {t['entries']} entries, {size:.0f} KiB")
+        facts = [f"learned {t['learned_at']}" if t.get("learned_at") else "",
+                 f"{t['train_rows']} train / {t['val_rows']} validation rows" if t.get("train_rows") is not None else "",
+                 f"validation accuracy {t['val_accuracy']:.3f}" if t.get("val_accuracy") is not None else "",
+                 f"validation loss {t['val_loss']:.3f}" if t.get("val_loss") is not None else "",
+                 f"data sha256 {t['data_sha256'][:12]}" if t.get("data_sha256") else ""]
+        facts = "; ".join(f for f in facts if f)
+        print(f"  - {t['name']}: {what}, {t['entries']} entries, {size:.0f} KiB" + (f" ({facts})" if facts else ""))
 
 
 def cmd_serve(args) -> None:

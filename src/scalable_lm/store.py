@@ -109,9 +109,11 @@ def task_tensors(slm, t: int) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous() for k, v in tensors.items()}
 
 
-def save(slm, directory: str | Path) -> list[str]:
+def save(slm, directory: str | Path, task_info: dict[str, dict] | None = None) -> list[str]:
     """Create ``directory`` or add to it the tasks it lacks; returns the names of the tasks written.
 
+    ``task_info`` maps a task being written to facts kept in its manifest entry (when it was learned, from
+    how many rows, its validation score, its data file's SHA-256: whatever JSON the caller records).
     Refuses a directory whose backbone, encoder, config or earlier tasks differ from ``slm``.
     """
     from scalable_lm.config import SLMConfig
@@ -136,8 +138,9 @@ def save(slm, directory: str | Path) -> list[str]:
         rel = f"tasks/{t:03d}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}.safetensors"
         meta = {"task": name, "label_names": json.dumps(slm.label_names[t])}
         atomic_write(directory / rel, lambda tmp: save_file(task_tensors(slm, t), str(tmp), metadata=meta))
-        manifest["tasks"].append({"name": name, "file": rel, "sha256": sha256(directory / rel),
-                                  "label_names": slm.label_names[t], "entries": slm.bank.entries_per_task})
+        manifest["tasks"].append({**(task_info or {}).get(name, {}), "name": name, "file": rel,
+                                  "sha256": sha256(directory / rel), "label_names": slm.label_names[t],
+                                  "entries": slm.bank.entries_per_task})
         written.append(name)
     manifest["versions"] = _versions()
     manifest["targets"] = list(slm.layers)
