@@ -28,7 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from scalable_lm.serving import AUTO, BASE, Engine, Job, ModelWatcher, ServeError, timeout_error
+from scalable_lm.serving import AUTO, BASE, Engine, Job, ModelWatcher, ServeError, prompt_tokens, timeout_error
 
 log = logging.getLogger("scalable_lm.serve")
 ENDPOINTS = {"/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/classify"}
@@ -215,26 +215,16 @@ def create_app(model_dir: str, *, api_key: str | None = None, max_batch: int = 1
                              "(slm serve --max-new-tokens)", param="max_tokens")
         if not query.strip():
             raise ServeError(400, "the prompt is empty", param="messages" if messages else "prompt")
-        tokenizer = loaded.request_tokenizer
-        if tokenizer is not None and hasattr(loaded.slm.lm, "render"):  # refuse before a stream starts
-            try:
-                turns = messages if messages is not None else [{"role": "user", "content": query}]
-                if getattr(tokenizer, "chat_template", None):  # as CausalLM.render, on the request thread's copy
-                    text = tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
-                else:  # no template: render does not touch the tokenizer
-                    text = loaded.slm.lm.render(query) if len(turns) == 1 else None
-            except Exception:  # noqa: BLE001 - the batch thread reports a template that cannot render
-                text = None
-            if text is not None:
-                full = len(tokenizer(text, add_special_tokens=False)["input_ids"])
-                if full + max_tokens > loaded.context:
-                    raise ServeError(400, f"the prompt has {full} tokens and max_tokens is {max_tokens}; this "
-                                     f"model's context is {loaded.context} tokens",
-                                     param="messages" if messages else "prompt")
+        # tokenised here, once, on this thread's own tokenizer (the batch thread uses the model's): a too-long
+        # prompt is refused before a stream starts
+        prompt = prompt_tokens(loaded.request_tokenizer, loaded.slm.lm, query, messages)
+        if len(prompt) + max_tokens > loaded.context:
+            raise ServeError(400, f"the prompt has {len(prompt)} tokens and max_tokens is {max_tokens}; this "
+                             f"model's context is {loaded.context} tokens", param="messages" if messages else "prompt")
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         if len(stop) > 4 or any(not s for s in stop):
             raise ServeError(400, "stop takes up to 4 non-empty strings", param="stop")
-        return Job("generate", body.model, [query], messages=messages, max_tokens=max_tokens,
+        return Job("generate", body.model, [query], prompt=prompt, max_tokens=max_tokens,
                    temperature=body.temperature, top_p=body.top_p, seed=body.seed, stop=stop, stream=body.stream,
                    ignore_eos=body.ignore_eos,
                    deadline=time.perf_counter() + request_timeout)

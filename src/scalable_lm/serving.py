@@ -189,7 +189,7 @@ class Job:
     kind: str  # "classify" | "generate"
     model: str
     texts: list[str]  # classify: the inputs; generate: [routing query]
-    messages: list[dict] | None = None  # chat: the conversation (rendered with the chat template), else None
+    prompt: list[int] | None = None  # generate: every token of the rendered prompt (``prompt_tokens``)
     max_tokens: int = 16
     temperature: float = 0.0
     top_p: float = 1.0
@@ -375,9 +375,7 @@ class Engine:
 
         slm = loaded.slm
         lm = slm.lm
-        batch, ids = self._prompt_ids(lm, loaded.context, batch)
-        if not batch:
-            return
+        ids = [lm.clip(job.prompt) for job in batch]  # cut from the left as in training and `slm predict`
         models = [job.model for job in batch]
         if all(m == BASE for m in models):  # the frozen model alone: no query, no mixing
             entries = weights = None
@@ -423,35 +421,25 @@ class Engine:
                         "decode_s": elapsed})
 
 
-    @staticmethod
-    def _prompt_ids(lm, context: int, batch: list[Job]) -> tuple[list[Job], list[list[int]]]:
-        """Each job's prompt tokens (cut from the left to the training length, as ``slm predict`` does);
-        a job whose prompt and ``max_tokens`` exceed the model's context, or whose conversation the chat
-        template cannot render, is answered with its error here and left out of the batch."""
-        kept, ids = [], []
-        for job in batch:
-            try:
-                if job.messages is not None and getattr(lm.tokenizer, "chat_template", None):
-                    text = lm.tokenizer.apply_chat_template(job.messages, add_generation_prompt=True, tokenize=False)
-                elif job.messages is not None and len(job.messages) > 1:
-                    raise ServeError(400, "this model has no chat template: send one user message", param="messages")
-                else:
-                    text = lm.render(job.texts[0])
-                full = lm.token_count(text)
-                if full + job.max_tokens > context:
-                    raise ServeError(400, f"the prompt has {full} tokens and max_tokens is {job.max_tokens}; this "
-                                     f"model's context is {context} tokens",
-                                     param="messages" if job.messages else "prompt")
-            except ServeError as err:
-                job.finish(error=err)
-                continue
-            except Exception as err:  # noqa: BLE001 - e.g. a chat template that rejects the roles given
-                job.finish(error=ServeError(400, f"cannot format the conversation ({type(err).__name__})",
-                                            param="messages"))
-                continue
-            kept.append(job)
-            ids.append(lm.prompt_ids(text, rendered=True))
-        return kept, ids
+def prompt_tokens(tokenizer, lm, query: str, messages: list[dict] | None) -> list[int]:
+    """Every token of a generation request's prompt, as ``lm`` renders it (its chat template, if any):
+    ``messages`` (a chat) or ``query`` alone (a completion). Runs on the request thread with its own copy of
+    the tokenizer (``Loaded.request_tokenizer``), so the batch thread only cuts and decodes.
+
+    Raises ``ServeError`` (400) for a conversation the model cannot format.
+    """
+    turns = messages if messages is not None else [{"role": "user", "content": query}]
+    param = "messages" if messages is not None else "prompt"
+    if getattr(tokenizer, "chat_template", None):  # what CausalLM.render does, on this thread's tokenizer
+        try:
+            text = tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
+        except Exception as err:  # noqa: BLE001 - e.g. a template that rejects the roles given
+            raise ServeError(400, f"cannot format the conversation ({type(err).__name__})", param=param) from err
+    elif len(turns) > 1:
+        raise ServeError(400, "this model has no chat template: send one user message", param=param)
+    else:
+        text = lm.render(query)  # no template: render does not touch the tokenizer
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def _base_name() -> str:

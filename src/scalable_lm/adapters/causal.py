@@ -89,14 +89,13 @@ class CausalLM(nn.Module):
         return answers
 
 
-    def token_count(self, text: str) -> int:
-        """Tokens of ``text`` as the model reads it (no special tokens added, no truncation)."""
-        return len(self._ids(text))
+    def prompt_ids(self, text: str) -> list[int]:
+        """Token ids the model reads before its answer to ``text`` (``clip`` of its rendered tokens)."""
+        return self.clip(self._ids(self.render(text)))
 
-    def prompt_ids(self, text: str, rendered: bool = False) -> list[int]:
-        """Token ids the model reads before its answer, cut from the left to ``max_length`` as ``generate``
-        does; ``rendered=True`` when ``text`` already went through ``render`` (or a chat template)."""
-        return self._ids(text if rendered else self.render(text))[-self.max_length:]
+    def clip(self, ids: list[int]) -> list[int]:
+        """A prompt's ids cut from the left to ``max_length``, as ``generate`` does."""
+        return ids[-self.max_length:]
 
     @torch.no_grad()
     def decode(self, ids: list[list[int]], max_new_tokens: list[int], temperature: list[float],
