@@ -192,3 +192,207 @@ def test_manifest_records_how_each_task_was_learned(tmp_path, models, data, caps
     assert entry["data_sha256"] == sha256(data["fruit", "train"]) and entry["learned_at"].startswith("20")
     code, out, _ = run(capsys, "info", model_dir)
     assert code == 0 and "36 train / 4 validation rows; validation accuracy" in out
+
+
+# ---- sharing: export, remove, import, merge; per-task options; the writers' lock -----------------------
+def _predict_json(capsys, model_dir, texts, *extra):
+    code, out, err = run(capsys, "predict", "--model", model_dir, "--json", *extra, *texts)
+    assert code == 0, err
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def test_export_remove_import_merge_from_the_command_line(tmp_path, models, data, capsys):
+    m = tmp_path / "m"
+    assert learn(capsys, m, models, data, "fruit")[0] == 0
+    assert learn(capsys, m, models, data, "vehicle")[0] == 0
+    texts = [json.loads(line)["text"] for line in data["vehicle", "test"].read_text().splitlines()]
+    before = _predict_json(capsys, m, texts, "--task", "vehicle")
+
+    code, out, err = run(capsys, "export", "--model", m, "--task", "vehicle", "--out", tmp_path / "adapter")
+    assert code == 0, err
+    assert "LoRA rank 16" in out and (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    code, out, err = run(capsys, "remove", "--model", m, "--task", "vehicle")
+    assert code == 0 and "removed 'vehicle'" in out, err
+    assert [p["task"] for p in _predict_json(capsys, m, texts)] == ["fruit"] * len(texts)
+    code, out, err = run(capsys, "import", "--model", m, "--task", "vehicle", "--adapter", tmp_path / "adapter",
+                         "--data", data["vehicle", "train"])
+    assert code == 0 and "imported" in out, err
+    after = _predict_json(capsys, m, texts, "--task", "vehicle")
+    assert [p["label"] for p in after] == [p["label"] for p in before]  # the task is back as it was
+
+    m2 = tmp_path / "m2"
+    assert learn(capsys, m2, models, data, "vehicle")[0] == 0
+    code, _, err = run(capsys, "merge", m, m2, "--out", tmp_path / "both")
+    assert code == cli.EXIT_ERROR and "--rename vehicle:NEW_NAME" in err and not (tmp_path / "both").exists()
+    code, out, err = run(capsys, "merge", m, m2, "--out", tmp_path / "both", "--rename", "vehicle:vehicle-2")
+    assert code == 0 and "3 tasks (fruit, vehicle, vehicle-2)" in out, err
+    code, out, _ = run(capsys, "info", tmp_path / "both")
+    assert code == 0 and "3 tasks" in out
+
+    before = snapshot(m)
+    for argv, message in [
+        (["remove", "--model", m, "--task", "nope"], "has no task 'nope'"),
+        (["export", "--model", m, "--task", "fruit", "--out", tmp_path / "adapter"], "not an empty directory"),
+        (["import", "--model", m, "--task", "x", "--adapter", tmp_path, "--data", data["vehicle", "train"]],
+         "not a PEFT adapter directory"),
+        (["import", "--model", m, "--task", "fruit", "--adapter", tmp_path / "adapter", "--data",
+          data["vehicle", "train"]], "already in"),
+        (["merge", m, "--out", tmp_path / "x"], "at least two"),
+        (["merge", m, m2, "--out", tmp_path / "y", "--rename", "vehicle"], "expects OLD:NEW"),
+    ]:
+        code, _, err = run(capsys, *argv)
+        _refused(capsys, before, m, code, err, message)
+
+
+def test_key_and_train_options_per_task_model_and_bank_options_fixed(tmp_path, models, data, capsys):
+    m = tmp_path / "m"
+    assert learn(capsys, m, models, data, "fruit")[0] == 0
+    before = snapshot(m)
+    code, _, err = learn(capsys, m, models, data, "vehicle", "--rank", "8")
+    _refused(capsys, before, m, code, err, "--rank differs from the value stored")
+    assert learn(capsys, m, models, data, "vehicle", "--epochs", "1", "--seed", "5")[0] == 0
+    tasks = json.loads((m / "manifest.json").read_text())["tasks"]
+    assert [t["train"]["train"]["epochs"] for t in tasks] == [3, 1]
+    assert [t["seed"] for t in tasks] == [0, 5 + 1]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--rank", "0"], "--rank must be a whole number >= 1"),
+    (["--groups", "0"], "--groups must be a whole number >= 1"),
+    (["--entries-per-task", "0"], "--entries-per-task must be a whole number >= 1"),
+    (["--val-fraction", "1.0"], "--val-fraction must be at least 0 and below 1"),
+    (["--val-fraction", "-0.5"], "--val-fraction must be at least 0 and below 1"),
+    (["--key-epochs", "0"], "--key-epochs must be a whole number >= 1"),
+    (["--alpha", "inf"], "--alpha must be a finite number > 0"),
+    (["--epochs", "0"], "--epochs must be a whole number >= 1"),
+    (["--max-length", "0"], "--max-length must be a whole number >= 1"),
+    (["--mask-prob", "1.0"], "--mask-prob must be at least 0 and below 1"),
+    (["--k-prep", "0"], "--k-prep must be a whole number >= 1"),
+    (["--top-k", "0"], "--top-k must be a whole number >= 1"),
+    (["--router", "nearest"], "--router must be 'gaussian' or 'dtkr'"),
+    (["--max-train", "0"], "--max-train must be at least 1"),
+])
+def test_option_values_refused_before_any_training(tmp_path, models, data, capsys, flags, message):
+    code, _, err = learn(capsys, tmp_path / "m", models, data, "fruit", *flags)
+    assert code == cli.EXIT_ERROR and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "m").exists() or not any(p.name == "manifest.json" for p in (tmp_path / "m").iterdir())
+
+
+@pytest.mark.parametrize("name, message", [("x" * 300, "at most 100"), ("", "must not be empty"),
+                                           ("   ", "must not be empty"), ("tab\there", "control characters")])
+def test_bad_task_names_refused_at_once(tmp_path, models, data, capsys, name, message):
+    code, _, err = run(capsys, "learn", "--model", tmp_path / "m", "--task", name, "--data", data["fruit", "train"],
+                       "--backbone", models / "backbone", "--encoder", models / "encoder", *FAST)
+    assert code == cli.EXIT_ERROR and message in err, err
+
+
+def test_task_names_with_slashes_dots_and_spaces_are_kept_as_given(tmp_path, models, data, capsys):
+    m = tmp_path / "m"
+    for name in ("a/b", "..", "with space"):
+        code, _, err = run(capsys, "learn", "--model", m, "--task", name, "--data", data["fruit", "train"],
+                           "--backbone", models / "backbone", "--encoder", models / "encoder", *FAST, "--epochs", "1")
+        assert code == 0, err
+    files = sorted(p.name for p in (m / "tasks").iterdir())
+    assert files == ["000-a_b.safetensors", "001-...safetensors", "002-with_space.safetensors"]
+    code, out, _ = run(capsys, "info", m)
+    assert "- a/b:" in out and "- ..:" in out and "- with space:" in out
+
+
+def test_second_writer_refused_within_a_second(tmp_path, models, data, capsys):
+    import time
+
+    from tests.test_store import _hold_lock_in_another_process
+
+    m = tmp_path / "m"
+    assert learn(capsys, m, models, data, "fruit")[0] == 0
+    before = snapshot(m)
+    holder = _hold_lock_in_another_process(m)
+    try:
+        start = time.perf_counter()
+        code, out, err = learn(capsys, m, models, data, "vehicle")
+        assert code == cli.EXIT_ERROR and "being written by another process (pid" in err and "learned" not in out
+        assert time.perf_counter() - start < 1.0
+        start = time.perf_counter()
+        code, _, err = learn(capsys, m, models, data, "vehicle", "--wait", "0.5")
+        assert code == cli.EXIT_ERROR and time.perf_counter() - start >= 0.5
+    finally:
+        holder.kill()
+        holder.wait()
+    assert {k: v for k, v in snapshot(m).items() if not str(k).startswith(".lock")} == \
+        {k: v for k, v in before.items() if not str(k).startswith(".lock")}
+    assert learn(capsys, m, models, data, "vehicle", "--wait", "5")[0] == 0
+
+
+@pytest.mark.integration
+def test_sigterm_during_learn_ends_like_ctrl_c(tmp_path, models, data):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    m = tmp_path / "m"
+    argv = [sys.executable, "-m", "scalable_lm.cli", "-q", "learn", "--model", str(m), "--task", "fruit", "--data",
+            str(data["fruit", "train"]), "--backbone", str(models / "backbone"), "--encoder", str(models / "encoder"),
+            *FAST[:-2], "--key-epochs", "100000"]  # the preparation stage runs until the signal comes
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env={**os.environ, "SLM_CACHE_DIR": str(tmp_path)})
+    deadline = time.monotonic() + 60
+    while not (m / ".lock.owner").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == cli.EXIT_TERMINATED and "terminated (SIGTERM)" in err and "Traceback" not in err
+    assert not (m / "manifest.json").exists() and not (m / "tasks").exists()
+
+
+@pytest.fixture(scope="module")
+def gen_models(tmp_path_factory, tokenizer):
+    """A tiny LLaMA and the query encoder saved to folders; instruction train/test files for two tasks."""
+    import copy
+
+    from tests.methods.test_generative import instruction_task, tiny_llama
+
+    root = tmp_path_factory.mktemp("gen")
+    tok = copy.deepcopy(tokenizer)
+    tok.eos_token = "[SEP]"
+    tiny_llama().save_pretrained(root / "llama")
+    tok.save_pretrained(root / "llama")
+    tiny_query_model().save_pretrained(root / "encoder")
+    tokenizer.save_pretrained(root / "encoder")
+    for i, (name, answer) in enumerate({"fruit": "sweet", "vehicle": "fast"}.items()):
+        task = instruction_task(name, answer, seed=i)
+        for split, rows in (("train", task.train), ("test", task.test)):
+            lines = [json.dumps({"instruction": p.split("\n\n")[0], "input": p.split("\n\n")[1], "output": a})
+                     for p, a in rows]
+            (root / f"{name}-{split}.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_eval_scores_a_generative_model(tmp_path, gen_models, capsys):
+    m = tmp_path / "g"
+    for name in ("fruit", "vehicle"):
+        code, _, err = run(capsys, "learn", "--model", m, "--task", name, "--data", gen_models / f"{name}-train.jsonl",
+                           "--backbone", gen_models / "llama", "--encoder", gen_models / "encoder", "--targets",
+                           "o_proj", "--rank", "4", "--alpha", "8", "--epochs", "8", "--lr", "2e-2", "--batch-size",
+                           "8", "--max-length", "24", "--key-epochs", "10")
+        assert code == 0, err
+    data = ["--data", f"fruit={gen_models / 'fruit-test.jsonl'}", "--data", f"vehicle={gen_models / 'vehicle-test.jsonl'}"]
+    code, out, err = run(capsys, "eval", "--model", m, *data, "--json", tmp_path / "e.json")
+    assert code == 0, err
+    report = json.loads((tmp_path / "e.json").read_text())
+    assert report["kind"] == "generative" and set(report["scores"]) == {"fruit", "vehicle"}
+    for s in report["scores"].values():
+        assert s["metric"] == "label" and s["rows"] == 8 and s["retrieval"] == 1.0 and s["fallback"] == 0.0
+        assert s["score"] >= 0.75  # the tiny model learned its one-word answers
+    assert "retrieval" in out and "fallback" in out
+    code, out, err = run(capsys, "eval", "--model", m, *data, "--metric", "rouge-l", "--metric", "fruit=exact",
+                         "--task-id", "--json", tmp_path / "r.json")
+    assert code == 0, err
+    scores = json.loads((tmp_path / "r.json").read_text())["scores"]
+    assert scores["fruit"]["metric"] == "exact" and scores["vehicle"]["metric"] == "rouge-l"
+    assert 0 <= scores["vehicle"]["bertscore_f1"] <= 1 and "retrieval" not in scores["vehicle"]
+    code, _, err = run(capsys, "eval", "--model", m, *data, "--metric", "bleu")
+    assert code == cli.EXIT_ERROR and "unknown metric 'bleu'" in err
+    code, _, err = run(capsys, "eval", "--model", m, "--data", f"weather={gen_models / 'fruit-test.jsonl'}")
+    assert code == cli.EXIT_ERROR and "unknown task 'weather'" in err

@@ -162,3 +162,211 @@ def test_files_get_the_mode_a_plain_write_would(saved):
     os.umask(mask)
     for path in [directory / "manifest.json", *(directory / "tasks").iterdir()]:
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask, path  # not mkstemp's 0600
+
+
+# ---- remove, merge: exact with the Gaussian router -----------------------------------------------------
+def _predictions(slm, texts):
+    return [(p.label, p.task, p.confidence, p.entries, p.weights) for p in slm.predict(texts)]
+
+
+def _learn_into(make_slm, tasks, directory, seed=0, **bank):
+    from tests.conftest import tiny_config
+
+    config = tiny_config(**bank)
+    config.train.seed = seed
+    slm = make_slm(config)
+    for task in tasks:
+        slm.learn(task, progress=False)
+    store.save(slm, directory)
+    return slm
+
+
+def test_remove_gives_the_directory_that_never_learned_the_task(make_slm, toy_stream, tokenizer, tmp_path):
+    fruit, vehicle, weather = toy_stream
+    texts = [x for t in (fruit, weather) for x, _ in t.test]
+    full = _learn_into(make_slm, toy_stream, tmp_path / "full")
+    # the reference never saw 'vehicle'; 'weather' gets the seed it had as third task (seed + index = 0 + 2)
+    never = make_slm()
+    never.learn(fruit, progress=False)
+    never.config.train.seed = 1
+    never.learn(weather, progress=False)
+    result = store.remove(tmp_path / "full", "vehicle")
+    assert result == {"removed": "vehicle", "file": "tasks/001-vehicle.safetensors", "exact": True}
+    after = _load(tmp_path / "full", tokenizer)
+    assert after.task_names == ["fruit", "weather"]
+    assert _predictions(after, texts) == _predictions(never, texts)  # bit for bit: labels, p, entries, weights
+    for name in ("fruit", "weather"):
+        assert all(torch.equal(a, b) for a, b in zip(after.task_state(name).values(), never.task_state(name).values()))
+    # nothing of 'vehicle' is left in the directory: no file, no manifest entry, no statistic
+    assert not (tmp_path / "full" / "tasks" / "001-vehicle.safetensors").exists()
+    assert all(b"vehicle" not in p.read_bytes() and "vehicle" not in p.name
+               for p in (tmp_path / "full").rglob("*") if p.is_file())
+    # the same in memory
+    full.remove_task("vehicle")
+    assert _predictions(full, texts) == _predictions(never, texts)
+    with pytest.raises(ModelDirError, match="no task 'vehicle'"):
+        store.remove(tmp_path / "full", "vehicle")
+
+
+def test_remove_with_dtkr_refused_unless_last_or_forced(make_slm, toy_stream, tokenizer, tmp_path):
+    _learn_into(make_slm, toy_stream, tmp_path / "m", router="dtkr")
+    before = _snapshot(tmp_path / "m")
+    with pytest.raises(ModelDirError, match="dtkr router: tasks learned after 'fruit' \\(vehicle, weather\\)"):
+        store.remove(tmp_path / "m", "fruit")
+    assert _snapshot(tmp_path / "m") == before
+    assert store.remove(tmp_path / "m", "weather")["exact"]  # nothing was trained beside the last task
+    assert store.remove(tmp_path / "m", "fruit", force=True) == {"removed": "fruit", "exact": False,
+                                                                 "file": "tasks/000-fruit.safetensors"}
+    assert _load(tmp_path / "m", tokenizer).task_names == ["vehicle"]
+
+
+def test_merge_equals_learning_in_sequence(make_slm, toy_stream, tokenizer, tmp_path):
+    texts = [x for t in toy_stream for x, _ in t.test]
+    sequential = _learn_into(make_slm, toy_stream, tmp_path / "seq")
+    _learn_into(make_slm, toy_stream[:2], tmp_path / "a")
+    _learn_into(make_slm, toy_stream[2:], tmp_path / "b", seed=2)  # its first task gets seed 2 + 0, as third in seq
+    assert store.merge([tmp_path / "a", tmp_path / "b"], tmp_path / "ab") == ["fruit", "vehicle", "weather"]
+    merged = _load(tmp_path / "ab", tokenizer)
+    assert _predictions(merged, texts) == _predictions(sequential, texts)
+    manifest = store.read_manifest(tmp_path / "ab")
+    assert manifest["tasks"][2]["merged_from"] == str(tmp_path / "b") and manifest["tasks"][2]["seed"] == 2
+    # the merged directory grows like any other
+    merged.learn(toy_task_named("fruit", "fruit2"), progress=False)
+    assert store.save(merged, tmp_path / "ab") == ["fruit2"]
+
+
+def toy_task_named(domain, name):
+    from tests.conftest import toy_task
+
+    task = toy_task(domain, seed=9)
+    task.name = name
+    return task
+
+
+def test_merge_refusals_and_rename(make_slm, toy_stream, tokenizer, tmp_path):
+    _learn_into(make_slm, toy_stream[:1], tmp_path / "a")
+    _learn_into(make_slm, toy_stream[:2], tmp_path / "b")
+    with pytest.raises(ModelDirError, match="task 'fruit' is in more than one directory.*--rename fruit:NEW_NAME"):
+        store.merge([tmp_path / "a", tmp_path / "b"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # a refused merge leaves nothing
+    names = store.merge([tmp_path / "a", tmp_path / "b"], tmp_path / "out", rename={"fruit": "fruit-b"})
+    assert names == ["fruit", "fruit-b", "vehicle"]
+    loaded = _load(tmp_path / "out", tokenizer)
+    b = _load(tmp_path / "b", tokenizer)
+    assert all(torch.equal(x, y) for x, y in zip(loaded.task_state("fruit-b").values(), b.task_state("fruit").values()))
+    with pytest.raises(ModelDirError, match="already a model directory|not empty"):
+        store.merge([tmp_path / "a", tmp_path / "b"], tmp_path / "out", rename={"fruit": "x"})
+    with pytest.raises(ModelDirError, match="not duplicated"):
+        store.merge([tmp_path / "a", tmp_path / "b"], tmp_path / "o2", rename={"fruit": "x", "vehicle": "y"})
+    _learn_into(make_slm, toy_stream[2:], tmp_path / "r8", rank=8)
+    with pytest.raises(ModelDirError, match="different bank options \\['rank'\\]"):
+        store.merge([tmp_path / "a", tmp_path / "r8"], tmp_path / "o3")
+    other = make_slm(backbone_seed=3)
+    other.learn(toy_stream[2], progress=False)
+    store.save(other, tmp_path / "other")
+    with pytest.raises(ModelDirError, match="different backbone"):
+        store.merge([tmp_path / "a", tmp_path / "other"], tmp_path / "o4")
+    with pytest.raises(ModelDirError, match="one of the directories being merged"):
+        store.merge([tmp_path / "a", tmp_path / "b"], tmp_path / "a")
+
+
+# ---- the writers' lock, recovery, manifest safety --------------------------------------------------------
+def _hold_lock_in_another_process(directory):
+    import subprocess
+    import sys
+
+    directory.mkdir(parents=True, exist_ok=True)
+    code = ("import filelock, json, os, sys, time; d = sys.argv[1]; l = filelock.FileLock(d + '/.lock'); l.acquire(); "
+            "open(d + '/.lock.owner', 'w').write(json.dumps({'pid': os.getpid(), 'host': 'h', 'since': 't', "
+            "'command': 'slm learn --task other'})); print('held', flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(directory)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_second_writer_refused_at_once_naming_the_holder(saved, toy_stream, tokenizer):
+    import time
+
+    slm, directory = saved
+    slm.learn(toy_stream[1], progress=False)
+    before = _snapshot(directory / "tasks")
+    proc = _hold_lock_in_another_process(directory)
+    try:
+        start = time.perf_counter()
+        with pytest.raises(ModelDirError, match=r"being written by another process \(pid \d+ on h, since t: "
+                                                r"slm learn --task other\).*--wait"):
+            store.save(slm, directory)
+        assert time.perf_counter() - start < 1.0
+        start = time.perf_counter()
+        with pytest.raises(ModelDirError, match="being written"), store.DirectoryLock(directory, wait=0.5):
+            pass
+        assert 0.5 <= time.perf_counter() - start < 1.5
+    finally:
+        proc.kill()
+        proc.wait()
+    assert _snapshot(directory / "tasks") == before
+    assert store.save(slm, directory) == ["vehicle"]  # the lock is free once its holder is gone (even killed)
+
+
+def test_writer_removes_what_an_interrupted_write_left(saved, toy_stream, tokenizer, capsys):
+    slm, directory = saved
+    (directory / "tasks" / "001-vehicle.safetensors").write_bytes(b"orphan of a killed learn")
+    (directory / "tasks" / ".001-vehicle.safetensors.abc.tmp").write_bytes(b"half")
+    (directory / ".manifest.json.xyz.tmp").write_text("{")
+    slm.learn(toy_stream[1], progress=False)
+    assert store.save(slm, directory) == ["vehicle"]
+    err = capsys.readouterr().err
+    assert "removed 3 file(s) an interrupted write left" in err
+    assert sorted(p.name for p in (directory / "tasks").iterdir()) == ["000-fruit.safetensors", "001-vehicle.safetensors"]
+    assert _load(directory, tokenizer).task_names == ["fruit", "vehicle"]
+
+
+def test_interrupted_first_write_does_not_block_the_directory_forever(make_slm, toy_stream, tmp_path, tokenizer):
+    directory = tmp_path / "m"
+    (directory / "tasks").mkdir(parents=True)
+    (directory / "tasks" / "000-fruit.safetensors").write_bytes(b"orphan")  # killed before the first manifest
+    slm = make_slm()
+    slm.learn(toy_stream[0], progress=False)
+    assert store.save(slm, directory) == ["fruit"]
+    assert _load(directory, tokenizer).task_names == ["fruit"]
+
+
+@pytest.mark.parametrize("bad_file", ["../outside.safetensors", "/etc/passwd", "tasks/../../x.safetensors",
+                                      "elsewhere/000-a.safetensors", "tasks/000-a.txt"])
+def test_manifest_naming_a_file_outside_the_directory_refused(saved, bad_file):
+    _, directory = saved
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest["tasks"][0]["file"] = bad_file
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelDirError, match="is not a file under tasks/"):
+        store.read_manifest(directory)
+
+
+def test_symlinked_task_files_refused(saved, tmp_path):
+    _, directory = saved
+    real = tmp_path / "elsewhere"
+    (directory / "tasks").rename(real)
+    (directory / "tasks").symlink_to(real)
+    with pytest.raises(ModelDirError, match="symbolic link"):
+        store.read_manifest(directory)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m.update(tasks=None), "'tasks' must be a list"),
+    (lambda m: m.update(tasks={"a": 1}), "'tasks' must be a list"),
+    (lambda m: m["config"]["bank"].update(rank="twelve"), "--rank must be a whole number"),
+    (lambda m: m["config"]["bank"].update(rank=0), "--rank must be a whole number >= 1"),
+    (lambda m: m["config"].update(bank=[1]), "invalid config"),
+    (lambda m: m["config"]["bank"].update(colour=1), "unknown bank option"),
+    (lambda m: m.pop("config"), "'config' must be an object"),
+    (lambda m: m.pop("backbone"), "'backbone' must be an object"),
+    (lambda m: m["tasks"][0].pop("sha256"), "task 0: 'sha256' missing"),
+    (lambda m: m["tasks"].append(dict(m["tasks"][0])), "appears twice"),
+])
+def test_wrong_shaped_manifest_refused_with_one_message(saved, edit, message):
+    _, directory = saved
+    manifest = json.loads((directory / "manifest.json").read_text())
+    edit(manifest)
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelDirError, match=message):
+        store.read_manifest(directory)

@@ -10,12 +10,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from scalable_lm.config import SLMConfig
 
-EXIT_ERROR, EXIT_INTERRUPTED = 2, 130
+EXIT_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 130, 143
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -65,31 +67,49 @@ def _save_query_cache(slm, path: Path | None) -> None:
         slm.encoder.save_cache(path)
 
 
+def _learn_config(directory: Path, manifest: dict | None, overrides: dict[str, dict]) -> SLMConfig:
+    """The options for a new task: a new directory takes every flag; an existing one keeps its model and
+    bank options (a differing flag is an error) and takes key/train flags for this task only."""
+    from scalable_lm import store
+    from scalable_lm.data.tasks import DataError
+
+    base = SLMConfig().to_dict() if manifest is None else SLMConfig.from_dict(manifest["config"]).to_dict()
+    for section, values in overrides.items():
+        for name, value in values.items():
+            if manifest is not None and section in store.FIXED_SECTIONS and base[section][name] != value:
+                raise DataError(f"--{name.replace('_', '-')} differs from the value stored in {directory} "
+                                f"({base[section][name]!r}); model and bank options are fixed when the "
+                                "directory is created (key and train options may change per task)")
+            base[section][name] = value
+    return SLMConfig.from_dict(base).validate()
+
+
 def cmd_learn(args) -> None:
+    from scalable_lm import store
+    from scalable_lm.data.tasks import DataError
+
+    directory = Path(args.model)
+    store.check_task_name(args.task)
+    if args.max_train is not None and args.max_train < 1:
+        raise DataError("--max-train must be at least 1")
+    existing = (directory / store.MANIFEST).exists()
+    manifest = store.read_manifest(directory) if existing else None
+    if not existing:
+        store.check_new_directory(directory)
+    config = _learn_config(directory, manifest, _config_overrides(args))  # every option checked before any work
+    with store.DirectoryLock(directory, args.wait, command=" ".join(["slm", *sys.argv[1:]])):
+        _learn_locked(args, directory, config)
+
+
+def _learn_locked(args, directory: Path, config: SLMConfig) -> None:
     from scalable_lm import store
     from scalable_lm.data.tasks import DataError, load_task
     from scalable_lm.methods.slm import SLM
 
-    directory = Path(args.model)
-    overrides = _config_overrides(args)
-    existing = (directory / store.MANIFEST).exists()
-    if existing:
-        manifest = store.read_manifest(directory)
-        if args.task in [t["name"] for t in manifest["tasks"]]:
-            raise DataError(f"task '{args.task}' is already in {directory}")
-        config = SLMConfig.from_dict(manifest["config"])
-        for section, values in overrides.items():
-            for name, value in values.items():
-                if getattr(getattr(config, section), name) != value:
-                    raise DataError(f"--{name.replace('_', '-')} differs from the value stored in {directory}; "
-                                    "model options are fixed when the directory is created")
-    else:
-        if directory.exists() and any(directory.iterdir()):
-            raise store.ModelDirError(f"{directory} exists, is not empty and is not a model directory")
-        base = SLMConfig().to_dict()
-        for section, values in overrides.items():
-            base[section].update(values)
-        config = SLMConfig.from_dict(base)
+    existing = (directory / store.MANIFEST).exists()  # read again under the lock: another writer may have ended
+    manifest = store.read_manifest(directory) if existing else None
+    if existing and args.task in [t["name"] for t in manifest["tasks"]]:
+        raise DataError(f"task '{args.task}' is already in {directory}")
     generative = _is_instruction_data(args.data)
     kind = "generative" if generative else "classifier"
     if existing and manifest.get("kind", "classifier") != kind:
@@ -105,6 +125,7 @@ def cmd_learn(args) -> None:
         task = load_task(args.task, args.data, args.test, args.max_train, config.train.seed, args.text_column,
                          args.label_column)
         slm = store.load(directory) if existing else SLM(config)
+    slm.config.keys, slm.config.train = config.keys, config.train  # this task's own key and train options
     cache = _query_cache(slm, args)
     report = slm.learn(task, progress=_progress(args))
     store.save(slm, directory, {task.name: _task_info(args, report)})
@@ -129,6 +150,77 @@ def cmd_learn(args) -> None:
         score = evaluate(slm, [task], progress=_progress(args))[task.name]
         print(f"test accuracy on '{task.name}' (no task-ID): {score['accuracy']:.3f}")
     _save_query_cache(slm, cache)  # after the test rows too, so a later `slm eval` finds them
+
+
+def _example_inputs(path: str, text_column: str) -> list[str]:
+    """Example inputs of a task from a file: instruction rows (their prompts), rows with a text column, or
+    plain text, one input per line."""
+    from scalable_lm.data.tasks import DataError, read_rows
+
+    p = Path(path)
+    if p.suffix.lower() in (".jsonl", ".json", ".csv"):
+        rows = read_rows(p)
+        from scalable_lm.data.instructions import is_instruction_row, parse_instructions
+
+        if rows and is_instruction_row(rows[0]):
+            return [prompt for prompt, _ in parse_instructions(rows, str(p))]
+        texts = [r.get(text_column) for r in rows]
+        bad = next((i for i, x in enumerate(texts) if not isinstance(x, str) or not x.strip()), None)
+        if bad is not None:
+            raise DataError(f"{p}: row {bad + 1} has no text in column '{text_column}'")
+        return texts
+    if not p.is_file():
+        raise DataError(f"{p}: no such file")
+    try:
+        return [line.rstrip("\n") for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError as err:
+        raise DataError(f"{p}: not UTF-8 text ({err.reason} at byte {err.start})") from err
+
+
+def cmd_remove(args) -> None:
+    from scalable_lm import store
+
+    result = store.remove(args.model, args.task, force=args.force, wait=args.wait)
+    print(f"removed '{result['removed']}' from {args.model} ({result['file']} deleted)")
+    if not result["exact"]:
+        print("slm: warning: dtkr router: the tasks learned after it were trained beside its entries, so the "
+              "directory is not the one that never learned it", file=sys.stderr)
+    print("note: the query cache ($SLM_CACHE_DIR) may still hold embeddings of its inputs; delete it, or use "
+          "--no-cache, if they must go too", file=sys.stderr)
+
+
+def cmd_merge(args) -> None:
+    from scalable_lm import store
+
+    rename = {}
+    for spec in args.rename:
+        old, sep, new = spec.partition(":")
+        if not sep or not old or not new:
+            raise ValueError(f"--rename expects OLD:NEW, got '{spec}'")
+        if old in rename:
+            raise ValueError(f"--rename {old} given twice")
+        rename[old] = new
+    names = store.merge(args.models, args.out, rename, wait=args.wait)
+    print(f"merged {len(args.models)} directories into {args.out}: {len(names)} tasks ({', '.join(names)})")
+
+
+def cmd_export(args) -> None:
+    from scalable_lm import sharing
+
+    inputs = _example_inputs(args.data, args.text_column) if args.data else None
+    out = sharing.export_task(args.model, args.task, args.out, inputs)
+    print(f"exported '{out['task']}' to {out['out']}: LoRA rank {out['rank']} on {len(out['targets'])} layers, "
+          f"entry weights {out['weights']} (from {'--data' if inputs else 'the task mean query'})")
+
+
+def cmd_import(args) -> None:
+    from scalable_lm import sharing
+
+    inputs = _example_inputs(args.data, args.text_column)
+    out = sharing.import_adapter(args.model, args.task, args.adapter, inputs, trust_base=args.trust_base,
+                                 wait=args.wait, progress=_progress(args))
+    print(f"imported {args.adapter} into {args.model} as '{out['task']}': rank {out['rank']} on "
+          f"{len(out['modules'])} modules, keys from {out['inputs']} example inputs")
 
 
 def _task_info(args, report: dict) -> dict:
@@ -190,15 +282,19 @@ def cmd_eval(args) -> None:
     from scalable_lm.data.tasks import DataError, Task, encode_labels, read_rows
     from scalable_lm.runner import evaluate
 
-    if store.read_manifest(args.model).get("kind", "classifier") == "generative":
-        raise DataError("slm eval scores classification models; score a generative model with "
-                        "`slm predict --json` and scalable_lm.scoring")
-    slm = store.load(args.model)
-    tasks = []
+    specs = []
     for spec in args.data:
         name, sep, path = spec.partition("=")
-        if not sep:
+        if not sep or not name or not path:
             raise DataError(f"--data expects TASK=FILE, got '{spec}'")
+        specs.append((name, path))
+    if store.read_manifest(args.model).get("kind", "classifier") == "generative":
+        return _eval_generative(args, specs)
+    if args.metric or args.max_new_tokens is not None:
+        raise DataError("--metric and --max-new-tokens apply to generative models; classifiers are scored by accuracy")
+    slm = store.load(args.model)
+    tasks = []
+    for name, path in specs:
         labels = slm.label_names[slm.task_index(name)]
         tasks.append(Task(name, labels, test=encode_labels(read_rows(path), path, labels, args.text_column,
                                                            args.label_column)))
@@ -215,6 +311,49 @@ def cmd_eval(args) -> None:
     if args.json:
         out = {"model": str(args.model), "task_id": args.task_id, "scores": scores, "average_accuracy": mean,
                "rows": {t.name: len(t.test) for t in tasks}}
+        Path(args.json).write_text(json.dumps(out, indent=2))
+
+
+def _eval_generative(args, specs: list[tuple[str, str]]) -> None:
+    from scalable_lm import scoring, store
+    from scalable_lm.data.instructions import InstructionTask, parse_instructions
+    from scalable_lm.data.tasks import DataError, read_rows
+    from scalable_lm.runner import evaluate_generative
+
+    choices = sorted(scoring.METRICS) + list(scoring.FREE_TEXT) + ["auto"]
+    metrics: dict[str, str] = {}
+    for spec in args.metric or []:
+        name, sep, metric = spec.rpartition("=")
+        if metric not in choices:
+            raise DataError(f"--metric {spec}: unknown metric '{metric}'; choose from {', '.join(choices)}")
+        for task, _ in specs if not sep else [(name, None)]:
+            metrics[task] = metric
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise DataError("--max-new-tokens must be at least 1")
+    slm = store.load(args.model)
+    tasks = []
+    for name, path in specs:
+        slm.task_index(name)  # a clear error for a task the model does not have
+        tasks.append(InstructionTask(name, [], parse_instructions(read_rows(path), path)))
+    unknown = set(metrics) - {t.name for t in tasks}
+    if unknown:
+        raise DataError(f"--metric names tasks without --data: {sorted(unknown)}")
+    cache = _query_cache(slm, args)
+    scores = evaluate_generative(slm, tasks, metrics, progress=_progress(args), task_id=args.task_id,
+                                 max_new_tokens=args.max_new_tokens)
+    _save_query_cache(slm, cache)
+    mode = "with task-ID (SLM-TI)" if args.task_id else "without task-ID"
+    print(f"{'task':24s} {'rows':>6s} {'metric':>10s} {'score':>7s} {'retrieval':>9s} {'fallback':>8s}   ({mode})")
+    for task in tasks:
+        s = scores[task.name]
+        extra = "" if task.name not in scores or s.get("retrieval") is None else \
+            f" {s['retrieval']:9.3f} {s['fallback']:8.3f}"
+        print(f"{task.name:24s} {s['rows']:6d} {s['metric']:>10s} {s['score']:7.3f}{extra}")
+    mean = sum(s["score"] for s in scores.values()) / len(scores)
+    print(f"{'average':24s} {'':6s} {'':10s} {mean:7.3f}")
+    if args.json:
+        out = {"model": str(args.model), "kind": "generative", "task_id": args.task_id, "scores": scores,
+               "average_score": mean, "rows": {t.name: len(t.test) for t in tasks}}
         Path(args.json).write_text(json.dumps(out, indent=2))
 
 
@@ -300,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     learn.add_argument("--data", required=True, help="training data: JSONL/CSV file with text + label (classifier), or instruction + input + output rows (generative model, SmolLM2 by default); or hf:DATASET when online")
     learn.add_argument("--test", help="optional test file, scored after learning")
     learn.add_argument("--max-train", type=int, help="use a seeded random subset of this many training rows")
+    _add_wait(learn)
     _add_data_columns(learn)
     _add_config_flags(learn)
     learn.set_defaults(func=cmd_learn)
@@ -313,12 +453,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_columns(predict, label=False)
     predict.set_defaults(func=cmd_predict)
 
-    ev = sub.add_parser("eval", help="accuracy and retrieval accuracy per task, on mixed batches")
+    ev = sub.add_parser("eval", help="score per task and retrieval accuracy, on mixed batches without task-ID",
+                        description="Score test files per task on mixed, shuffled batches without task-ID. "
+                        "Classifiers: accuracy (right task and label), head choice, retrieval. Generative models "
+                        "(instruction rows): a metric per task (--metric), retrieval accuracy and the share of "
+                        "inputs answered by the frozen base model (fallback).")
     ev.add_argument("--model", required=True, help="model directory")
     ev.add_argument("--data", required=True, nargs="+", action="extend", metavar="TASK=FILE",
                     help="labelled test files per task (repeat the flag or list several; all are scored)")
     ev.add_argument("--task-id", action="store_true", help="give each input its task (SLM-TI, an upper bound)")
     ev.add_argument("--json", metavar="OUT", help="also write the scores to this JSON file")
+    ev.add_argument("--metric", action="append", metavar="[TASK=]METRIC",
+                    help="generative models: label, first-word, exact, rouge-l, bertscore or auto (default: label "
+                    "for short answers, else rouge-l with BERTScore-F1 beside it); repeatable, TASK= for one task")
+    ev.add_argument("--max-new-tokens", type=int, help="generative models: longest answer generated (default: 8 "
+                    "when every task is scored as labels, else 64)")
     _add_data_columns(ev)
     ev.set_defaults(func=cmd_eval)
 
@@ -349,12 +498,70 @@ def build_parser() -> argparse.ArgumentParser:
                        help="query embeddings kept in memory for repeated inputs (0: none; bounded either way)")
     serve.set_defaults(func=cmd_serve)
 
+    remove = sub.add_parser("remove", help="forget one task (exact unlearning with the default router)",
+                            description="Remove a task: the manifest without it replaces the old one atomically, "
+                            "then its file is deleted. With the gaussian router (default) the directory then "
+                            "predicts exactly as one that never learned the task. With dtkr, tasks learned after "
+                            "it were trained beside its entries: refused unless --force (exact for the last task).")
+    remove.add_argument("--model", required=True, help="model directory")
+    remove.add_argument("--task", required=True, help="task to remove")
+    remove.add_argument("--force", action="store_true", help="dtkr router: remove even though it is not exact")
+    _add_wait(remove)
+    remove.set_defaults(func=cmd_remove)
+
+    merge = sub.add_parser("merge", help="combine model directories learned separately into a new one",
+                           description="Merge directories with the same backbone, encoder, model and bank options "
+                           "into a new directory holding all their tasks, in the order given. With the gaussian "
+                           "router each task's state depends on that task alone, so the result predicts exactly "
+                           "as a directory that learned the tasks in that order (with the same seeds).")
+    merge.add_argument("models", nargs="+", metavar="DIR", help="model directories to merge (two or more)")
+    merge.add_argument("--out", required=True, help="new (or empty) directory to write")
+    merge.add_argument("--rename", action="append", default=[], metavar="OLD:NEW",
+                       help="rename the later copy of a task found in two directories (repeatable)")
+    _add_wait(merge)
+    merge.set_defaults(func=cmd_merge)
+
+    export = sub.add_parser("export", help="write one task as a PEFT LoRA adapter directory",
+                            description="Export a task as a standard PEFT LoRA adapter (adapter_config.json + "
+                            "adapter_model.safetensors) that PeftModel.from_pretrained loads on the same base "
+                            "model. The task's entries are concatenated into one LoRA of rank entries x rank, "
+                            "mixed at fixed weights: their average over --data inputs, or those of the task's "
+                            "mean training query. Classifiers: head.safetensors and slm_task.json go beside it.")
+    export.add_argument("--model", required=True, help="model directory")
+    export.add_argument("--task", required=True, help="task to export")
+    export.add_argument("--out", required=True, help="adapter directory to write (new or empty)")
+    export.add_argument("--data", help="example inputs of the task, to average the entry weights over")
+    _add_data_columns(export, label=False)
+    export.set_defaults(func=cmd_export)
+
+    imp = sub.add_parser("import", help="add a PEFT LoRA adapter as a new task",
+                         description="Add a LoRA adapter trained elsewhere (same base model) as a new task. Its "
+                         "factors become the task's values unchanged; its keys and router statistics are built "
+                         "from example inputs. Inputs routed to it are answered as PeftModel with the adapter "
+                         "answers them.")
+    imp.add_argument("--model", required=True, help="model directory (must exist)")
+    imp.add_argument("--task", required=True, help="name of the new task")
+    imp.add_argument("--adapter", required=True, help="PEFT adapter directory (adapter_config.json + "
+                     "adapter_model.safetensors)")
+    imp.add_argument("--data", required=True, help="example inputs of the task: instruction rows, rows with a text "
+                     "column, or one text per line")
+    imp.add_argument("--trust-base", action="store_true", help="accept an adapter whose base model name differs "
+                     "from this directory's backbone name (same model under another name)")
+    _add_wait(imp)
+    _add_data_columns(imp, label=False)
+    imp.set_defaults(func=cmd_import)
+
     demo = sub.add_parser("demo", help="the built-in demo: sequential fine-tuning vs SLM on 3 generated tasks")
     demo.add_argument("--out", default="demo-results.json", help="where to write the results JSON")
     demo.add_argument("--train", type=int, default=200, help="training rows per task")
     demo.add_argument("--test", type=int, default=80, help="test rows per task")
     demo.set_defaults(func=cmd_demo)
     return parser
+
+
+def _add_wait(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                        help="if another command is writing the directory, wait this long for it (default: fail at once)")
 
 
 def _add_data_columns(parser: argparse.ArgumentParser, label: bool = True) -> None:
@@ -368,6 +575,14 @@ def main(argv: list[str] | None = None) -> int:
     from scalable_lm.store import ModelDirError
 
     args = build_parser().parse_args(argv)
+    terminated = []
+    if args.command != "serve" and threading.current_thread() is threading.main_thread():
+        # docker stop, systemd and Kubernetes send SIGTERM: end as Ctrl-C does (the directory is left as it was)
+        def on_sigterm(signum, frame):
+            terminated.append(signum)
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, on_sigterm)
     try:
         args.func(args)
     except (DataError, ModelDirError, KeyError, ValueError, RuntimeError, OSError) as err:
@@ -375,8 +590,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"slm: error: {message}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print("slm: interrupted; the model directory was left as it was", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        what = "terminated (SIGTERM)" if terminated else "interrupted"
+        print(f"slm: {what}; the model directory was left as it was", file=sys.stderr)
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
     return 0
 
 

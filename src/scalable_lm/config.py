@@ -84,6 +84,47 @@ class SLMConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def validate(self) -> SLMConfig:
+        """Raise ``ValueError`` naming the first option whose value cannot work (before any training)."""
+        import math
+
+        def need(ok: bool, flag: str, what: str, value) -> None:
+            if not ok:
+                raise ValueError(f"--{flag.replace('_', '-')} must be {what}, got {value!r}")
+
+        def finite(x) -> bool:
+            return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+        def whole(x) -> bool:
+            return isinstance(x, int) and not isinstance(x, bool)
+
+        b, k, t = self.bank, self.keys, self.train
+        for name in ("groups", "entries_per_task", "rank", "top_k"):
+            need(whole(getattr(b, name)) and getattr(b, name) >= 1, name, "a whole number >= 1", getattr(b, name))
+        need(finite(b.alpha) and b.alpha > 0, "alpha", "a finite number > 0", b.alpha)
+        need(b.router in ("gaussian", "dtkr"), "router", "'gaussian' or 'dtkr'", b.router)
+        need(b.weighting in ("normalize", "softmax"), "weighting", "'normalize' or 'softmax'", b.weighting)
+        need(finite(b.temperature) and b.temperature > 0, "temperature", "a finite number > 0", b.temperature)
+        need(finite(b.shrinkage) and 0 <= b.shrinkage <= 1, "shrinkage", "between 0 and 1", b.shrinkage)
+        need(finite(b.fallback) and b.fallback >= 0, "fallback", "a finite number >= 0", b.fallback)
+        need(isinstance(b.targets, list) and bool(b.targets) and all(isinstance(x, str) and x for x in b.targets),
+             "targets", "one or more layer names", b.targets)
+        for name in ("key_epochs", "key_batch_size", "k_prep"):
+            need(whole(getattr(k, name)) and getattr(k, name) >= 1, name, "a whole number >= 1", getattr(k, name))
+        need(finite(k.key_lr) and k.key_lr > 0, "key_lr", "a finite number > 0", k.key_lr)
+        need(k.k_prep <= b.entries_per_task, "k_prep", f"at most --entries-per-task ({b.entries_per_task})", k.k_prep)
+        need(finite(k.mask_prob) and 0 <= k.mask_prob < 1, "mask_prob", "at least 0 and below 1", k.mask_prob)
+        for name in ("epochs", "batch_size", "max_length"):
+            need(whole(getattr(t, name)) and getattr(t, name) >= 1, name, "a whole number >= 1", getattr(t, name))
+        need(finite(t.lr) and t.lr > 0, "lr", "a finite number > 0", t.lr)
+        need(finite(t.val_fraction) and 0 <= t.val_fraction < 1, "val_fraction", "at least 0 and below 1",
+             t.val_fraction)
+        need(whole(t.seed) and t.seed >= 0, "seed", "a whole number >= 0", t.seed)
+        for name in ("backbone", "encoder"):
+            value = getattr(self.model, name)
+            need(isinstance(value, str) and bool(value.strip()), name, "a model name or folder", value)
+        return self
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SLMConfig:
         """Rebuild from ``to_dict`` output; unknown keys are an error, missing keys take defaults."""
@@ -97,3 +138,8 @@ class SLMConfig:
                 raise ValueError(f"unknown {f.name} option(s) in config: {sorted(unknown)}")
             parts[f.name] = sub_cls(**values)
         return cls(**parts)
+
+    def fixed_part(self) -> dict[str, Any]:
+        """The options fixed for a model directory (``model`` and ``bank``: how stored tasks are used)."""
+        d = self.to_dict()
+        return {"model": d["model"], "bank": d["bank"]}

@@ -70,7 +70,7 @@ def run_demo(out: str | Path | None = "demo-results.json", n_train: int = 200, n
                           "threads": torch.get_num_threads()},
               "config": config.to_dict(), "results": [baseline.to_dict(), slm.to_dict()]}
     if out:
-        from scalable_lm.store import atomic_write
+        from scalable_lm.fileio import atomic_write
 
         text = json.dumps(result, indent=2)
         atomic_write(Path(out), lambda tmp: tmp.write_text(text))

@@ -107,7 +107,7 @@ class QueryEncoder:
 
     def save_cache(self, path: str | Path) -> None:
         """Write the cache to a safetensors file (atomic)."""
-        from scalable_lm.store import atomic_write
+        from scalable_lm.fileio import atomic_write
 
         keys = sorted(self._cache)
         tensor = torch.stack([self._cache[k] for k in keys]) if keys else torch.empty(0, self.dim)

@@ -54,12 +54,7 @@ def evaluate(method: ContinualMethod, tasks: list[Task], batch_size: int = 32, s
     """
     rows = [(task.name, text, task.label_names[label]) for task in tasks for text, label in task.test]
     random.Random(seed).shuffle(rows)
-    if task_id:
-        by_task = {t.name: iter(method.predict([x for n, x, _ in rows if n == t.name], batch_size, progress,
-                                               task=t.name)) for t in tasks}
-        preds = [next(by_task[name]) for name, _, _ in rows]
-    else:
-        preds = method.predict([text for _, text, _ in rows], batch_size=batch_size, progress=progress)
+    preds = _predict_rows(method, rows, tasks, batch_size, progress, task_id)
     scores = {}
     for task in tasks:
         mine = [(p, gold) for (name, _, gold), p in zip(rows, preds) if name == task.name]
@@ -72,6 +67,59 @@ def evaluate(method: ContinualMethod, tasks: list[Task], batch_size: int = 32, s
             "retrieval": metrics.retrieval_accuracy([p.entry_tasks for p, _ in mine], [task.name] * len(mine))
             if retrieving else None,
         }
+    return scores
+
+
+def _predict_rows(method, rows: list[tuple[str, str, str]], tasks, batch_size: int, progress: bool, task_id: bool):
+    """Predictions for ``rows`` (``(task, input, gold)``, in their order): one mixed pass without task-ID, or
+    each task's inputs with its name given (SLM-TI)."""
+    if not task_id:
+        return method.predict([x for _, x, _ in rows], batch_size=batch_size, progress=progress)
+    by_task = {t.name: iter(method.predict([x for n, x, _ in rows if n == t.name], batch_size, progress, task=t.name))
+               for t in tasks}
+    return [next(by_task[name]) for name, _, _ in rows]
+
+
+def evaluate_generative(method, tasks, metrics_by_task: dict[str, str] | None = None, batch_size: int = 8,
+                        seed: int = 0, progress: bool = False, task_id: bool = False,
+                        max_new_tokens: int | None = None) -> dict[str, dict]:
+    """Score a generative method on instruction tasks' test rows (``(prompt, answer)``), mixed and shuffled
+    in batches without task-ID (or, ``task_id=True``, each task's prompts with its name given).
+
+    ``metrics_by_task`` maps a task to ``label``, ``first-word``, ``exact``, ``rouge-l``, ``bertscore`` or
+    ``auto`` (default: ``scoring.choose_metric``). ``max_new_tokens`` defaults to 8 when every task is
+    scored as labels, else 64. Returns per task: ``metric``, ``score`` (and ``rouge_l``/``bertscore_f1``
+    for free answers), ``rows``, ``retrieval`` (paper Eq. 13: share of rows whose retrieved entries are mostly
+    their own task's; a row answered by the base model counts as a miss) and ``fallback`` (share answered by
+    the frozen base model); the last two only without task-ID.
+    """
+    from scalable_lm import scoring
+    from scalable_lm.methods.generative import BASE_MODEL
+
+    chosen = {}
+    for task in tasks:
+        if not task.test:
+            raise ValueError(f"task '{task.name}' has no test rows")
+        metric = (metrics_by_task or {}).get(task.name, "auto")
+        chosen[task.name] = scoring.choose_metric([a for _, a in task.test]) if metric == "auto" else metric
+    rows = [(task.name, prompt, answer) for task in tasks for prompt, answer in task.test]
+    random.Random(seed).shuffle(rows)
+    if max_new_tokens is None:
+        max_new_tokens = 8 if all(m in scoring.METRICS for m in chosen.values()) else 64
+    kept, method.max_new_tokens = method.max_new_tokens, max_new_tokens
+    try:
+        preds = _predict_rows(method, rows, tasks, batch_size, progress, task_id)
+    finally:
+        method.max_new_tokens = kept
+    scores = {}
+    for task in tasks:
+        mine = [(pred, gold) for (name, _, gold), pred in zip(rows, preds) if name == task.name]
+        s = {**scoring.score_answers([p.label for p, _ in mine], [g for _, g in mine], chosen[task.name]),
+             "rows": len(mine)}
+        if not task_id:
+            s["retrieval"] = metrics.retrieval_accuracy([p.entry_tasks for p, _ in mine], [task.name] * len(mine))
+            s["fallback"] = sum(p.task == BASE_MODEL for p, _ in mine) / len(mine)
+        scores[task.name] = s
     return scores
 
 

@@ -1,81 +1,246 @@
 """Model directories: a JSON manifest plus one safetensors file per task, written atomically.
 
     DIR/manifest.json             format, config, backbone/encoder identity, versions, task list + sha256
-    DIR/tasks/000-agnews.safetensors   keys [G,P,d/G], values.<layer>.A/B, head.weight/bias
+    DIR/tasks/000-agnews.safetensors   one task's state (``methods.base.GrowsByTask.task_state``)
+    DIR/.lock, DIR/.lock.owner    the writers' lock and who holds it (``DirectoryLock``)
 
 Adding a task writes its file (temp file, then rename) and only then replaces the manifest (temp file,
 then rename). An interrupted write leaves the previous manifest, which names only complete, checksummed
-files, so the directory stays loadable exactly as before. Nothing is pickled.
+files, so the directory stays loadable exactly as before; the next writer removes what was left unlisted
+(``recover``). Nothing is pickled. Every command that writes (learn, import, merge, remove) holds the
+directory's lock; readers (predict, eval, serve) never take it: the manifest they read is always whole.
+
+The model's tensors are read and written only through the methods' public per-task interface
+(``task_state`` / ``add_task_state`` / ``remove_task``); this module owns the files.
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
+import datetime
 import json
 import os
 import re
-import tempfile
-from collections.abc import Callable
+import socket
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from scalable_lm.fileio import TMP_SUFFIX, atomic_write, sha256  # noqa: F401  (re-exported: store.sha256)
+from scalable_lm.methods.base import NOVELTY, STATS, TaskStateError  # noqa: F401
+
 FORMAT = "scalable-lm/1"
-STATS = ("stats.mean", "stats.scatter", "stats.count")  # gaussian-router statistics, not parameters
-# base-model fallback statistics (routers.novelty_statistics); optional: files written before them load
-# with the fallback off for that task
-NOVELTY = ("novelty.centre", "novelty.spread")
 MANIFEST = "manifest.json"
+TASKS = "tasks"
+LOCK, LOCK_OWNER = ".lock", ".lock.owner"
+OURS = {MANIFEST, TASKS, LOCK, LOCK_OWNER}  # what a model directory may hold besides temp files
+# Options fixed when a directory is created: they decide how every stored task is used at inference.
+# The key and train sections only shape how a new task is learned; they may differ from task to task and
+# are recorded in each task's manifest entry.
+FIXED_SECTIONS = ("model", "bank")
+MAX_TASK_NAME = 100
 
 
 class ModelDirError(RuntimeError):
     """A model directory that cannot be created, read or extended; the message says why."""
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temp file beside ``path``, fsync it, then rename it onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the mode a plain write would (umask)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _umask() -> int:
-    """The process umask (reading it means setting it; restored at once)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
+# ---- reading and checking a manifest ------------------------------------------------------------------
 def read_manifest(directory: str | Path) -> dict:
-    path = Path(directory) / MANIFEST
+    """The manifest of ``directory``, checked for shape and for task files that stay inside the directory."""
+    directory = Path(directory)
+    path = directory / MANIFEST
+    if directory.exists() and not directory.is_dir():
+        raise ModelDirError(f"{directory} is a file, not a model directory")
     if not path.is_file():
         raise ModelDirError(f"{directory} is not a model directory (no {MANIFEST})")
     try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ModelDirError(f"{path} is not valid JSON: {err.msg}") from err
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelDirError(f"{path} is not valid JSON: {getattr(err, 'msg', err)}") from err
+    if not isinstance(manifest, dict):
+        raise ModelDirError(f"{path}: expected a JSON object, found {type(manifest).__name__}")
     if manifest.get("format") != FORMAT:
         raise ModelDirError(f"{path}: unsupported format {manifest.get('format')!r} (expected {FORMAT})")
+    _check_manifest(manifest, directory)
     return manifest
+
+
+def _check_manifest(manifest: dict, directory: Path) -> None:
+    from scalable_lm.config import SLMConfig
+
+    path = directory / MANIFEST
+
+    def bad(what: str) -> ModelDirError:
+        return ModelDirError(f"{path}: {what}")
+
+    for role in ("backbone", "encoder"):
+        part = manifest.get(role)
+        if not isinstance(part, dict) or not all(isinstance(part.get(k), str) for k in ("name", "fingerprint")):
+            raise bad(f"'{role}' must be an object with string 'name' and 'fingerprint'")
+    if manifest.get("kind", "classifier") not in ("classifier", "generative"):
+        raise bad(f"unknown kind {manifest.get('kind')!r}")
+    if not isinstance(manifest.get("config"), dict):
+        raise bad("'config' must be an object")
+    try:
+        config = SLMConfig.from_dict(manifest["config"])
+    except (TypeError, ValueError) as err:
+        raise bad(f"invalid config: {err}") from err
+    try:
+        config.validate()
+    except ValueError as err:
+        raise bad(f"invalid config: {err}") from err
+    tasks = manifest.get("tasks")
+    if not isinstance(tasks, list):
+        raise bad("'tasks' must be a list")
+    names = set()
+    for i, task in enumerate(tasks):
+        if not isinstance(task, dict):
+            raise bad(f"task {i} must be an object")
+        for key, kind in (("name", str), ("file", str), ("sha256", str), ("label_names", list)):
+            if not isinstance(task.get(key), kind):
+                raise bad(f"task {i}: '{key}' missing or not a {kind.__name__}")
+        if task["name"] in names:
+            raise bad(f"task name '{task['name']}' appears twice")
+        names.add(task["name"])
+        safe_task_path(directory, task["file"], path)
+
+
+def safe_task_path(directory: Path, rel: str, where: Path | None = None) -> Path:
+    """``directory / rel`` for a manifest's task ``file``, refusing anything that would leave the directory:
+    absolute paths, ``..``, a name outside ``tasks/``, or a symlinked ``tasks/`` or file."""
+    where = where or directory / MANIFEST
+    parts = Path(rel).parts
+    if Path(rel).is_absolute() or len(parts) != 2 or parts[0] != TASKS or parts[1] in ("..", ".") \
+            or not parts[1].endswith(".safetensors") or "\\" in rel:
+        raise ModelDirError(f"{where}: task file '{rel}' is not a file under {TASKS}/ of the directory; refused")
+    for p in (directory / TASKS, directory / rel):
+        if p.is_symlink():
+            raise ModelDirError(f"{where}: {p} is a symbolic link; refused (task files must live in the directory)")
+    return directory / rel
+
+
+# ---- the writers' lock and recovery ---------------------------------------------------------------------
+_held: dict[Path, int] = {}  # directories whose lock this process holds (nested holds are reentrant)
+
+
+@contextlib.contextmanager
+def DirectoryLock(directory: str | Path, wait: float = 0.0, command: str | None = None) -> Iterator[Path]:
+    """Hold ``directory``'s writers' lock (``filelock``; created with the directory if needed).
+
+    A second writer fails at once with a ``ModelDirError`` naming the holder, or waits up to ``wait``
+    seconds. On entry, files an interrupted writer left behind are removed (``recover``). Readers never
+    take the lock. Nested holds in one process are reentrant.
+    """
+    from filelock import FileLock, Timeout
+
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise ModelDirError(f"{directory} is a file, not a model directory")
+    key = directory.resolve()
+    if key in _held:
+        _held[key] += 1
+        try:
+            yield directory
+        finally:
+            _held[key] -= 1
+        return
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(directory / LOCK), timeout=wait)
+        lock.acquire()
+    except Timeout:
+        raise ModelDirError(f"{directory} is being written by another process ({_lock_holder(directory)}); "
+                            "try again when it ends, or pass --wait SECONDS") from None
+    except PermissionError as err:
+        raise ModelDirError(f"cannot write to {directory}: {err.strerror}") from None
+    _held[key] = 1
+    try:
+        owner = {"pid": os.getpid(), "host": socket.gethostname(), "command": command or " ".join(sys.argv),
+                 "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        with contextlib.suppress(OSError):
+            (directory / LOCK_OWNER).write_text(json.dumps(owner))
+        removed = recover(directory)
+        if removed:
+            print(f"slm: removed {len(removed)} file(s) an interrupted write left in {directory}: "
+                  f"{', '.join(removed)}", file=sys.stderr)
+        yield directory
+    finally:
+        del _held[key]
+        with contextlib.suppress(OSError):
+            (directory / LOCK_OWNER).unlink()
+        lock.release()
+
+
+def _lock_holder(directory: Path) -> str:
+    try:
+        owner = json.loads((directory / LOCK_OWNER).read_text())
+        return f"pid {owner['pid']} on {owner['host']}, since {owner['since']}: {owner['command']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "holder unknown"
+
+
+def recover(directory: str | Path) -> list[str]:
+    """Remove what an interrupted writer left: temp files, and task files the manifest does not list.
+
+    Call only while holding the lock. Returns the removed paths relative to ``directory``. A directory
+    without a manifest counts as an interrupted first write when it holds nothing but our files.
+    """
+    directory = Path(directory)
+    listed = set()
+    if (directory / MANIFEST).is_file():
+        listed = {t["file"] for t in read_manifest(directory)["tasks"]}
+    removed = []
+    candidates = list(directory.glob(f".*{TMP_SUFFIX}"))
+    tasks = directory / TASKS
+    if tasks.is_dir() and not tasks.is_symlink():
+        candidates += [p for p in tasks.iterdir() if p.is_file() and (
+            p.name.endswith(TMP_SUFFIX) or (p.suffix == ".safetensors" and f"{TASKS}/{p.name}" not in listed))]
+    for p in candidates:
+        p.unlink(missing_ok=True)
+        removed.append(str(p.relative_to(directory)))
+    if tasks.is_dir() and not tasks.is_symlink() and not any(tasks.iterdir()) and not listed:
+        tasks.rmdir()
+    return sorted(removed)
+
+
+def check_new_directory(directory: Path) -> None:
+    """Refuse to create a model in a directory that holds anything besides our own (lock) files."""
+    if directory.exists():
+        if not directory.is_dir():
+            raise ModelDirError(f"{directory} is a file, not a model directory")
+        foreign = sorted(p.name for p in directory.iterdir() if p.name not in OURS)
+        if foreign:
+            raise ModelDirError(f"{directory} exists, is not empty and is not a model directory "
+                                f"(holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''})")
+    if not os.access(directory if directory.exists() else _existing_parent(directory), os.W_OK):
+        raise ModelDirError(f"cannot write to {directory}: permission denied")
+
+
+def _existing_parent(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def check_task_name(name: str) -> None:
+    """A task name must be printable, not blank, at most ``MAX_TASK_NAME`` characters."""
+    if not isinstance(name, str) or not name.strip():
+        raise ModelDirError("a task name must not be empty")
+    if len(name) > MAX_TASK_NAME:
+        raise ModelDirError(f"task name is {len(name)} characters long; at most {MAX_TASK_NAME}")
+    if not name.isprintable():
+        raise ModelDirError(f"task name {name!r} contains control characters")
+
+
+def task_file(index: int, name: str) -> str:
+    """``tasks/007-name.safetensors``: the index keeps names unique, the name keeps them readable."""
+    return f"{TASKS}/{index:03d}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)[:60]}.safetensors"
 
 
 def _versions() -> dict[str, str]:
@@ -95,58 +260,83 @@ def _identity(slm) -> dict:
     }
 
 
-def task_tensors(slm, t: int) -> dict[str, torch.Tensor]:
-    """Every tensor of task ``t`` under a stable name."""
-    tensors = {"keys": slm.bank.keys[t]}
-    for name, layer in slm.layers.items():
-        tensors[f"values.{name}.A"], tensors[f"values.{name}.B"] = layer.lora_A[t], layer.lora_B[t]
-    if hasattr(slm, "classifier"):  # generative models have no heads
-        head = slm.classifier.heads[t]
-        tensors["head.weight"], tensors["head.bias"] = head.weight, head.bias
-    tensors.update(zip(STATS, slm.bank.stats[t]))
-    if t < len(slm.bank.novelty):
-        tensors.update(zip(NOVELTY, slm.bank.novelty[t]))
-    return {k: v.detach().contiguous() for k, v in tensors.items()}
+def _fixed(config_dict: dict) -> dict:
+    """The sections of a config that are fixed for a directory (normalised: options added later default)."""
+    from scalable_lm.config import SLMConfig
+
+    full = SLMConfig.from_dict(config_dict).to_dict()
+    return {k: full[k] for k in FIXED_SECTIONS}
 
 
 def save(slm, directory: str | Path, task_info: dict[str, dict] | None = None) -> list[str]:
     """Create ``directory`` or add to it the tasks it lacks; returns the names of the tasks written.
 
     ``task_info`` maps a task being written to facts kept in its manifest entry (when it was learned, from
-    how many rows, its validation score, its data file's SHA-256: whatever JSON the caller records).
-    Refuses a directory whose backbone, encoder, config or earlier tasks differ from ``slm``.
+    how many rows, its validation score, its data file's SHA-256: whatever JSON the caller records); each
+    new entry also records the key and train options it was learned with (``slm.config``) and its seed.
+    Refuses a directory whose backbone, encoder, model/bank options or earlier tasks differ from ``slm``.
+    Holds the directory's lock while writing.
     """
-    from scalable_lm.config import SLMConfig
-
     directory = Path(directory)
+    with DirectoryLock(directory):
+        return _save(slm, directory, task_info)
+
+
+def _save(slm, directory: Path, task_info: dict[str, dict] | None) -> list[str]:
     identity = _identity(slm)
     if (directory / MANIFEST).exists():
         manifest = read_manifest(directory)
         check_identity(manifest, identity, directory)
-        if SLMConfig.from_dict(manifest["config"]).to_dict() != slm.config.to_dict():  # options added later default
-            raise ModelDirError(f"{directory} was created with a different configuration")
+        if _fixed(manifest["config"]) != _fixed(slm.config.to_dict()):
+            raise ModelDirError(f"{directory} was created with different model or bank options")
         known = [t["name"] for t in manifest["tasks"]]
         if slm.task_names[: len(known)] != known:
             raise ModelDirError(f"{directory} holds tasks {known}; the model in memory has {slm.task_names}")
     else:
-        if directory.exists() and any(directory.iterdir()):
-            raise ModelDirError(f"{directory} exists, is not empty and is not a model directory")
+        check_new_directory(directory)
         manifest = {"format": FORMAT, "kind": kind_of(slm), "config": slm.config.to_dict(), "tasks": [], **identity}
+    for name in slm.task_names[len(manifest["tasks"]):]:
+        check_task_name(name)
     written = []
+    used = {t["file"] for t in manifest["tasks"]}
     for t in range(len(manifest["tasks"]), len(slm.task_names)):
         name = slm.task_names[t]
-        rel = f"tasks/{t:03d}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}.safetensors"
-        meta = {"task": name, "label_names": json.dumps(slm.label_names[t])}
-        atomic_write(directory / rel, lambda tmp: save_file(task_tensors(slm, t), str(tmp), metadata=meta))
-        manifest["tasks"].append({**(task_info or {}).get(name, {}), "name": name, "file": rel,
-                                  "sha256": sha256(directory / rel), "label_names": slm.label_names[t],
-                                  "entries": slm.bank.entries_per_task})
+        learned = {"train": {"keys": slm.config.to_dict()["keys"], "train": slm.config.to_dict()["train"]},
+                   "seed": slm.config.train.seed + t}
+        entry = _write_task(directory, _free_file(used, len(manifest["tasks"]), name), name, slm.label_names[t],
+                            slm.task_state(t), slm.bank.entries_per_task, {**learned, **(task_info or {}).get(name, {})})
+        manifest["tasks"].append(entry)
+        used.add(entry["file"])
         written.append(name)
+    _write_manifest(directory, manifest, slm)
+    return written
+
+
+def _free_file(used: set[str], index: int, name: str) -> str:
+    """A task file name not used by the manifest (after a removal, an index can be taken by a later task)."""
+    rel = task_file(index, name)
+    while rel in used:
+        index += 1
+        rel = task_file(index, name)
+    return rel
+
+
+def _write_task(directory: Path, rel: str, name: str, label_names: list[str], state: dict[str, torch.Tensor],
+                entries: int, info: dict) -> dict:
+    """Write one task file (atomic) and return its manifest entry."""
+    meta = {"task": name, "label_names": json.dumps(label_names)}
+    state = {k: v.detach().contiguous() for k, v in state.items()}
+    atomic_write(directory / rel, lambda tmp: save_file(state, str(tmp), metadata=meta))
+    return {**info, "name": name, "file": rel, "sha256": sha256(directory / rel), "label_names": list(label_names),
+            "entries": entries}
+
+
+def _write_manifest(directory: Path, manifest: dict, slm=None) -> None:
     manifest["versions"] = _versions()
-    manifest["targets"] = list(slm.layers)
+    if slm is not None:
+        manifest["targets"] = list(slm.layers)
     text = json.dumps(manifest, indent=2)
     atomic_write(directory / MANIFEST, lambda tmp: tmp.write_text(text))
-    return written
 
 
 def kind_of(slm) -> str:
@@ -170,14 +360,7 @@ def load(directory: str | Path, backbone=None, encoder=None):
 
     directory = Path(directory)
     manifest = read_manifest(directory)
-    files = []
-    for entry in manifest["tasks"]:  # verify every file before building anything
-        path = directory / entry["file"]
-        if not path.is_file():
-            raise ModelDirError(f"task file missing: {path}")
-        if sha256(path) != entry["sha256"]:
-            raise ModelDirError(f"task file {path} is corrupted or was edited (checksum mismatch)")
-        files.append(path)
+    files = [_checked_file(directory, entry) for entry in manifest["tasks"]]  # verify all before building
     if manifest.get("kind", "classifier") == "generative":
         from scalable_lm.methods.generative import GenerativeSLM
 
@@ -187,35 +370,26 @@ def load(directory: str | Path, backbone=None, encoder=None):
     check_identity(manifest, _identity(slm), directory)
     for entry, path in zip(manifest["tasks"], files):
         try:
-            tensors = load_file(str(path))
-        except (SafetensorError, OSError) as err:
-            raise ModelDirError(f"cannot read task file {path}: {err}") from err
-        _restore_task(slm, entry, tensors, path)
+            slm.add_task_state(entry["name"], entry["label_names"], _read_tensors(path))
+        except TaskStateError as err:
+            raise ModelDirError(f"task file {path} does not match this model: {err}") from err
     return slm
 
 
-def _restore_task(slm, entry: dict, tensors: dict[str, torch.Tensor], path: Path) -> None:
-    t = len(slm.task_names)
-    slm._add_task(entry["name"], entry["label_names"], torch.Generator().manual_seed(0))
-    slm.bank.set_statistics(t, tuple(tensors.get(name, torch.zeros(())) for name in STATS))
-    d = slm.bank.dim
-    novelty_ok = all(n in tensors and tuple(tensors[n].shape) == shape for n, shape in zip(NOVELTY, [(d,), (2,)]))
-    slm.bank.set_novelty(t, tuple(tensors[n] for n in NOVELTY) if novelty_ok else None)
-    names = list(task_tensors(slm, t))  # in the order of slm._task_params(t), statistics last
-    expected = set(names) - set(NOVELTY)
-    stats_ok = all(n in tensors and tuple(tensors[n].shape) == shape for n, shape in zip(STATS, [(d,), (d, d), ()]))
-    partial_novelty = any(n in tensors for n in NOVELTY) and not novelty_ok
-    if expected != set(tensors) - set(NOVELTY) or not stats_ok or partial_novelty:
-        slm._drop_last_task()
-        raise ModelDirError(f"task file {path} does not match this model's layers (tensor names differ)")
-    with torch.no_grad():
-        for name, target in zip([n for n in names if n not in STATS + NOVELTY], slm._task_params(t)):
-            if tensors[name].shape != target.shape:
-                slm._drop_last_task()
-                raise ModelDirError(f"task file {path}: {name} has shape {tuple(tensors[name].shape)}, "
-                                    f"expected {tuple(target.shape)}")
-            target.copy_(tensors[name])
-            target.requires_grad_(False)
+def _checked_file(directory: Path, entry: dict) -> Path:
+    path = safe_task_path(directory, entry["file"])
+    if not path.is_file():
+        raise ModelDirError(f"task file missing: {path}")
+    if sha256(path) != entry["sha256"]:
+        raise ModelDirError(f"task file {path} is corrupted or was edited (checksum mismatch)")
+    return path
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise ModelDirError(f"cannot read task file {path}: {err}") from err
 
 
 def read_task(directory: str | Path, name: str, tensors: list[str] | None = None) -> dict[str, torch.Tensor]:
@@ -227,18 +401,122 @@ def read_task(directory: str | Path, name: str, tensors: list[str] | None = None
     from safetensors import safe_open
 
     directory = Path(directory)
-    manifest = read_manifest(directory)
-    entry = next((t for t in manifest["tasks"] if t["name"] == name), None)
-    if entry is None:
-        raise ModelDirError(f"{directory} has no task '{name}'; tasks: {[t['name'] for t in manifest['tasks']]}")
-    path = directory / entry["file"]
-    if not path.is_file():
-        raise ModelDirError(f"task file missing: {path}")
-    if sha256(path) != entry["sha256"]:
-        raise ModelDirError(f"task file {path} is corrupted or was edited (checksum mismatch)")
+    path = _checked_file(directory, task_entry(read_manifest(directory), name, directory))
     with safe_open(str(path), framework="pt") as f:
         names = list(f.keys()) if tensors is None else tensors
         missing = [n for n in names if n not in f.keys()]
         if missing:
             raise ModelDirError(f"task file {path} has no tensors {missing}")
         return {n: f.get_tensor(n) for n in names}
+
+
+def task_entry(manifest: dict, name: str, directory: Path) -> dict:
+    entry = next((t for t in manifest["tasks"] if t["name"] == name), None)
+    if entry is None:
+        raise ModelDirError(f"{directory} has no task '{name}'; tasks: {[t['name'] for t in manifest['tasks']]}")
+    return entry
+
+
+# ---- removing, merging and adding tasks by file --------------------------------------------------------
+def remove(directory: str | Path, name: str, force: bool = False, wait: float = 0.0) -> dict:
+    """Forget task ``name``: a new manifest without it replaces the old one (atomic), then its file is deleted.
+
+    With the Gaussian router (default) each task's state depends on that task alone and the router's
+    shared covariance is recomputed from the remaining tasks' statistics at load, so the directory then
+    predicts exactly as one that never learned ``name`` (given the same seeds for the tasks it keeps).
+    With DTKR, a task learned after ``name`` was trained routing over ``name``'s entries too; removing
+    ``name`` is then not exact and is refused unless ``force`` (it is exact for the last task).
+    Returns ``{"removed", "file", "exact"}``.
+    """
+    directory = Path(directory)
+    with DirectoryLock(directory, wait, command=f"slm remove --task {name}"):
+        manifest = read_manifest(directory)
+        entry = task_entry(manifest, name, directory)
+        later = manifest["tasks"][manifest["tasks"].index(entry) + 1:]
+        exact = _fixed(manifest["config"])["bank"]["router"] == "gaussian" or not later
+        if not exact and not force:
+            raise ModelDirError(
+                f"{directory} uses the dtkr router: tasks learned after '{name}' ({', '.join(t['name'] for t in later)}) "
+                f"were trained routing over its entries too, so removing it cannot give the model that never "
+                "learned it; pass --force to remove it anyway")
+        manifest["tasks"].remove(entry)
+        _write_manifest(directory, manifest)
+        safe_task_path(directory, entry["file"]).unlink(missing_ok=True)
+        return {"removed": name, "file": entry["file"], "exact": exact}
+
+
+def merge(directories: list[str | Path], out: str | Path, rename: dict[str, str] | None = None,
+          wait: float = 0.0) -> list[str]:
+    """Write to ``out`` (new or empty) one directory holding the tasks of ``directories``, in that order.
+
+    The directories must share kind, backbone, encoder, model and bank options (key and train options
+    may differ: they are per task). A task name found again in a later directory is an error unless
+    ``rename`` maps it to a new name (``{"old": "new"}``, applied to the later copy). Task files are
+    copied tensor for tensor, each checksum verified first; the manifest is written last. Returns the
+    merged task names.
+    """
+    rename = dict(rename or {})
+    out = Path(out)
+    if len(directories) < 2:
+        raise ModelDirError("merge needs at least two model directories")
+    sources = [(Path(d), read_manifest(d)) for d in directories]
+    if any(Path(d).resolve() == out.resolve() for d, _ in sources):
+        raise ModelDirError(f"--out {out} is one of the directories being merged; write to a new directory")
+    first_dir, first = sources[0]
+    for d, m in sources[1:]:
+        for what, a, b in (("kind", first.get("kind", "classifier"), m.get("kind", "classifier")),
+                           ("backbone", first["backbone"]["fingerprint"], m["backbone"]["fingerprint"]),
+                           ("encoder", first["encoder"]["fingerprint"], m["encoder"]["fingerprint"])):
+            if a != b:
+                raise ModelDirError(f"cannot merge {first_dir} and {d}: different {what} ({a} vs {b})")
+        for section in FIXED_SECTIONS:
+            a, b = _fixed(first["config"])[section], _fixed(m["config"])[section]
+            if a != b:
+                diff = sorted(k for k in a if a[k] != b.get(k))
+                raise ModelDirError(f"cannot merge {first_dir} and {d}: different {section} options {diff}")
+    plan, names, used_renames = [], set(), set()
+    for d, m in sources:
+        for entry in m["tasks"]:
+            new = entry["name"]
+            if new in names:
+                if new not in rename or new in used_renames:
+                    raise ModelDirError(f"task '{new}' is in more than one directory ({d} again); "
+                                        f"rename the later copy with --rename {new}:NEW_NAME")
+                used_renames.add(new)
+                new = rename[new]
+                check_task_name(new)
+                if new in names:
+                    raise ModelDirError(f"--rename {entry['name']}:{new}: '{new}' is already a task")
+            names.add(new)
+            plan.append((d, entry, new))
+    unused = set(rename) - used_renames
+    if unused:
+        raise ModelDirError(f"--rename names tasks that are not duplicated: {sorted(unused)}")
+    created = not out.exists()
+    try:
+        return _merge_into(out, plan, first, wait)
+    except BaseException:
+        if created and out.is_dir() and not (out / MANIFEST).exists():  # nothing of a failed merge is left
+            import shutil
+
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _merge_into(out: Path, plan: list, first: dict, wait: float) -> list[str]:
+    with DirectoryLock(out, wait, command="slm merge"):
+        check_new_directory(out)
+        if (out / MANIFEST).exists():
+            raise ModelDirError(f"{out} is already a model directory; merge into a new directory")
+        files = [_checked_file(d, entry) for d, entry, _ in plan]  # verify every file before writing any
+        manifest = {k: v for k, v in first.items() if k not in ("tasks", "versions")}
+        manifest["tasks"] = []
+        for i, ((d, entry, new), path) in enumerate(zip(plan, files)):
+            info = {k: v for k, v in entry.items() if k not in ("name", "file", "sha256", "label_names", "entries")}
+            info["merged_from"] = str(d)
+            manifest["tasks"].append(_write_task(out, task_file(i, new), new, entry["label_names"],
+                                                 _read_tensors(path), entry["entries"], info))
+        _write_manifest(out, manifest)
+    return [t["name"] for t in manifest["tasks"]]
+
+

@@ -5,16 +5,15 @@ import torch
 
 from scalable_lm.data.tasks import DataError
 from scalable_lm.runner import evaluate, run_stream
-from scalable_lm.store import task_tensors
 
 
 def test_learning_a_task_leaves_earlier_tensors_bit_identical(make_slm, toy_stream):
     slm = make_slm()
     slm.learn(toy_stream[0], progress=False)
-    before = {k: v.clone() for k, v in task_tensors(slm, 0).items()}
+    before = {k: v.clone() for k, v in slm.task_state(0).items()}
     base = {k: v.clone() for k, v in slm.classifier.backbone.state_dict().items() if "lora_" not in k}
     slm.learn(toy_stream[1], progress=False)
-    after = task_tensors(slm, 0)
+    after = slm.task_state(0)
     assert before.keys() == after.keys()
     for name in before:
         assert torch.equal(before[name], after[name]), name
@@ -22,7 +21,7 @@ def test_learning_a_task_leaves_earlier_tensors_bit_identical(make_slm, toy_stre
         if name in base:
             assert torch.equal(base[name], value), name
     # the new task really trained: its values moved away from their zero init
-    assert any(t.abs().sum() > 0 for k, t in task_tensors(slm, 1).items() if k.endswith(".B"))
+    assert any(t.abs().sum() > 0 for k, t in slm.task_state(1).items() if k.endswith(".B"))
 
 
 def test_prediction_does_not_depend_on_the_batch(make_slm, toy_stream):
@@ -63,7 +62,7 @@ def test_duplicate_task_and_empty_inputs_refused(make_slm, toy_stream):
 def test_failed_learn_rolls_back(make_slm, toy_stream, monkeypatch):
     slm = make_slm()
     slm.learn(toy_stream[0], progress=False)
-    before = {k: v.clone() for k, v in task_tensors(slm, 0).items()}
+    before = {k: v.clone() for k, v in slm.task_state(0).items()}
 
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
@@ -73,7 +72,7 @@ def test_failed_learn_rolls_back(make_slm, toy_stream, monkeypatch):
         slm.learn(toy_stream[1], progress=False)
     assert slm.task_names == [toy_stream[0].name] and slm.bank.num_tasks == 1
     assert all(len(layer.lora_A) == 1 for layer in slm.layers.values()) and len(slm.classifier.heads) == 1
-    assert all(torch.equal(before[k], v) for k, v in task_tensors(slm, 0).items())
+    assert all(torch.equal(before[k], v) for k, v in slm.task_state(0).items())
 
 
 def test_task_id_mode_restricts_retrieval(make_slm, toy_stream):
@@ -112,7 +111,7 @@ def test_learning_is_reproducible(make_slm, toy_stream):
         slm = make_slm()
         torch.manual_seed(123 + len(tensors))  # the global RNG state (dropout) must not matter
         slm.learn(toy_stream[0], progress=False)
-        tensors.append(task_tensors(slm, 0))
+        tensors.append(slm.task_state(0))
     assert all(torch.equal(tensors[0][k], tensors[1][k]) for k in tensors[0])
 
 

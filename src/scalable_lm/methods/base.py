@@ -5,7 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import torch
+
 from scalable_lm.data.tasks import Task
+
+# Names of a task's tensors besides its parameters (``GrowsByTask.task_state``): the Gaussian router's
+# query statistics, and the base-model fallback's (``core.routers``); statistics, never trained.
+STATS = ("stats.mean", "stats.scatter", "stats.count")
+NOVELTY = ("novelty.centre", "novelty.spread")
 
 
 @dataclass
@@ -38,14 +45,130 @@ class ContinualMethod(Protocol):
     def predict(self, texts: list[str], batch_size: int = 32, progress: bool = False) -> list[Prediction]: ...
 
 
-class GrowsByTask:
-    """``learn`` shared by SLM's classifier and generative forms: checks, seeding, rollback.
+class TaskStateError(ValueError):
+    """Tensors given to ``add_task_state`` that do not fit this model; the message names the first misfit."""
 
-    The class provides ``task_names``, ``config.train`` (seed, val_fraction), ``_add_task(name,
-    label_names, generator)``, ``_learn_new(train_rows, val_rows, generator, progress)`` and
-    ``_drop_last_task()``. Each task gets its own seed (``train.seed`` + its index); the global RNG (head
-    init, dropout) is seeded for the task and restored after; a failed or interrupted task is removed.
+
+class GrowsByTask:
+    """What SLM's classifier and generative forms share: ``learn`` (checks, seeding, rollback) and the
+    public per-task interface that persistence, merging, import and removal go through.
+
+    The class provides ``task_names``, ``label_names``, ``bank``, ``config.train`` (seed, val_fraction),
+    ``_add_task(name, label_names, generator)``, ``_named_task_params(t)``, ``_learn_new(train_rows,
+    val_rows, generator, progress)`` and ``_drop_last_task()``. Each task gets its own seed (``train.seed``
+    + its index); the global RNG (head init, dropout) is seeded for the task and restored after; a failed
+    or interrupted task is removed.
+
+    Per task, the state is a flat ``{name: tensor}`` dict (``task_state``), the same names the model
+    directory's task files use:
+
+        keys                      [G, P, d/G]   the task's keys
+        values.<layer>.A / .B     [P, r, d_in] / [P, d_out, r]   its entries' factors at each wrapped layer
+        head.weight / head.bias   [C, H] / [C]  classifiers only
+        stats.mean/scatter/count  [d] / [d, d] / []   Gaussian-router statistics (float64)
+        novelty.centre/spread     [d] / [2]     base-model fallback statistics (float64; optional)
+
+    A task's state depends on nothing but the task (with the Gaussian router, each task trains only its
+    own entries), which is what makes ``remove_task`` and merging directories exact.
     """
+
+    def task_index(self, name: str) -> int:
+        if name not in self.task_names:
+            raise KeyError(f"unknown task '{name}'; learned tasks: {self.task_names}")
+        return self.task_names.index(name)
+
+    def route(self, queries: torch.Tensor, task: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-row ``(entries [B, K], weights [B, K])`` for ``queries [B, d]``: over the whole bank, or over
+        ``task``'s entries only (SLM-TI)."""
+        return self._route(queries, only=self.task_index(task) if task is not None else None)
+
+    def task_state(self, task: str | int) -> dict[str, torch.Tensor]:
+        """Every tensor of one task (by name or index), detached, under the names in the class docstring."""
+        t = self.task_index(task) if isinstance(task, str) else task
+        state = {name: p for name, p in self._named_task_params(t).items()}
+        state.update(zip(STATS, self.bank.stats[t]))
+        if t < len(self.bank.novelty):
+            state.update(zip(NOVELTY, self.bank.novelty[t]))
+        return {k: v.detach().contiguous() for k, v in state.items()}
+
+    def add_task_state(self, name: str, label_names: list[str] | None, state: dict[str, torch.Tensor]) -> None:
+        """Append a task from its ``task_state`` (frozen, as a learned task is).
+
+        Raises ``TaskStateError`` (and leaves the model as it was) when a tensor is missing, extra or of the
+        wrong shape; the novelty tensors may be absent (that task then never falls back to the base model).
+        """
+        if name in self.task_names:
+            raise TaskStateError(f"task '{name}' is already in the bank")
+        t = len(self.task_names)
+        d = self.bank.dim
+        with torch.random.fork_rng(devices=[]):  # a head's init draws from the global RNG; it is overwritten
+            self._add_task(name, list(label_names or []), torch.Generator().manual_seed(0))
+        try:
+            params = self._named_task_params(t)
+            given = set(state) - set(NOVELTY)
+            expected = set(params) | set(STATS)
+            if given != expected:
+                missing, extra = sorted(expected - given), sorted(given - expected)
+                raise TaskStateError(f"tensor names differ from this model's: missing {missing}, unexpected {extra}")
+            shapes = {**{n: tuple(p.shape) for n, p in params.items()},
+                      **dict(zip(STATS, [(d,), (d, d), ()])), **dict(zip(NOVELTY, [(d,), (2,)]))}
+            for n, tensor in state.items():
+                if tuple(tensor.shape) != shapes[n]:
+                    raise TaskStateError(f"{n} has shape {tuple(tensor.shape)}, expected {shapes[n]}")
+            novelty = [n for n in NOVELTY if n in state]
+            if novelty and len(novelty) != len(NOVELTY):
+                raise TaskStateError(f"novelty statistics incomplete: only {novelty}")
+            with torch.no_grad():
+                for n, p in params.items():
+                    p.copy_(state[n])
+                    p.requires_grad_(False)
+            self.bank.set_statistics(t, tuple(state[n] for n in STATS))
+            self.bank.set_novelty(t, tuple(state[n] for n in NOVELTY) if novelty else None)
+        except BaseException:
+            self._drop_last_task()
+            raise
+
+    def import_task(self, name: str, label_names: list[str] | None, values: dict[str, torch.Tensor],
+                    inputs: list[str], progress: bool = False) -> dict:
+        """Add a task whose values (and head) were made elsewhere, e.g. a LoRA adapter trained with PEFT.
+
+        ``values`` holds the task's parameters except its keys (``values.<layer>.A/B``, and ``head.*`` for
+        classifiers). The keys and router statistics come from ``inputs``, example inputs of the task, by
+        the preparation stage of ``learn`` (seeded the same way); nothing in ``values`` is trained.
+        Returns ``{"task", "inputs", "key_loss"}``.
+        """
+        from scalable_lm import training
+        from scalable_lm.core import retrieval, routers
+        from scalable_lm.data.tasks import DataError
+
+        if not inputs:
+            raise DataError(f"task '{name}': no example inputs to build its keys and router statistics from")
+        generator = torch.Generator().manual_seed(self.config.train.seed + len(self.task_names))
+        queries = self.encoder.encode(list(inputs), progress=progress)
+        bank = self.bank
+        keys = torch.nn.Parameter(retrieval.init_keys(bank.groups, bank.entries_per_task, bank.dim // bank.groups,
+                                                      generator))
+        key_loss = training.train_keys(keys, queries, self.config.keys, generator)
+        state = {"keys": keys.detach(), **values}
+        state.update(zip(STATS, routers.task_statistics(queries)))
+        state.update(zip(NOVELTY, routers.novelty_statistics(queries)))
+        self.add_task_state(name, label_names, state)
+        return {"task": name, "inputs": len(inputs), "key_loss": key_loss[-1] if key_loss else None}
+
+    def remove_task(self, name: str) -> None:
+        """Forget one task: its keys, values, head and statistics leave the model.
+
+        The tasks after it are re-added from their states, so the model equals one that learned the same
+        tasks without it (exactly so with the Gaussian router; with DTKR, later tasks were trained beside
+        this task's entries, see ``store.remove``).
+        """
+        t = self.task_index(name)
+        later = [(self.task_names[i], self.label_names[i], {k: v.clone() for k, v in self.task_state(i).items()})
+                 for i in range(t + 1, len(self.task_names))]
+        while len(self.task_names) > t:
+            self._drop_last_task()
+        for args in later:
+            self.add_task_state(*args)
 
     def learn(self, task, progress: bool = True) -> dict:
         """Learn one new task; returns the report of ``_learn_new``."""

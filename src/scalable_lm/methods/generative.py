@@ -114,6 +114,13 @@ class GenerativeSLM(GrowsByTask):
         """Every tensor owned by task ``t`` (keys, then values in every layer)."""
         return [self.bank.keys[t], *self._values(t)]
 
+    def _named_task_params(self, t: int) -> dict[str, nn.Parameter]:
+        """Task ``t``'s parameters under their state names (``GrowsByTask``): keys, then values."""
+        params = {"keys": self.bank.keys[t]}
+        for name, layer in self.layers.items():
+            params[f"values.{name}.A"], params[f"values.{name}.B"] = layer.lora_A[t], layer.lora_B[t]
+        return params
+
     def _drop_last_task(self) -> None:
         keep = len(self.task_names) - 1
         self.bank.truncate(keep)
@@ -183,11 +190,7 @@ class GenerativeSLM(GrowsByTask):
         for i, prompt in enumerate(prompts):
             if not isinstance(prompt, str) or not prompt.strip():
                 raise DataError(f"input {i}: empty prompt")
-        only = None
-        if task is not None:
-            if task not in self.task_names:
-                raise KeyError(f"unknown task '{task}'; learned tasks: {self.task_names}")
-            only = self.task_names.index(task)
+        only = self.task_index(task) if task is not None else None
         self.lm.eval()
         owner = self.bank.entry_task()
         per_task = self.bank.entries_per_task

@@ -80,11 +80,6 @@ class SLM(GrowsByTask):
         self.task_names.pop()
         self.label_names.pop()
 
-    def task_index(self, name: str) -> int:
-        if name not in self.task_names:
-            raise KeyError(f"unknown task '{name}'; learned tasks: {self.task_names}")
-        return self.task_names.index(name)
-
     # ---- learn ----------------------------------------------------------------------------------
     def _learn_new(self, train_rows, val_rows, generator, progress) -> dict:
         t = len(self.task_names) - 1
@@ -104,10 +99,16 @@ class SLM(GrowsByTask):
 
     def _task_params(self, t: int) -> list[nn.Parameter]:
         """Every tensor owned by task ``t`` (keys, values in every layer, head)."""
-        params = [self.bank.keys[t]]
-        for layer in self.layers.values():
-            params += [layer.lora_A[t], layer.lora_B[t]]
-        return params + list(self.classifier.heads[t].parameters())
+        return list(self._named_task_params(t).values())
+
+    def _named_task_params(self, t: int) -> dict[str, nn.Parameter]:
+        """Task ``t``'s parameters under their state names (``GrowsByTask``): keys, values, head."""
+        params = {"keys": self.bank.keys[t]}
+        for name, layer in self.layers.items():
+            params[f"values.{name}.A"], params[f"values.{name}.B"] = layer.lora_A[t], layer.lora_B[t]
+        head = self.classifier.heads[t]
+        params["head.weight"], params["head.bias"] = head.weight, head.bias
+        return params
 
     def _fine_tune(self, t, train_rows, val_rows, queries, generator, progress) -> dict:
         cfg = self.config.train

@@ -1,0 +1,220 @@
+"""PEFT adapters in and out: an imported LoRA answers as PeftModel does; an exported task loads with PEFT
+and equals SLM at the weights it was frozen at; every refusal names its reason and changes nothing."""
+
+import copy
+import json
+
+import pytest
+import torch
+
+from scalable_lm import sharing, store
+from scalable_lm.adapters.causal import CausalLM
+from scalable_lm.adapters.inject import routed
+from scalable_lm.encoder import QueryEncoder, mean_pool
+from scalable_lm.methods.generative import GenerativeSLM
+from scalable_lm.sharing import AdapterError
+from tests.conftest import tiny_bert, tiny_query_model
+from tests.methods.test_generative import instruction_task, lm_tokenizer, make_generative, tiny_llama  # noqa: F401
+from tests.test_store import _snapshot
+
+peft = pytest.importorskip("peft")
+
+
+def _generative_loader(tok):
+    def load(directory):
+        encoder = QueryEncoder(tiny_query_model(), tok, name="tiny-encoder", max_length=24)
+        return store.load(directory, backbone=(tiny_llama(), tok), encoder=encoder)
+    return load
+
+
+def _peft_lora(tok, task, r=2, alpha=4.0, targets=("o_proj",), steps=25, **extra):
+    """A LoRA trained with PEFT alone on ``task`` (no code of ours in the training loop's model)."""
+    model = peft.get_peft_model(tiny_llama(), peft.LoraConfig(r=r, lora_alpha=alpha, target_modules=list(targets),
+                                                              lora_dropout=0.0, **extra))
+    lm = CausalLM(model, tok, max_length=32)  # (the wrapper freezes the model: unfreeze the LoRA factors)
+    params = [p.requires_grad_(True) for n, p in model.named_parameters() if "lora_" in n]
+    opt = torch.optim.AdamW(params, lr=2e-2)
+    torch.manual_seed(0)
+    for step in range(steps):
+        batch = lm.training_batch([p for p, _ in task.train[:16]], [a for _, a in task.train[:16]])
+        loss = lm.loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def _logits(model, tok, prompts):
+    batch = tok(prompts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+
+@pytest.fixture(scope="module")
+def two_task_dir(lm_tokenizer, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("gen") / "m"
+    slm = make_generative(lm_tokenizer)
+    slm.config.train.epochs = 4
+    for task in (instruction_task("fruit", "sweet"), instruction_task("vehicle", "fast", seed=1)):
+        slm.learn(task, progress=False)
+    store.save(slm, directory)
+    return directory
+
+
+def test_imported_peft_lora_answers_exactly_as_peft_model(lm_tokenizer, two_task_dir, tmp_path):
+    import shutil
+
+    directory = tmp_path / "m"
+    shutil.copytree(two_task_dir, directory)
+    weather = instruction_task("weather", "cold", seed=2)
+    peft_model = _peft_lora(lm_tokenizer, weather)
+    peft_model.save_pretrained(str(tmp_path / "adapter"))
+    load = _generative_loader(lm_tokenizer)
+    fruit_prompts = [p for p, _ in instruction_task("fruit", "sweet").test]
+    before = [p.label for p in load(directory).predict(fruit_prompts)]
+
+    report = sharing.import_adapter(directory, "weather", tmp_path / "adapter", [p for p, _ in weather.train],
+                                    loader=load)
+    assert report["rank"] == 2 and len(report["modules"]) == 2
+    slm = load(directory)
+    assert slm.task_names == ["fruit", "vehicle", "weather"]
+    prompts = [p for p, _ in weather.test]
+    preds = slm.predict(prompts)  # no task named
+    assert [p.task for p in preds] == ["weather"] * len(prompts)
+    reference = CausalLM(peft_model, lm_tokenizer, max_length=32).generate(prompts, slm.max_new_tokens)
+    assert [p.label for p in preds] == [text for text, _ in reference]
+    # the logits, to float rounding: every mixture of the task's entries is the adapter itself
+    entries, weights = slm.route(slm.encoder.encode(prompts))
+    with routed(slm.layers, entries, weights):
+        ours = _logits(slm.lm.model, lm_tokenizer, prompts)
+    assert torch.allclose(ours, _logits(peft_model, lm_tokenizer, prompts), atol=1e-5)
+    assert [p.label for p in slm.predict(fruit_prompts)] == before  # the other tasks answer as before
+    entry = store.read_manifest(directory)["tasks"][2]
+    assert entry["imported_from"] == str(tmp_path / "adapter") and entry["adapter_rank"] == 2
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda tok: peft.get_peft_model(tiny_llama(), peft.IA3Config(target_modules=["o_proj"], feedforward_modules=[])),
+     "is a IA3 adapter; only LoRA"),
+    (lambda tok: peft.get_peft_model(tiny_llama(), peft.LoraConfig(r=2, target_modules=["q_proj"])),
+     "targets modules the bank cannot hold"),
+    (lambda tok: peft.get_peft_model(tiny_llama(), peft.LoraConfig(r=8, target_modules=["o_proj"])),
+     "rank 8, more than the bank's rank 4"),
+    (lambda tok: peft.get_peft_model(tiny_llama(), peft.LoraConfig(r=2, target_modules=["o_proj"], use_dora=True)),
+     "LoRA options the bank cannot hold: use_dora=True"),
+    (lambda tok: peft.get_peft_model(_wider_llama(), peft.LoraConfig(r=2, target_modules=["o_proj"])),
+     "the adapter is for another base model"),
+    (lambda tok: peft.get_peft_model(tiny_llama(), peft.LoraConfig(r=2, target_modules=["o_proj"],
+                                                                   base_model_name_or_path="org/another-model")),
+     "trained on base model 'org/another-model'.*--trust-base"),
+])
+def test_import_refusals_leave_the_directory_as_it_was(lm_tokenizer, two_task_dir, tmp_path, make, message):
+    adapter = make(lm_tokenizer)
+    adapter.save_pretrained(str(tmp_path / "adapter"))
+    if "org/another-model" in message:  # PEFT writes the base model's own name; set the one we test
+        cfg = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+        cfg["base_model_name_or_path"] = "org/another-model"
+        (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps(cfg))
+    before = _snapshot(two_task_dir)
+    with pytest.raises(AdapterError, match=message):
+        sharing.import_adapter(two_task_dir, "new", tmp_path / "adapter", ["describe it\n\nrain snow"],
+                               loader=_generative_loader(lm_tokenizer))
+    assert _snapshot(two_task_dir) == before
+
+
+def test_pickled_adapter_never_loaded(two_task_dir, tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2}))
+    (tmp_path / "a" / "adapter_model.bin").write_bytes(b"\x80\x04pickle")
+    with pytest.raises(AdapterError, match="pickle.*never loaded"):
+        sharing.import_adapter(two_task_dir, "new", tmp_path / "a", ["x"])
+    with pytest.raises(AdapterError, match="not a PEFT adapter directory"):
+        sharing.import_adapter(two_task_dir, "new", tmp_path, ["x"])
+
+
+def _wider_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=30522, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128))
+
+
+def test_exported_task_loads_with_peft_and_equals_slm_at_its_weights(lm_tokenizer, two_task_dir, tmp_path):
+    load = _generative_loader(lm_tokenizer)
+    slm = load(two_task_dir)
+    out = sharing.export_task(two_task_dir, "fruit", tmp_path / "fruit", slm=slm)
+    assert out["rank"] == 4 * 4 and sorted((tmp_path / "fruit").iterdir()) == sorted(
+        tmp_path / "fruit" / n for n in ("adapter_config.json", "adapter_model.safetensors", "slm_task.json"))
+    assert abs(sum(out["weights"]) - 1) < 1e-5
+    model = peft.PeftModel.from_pretrained(tiny_llama(), str(tmp_path / "fruit")).eval()  # PEFT alone
+    prompts = [p for p, _ in instruction_task("fruit", "sweet").test]
+    # SLM with the task's entries at the exported weights = the exported adapter
+    t, p = slm.task_index("fruit"), slm.bank.entries_per_task
+    entries = torch.arange(t * p, t * p + p)[None].expand(len(prompts), -1)
+    weights = torch.tensor(out["weights"])[None].expand(len(prompts), -1)
+    with routed(slm.layers, entries, weights):
+        ours = _logits(slm.lm.model, lm_tokenizer, prompts)
+    assert torch.allclose(ours, _logits(model, lm_tokenizer, prompts), atol=1e-5)
+    exported = [a for a, _ in CausalLM(model, lm_tokenizer, max_length=32).generate(prompts, slm.max_new_tokens)]
+    with routed(slm.layers, entries, weights):
+        assert exported == [a for a, _ in slm.lm.generate(prompts, slm.max_new_tokens)]
+    # SLM-TI weights each prompt by its own query, so its answers may differ: benchmarks/share measures how often
+    with pytest.raises(AdapterError, match="exists and is not an empty directory"):
+        sharing.export_task(two_task_dir, "fruit", tmp_path / "fruit", slm=slm)
+
+
+def _classifier_loader(tokenizer):
+    def load(directory):
+        encoder = QueryEncoder(tiny_query_model(), tokenizer, name="tiny-encoder", max_length=24)
+        return store.load(directory, backbone=(tiny_bert(0), tokenizer), encoder=encoder)
+    return load
+
+
+def test_classifier_task_round_trips_through_peft(make_slm, toy_stream, tokenizer, tmp_path):
+    from safetensors.torch import load_file
+
+    slm = make_slm()
+    for task in toy_stream:
+        slm.learn(task, progress=False)
+    store.save(slm, tmp_path / "m")
+    out = sharing.export_task(tmp_path / "m", "vehicle", tmp_path / "vehicle", slm=slm)
+    # what a user writes (README "Sharing skills"): PEFT + mean pooling + the head
+    model = peft.PeftModel.from_pretrained(tiny_bert(0), str(tmp_path / "vehicle")).eval()
+    head = load_file(str(tmp_path / "vehicle" / "head.safetensors"))
+    meta = json.loads((tmp_path / "vehicle" / "slm_task.json").read_text())
+    texts = [x for x, _ in toy_stream[1].test]
+    batch = tokenizer(texts, padding=True, truncation=True, max_length=meta["max_length"], return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        logits = mean_pool(hidden, batch["attention_mask"]) @ head["weight"].T + head["bias"]
+    peft_labels = [meta["label_names"][i] for i in logits.argmax(-1).tolist()]
+    t, p = 1, slm.bank.entries_per_task
+    entries = torch.arange(t * p, t * p + p)[None].expand(len(texts), -1)
+    with torch.no_grad(), routed(slm.layers, entries, torch.tensor(out["weights"])[None].expand(len(texts), -1)):
+        ours = slm.classifier.head_logits(slm.classifier.features(slm.classifier.tokenize(texts, 24)), t)
+    assert torch.allclose(ours, logits, atol=1e-5)
+    agree = sum(a == b.label for a, b in zip(peft_labels, slm.predict(texts, task="vehicle"))) / len(texts)
+    assert agree >= 0.9
+
+    # and back in: a directory that never learned 'vehicle' imports the export and gets the task back as SLM
+    # had it (the entries split out again, mixed per input), its keys rebuilt from example inputs
+    other = make_slm()
+    other.learn(toy_stream[0], progress=False)
+    store.save(other, tmp_path / "n")
+    sharing.import_adapter(tmp_path / "n", "vehicle", tmp_path / "vehicle", [x for x, _ in toy_stream[1].train],
+                           loader=_classifier_loader(tokenizer))
+    back = _classifier_loader(tokenizer)(tmp_path / "n")
+    original, restored = slm.task_state("vehicle"), back.task_state("vehicle")
+    for name in original:
+        if name.startswith(("values.", "head.")):
+            assert torch.allclose(original[name], restored[name], atol=1e-6), name
+    assert [q.label for q in back.predict(texts, task="vehicle")] == [q.label for q in slm.predict(texts, task="vehicle")]
+    routed_right = [q for q in back.predict(texts) if q.task == "vehicle"]
+    assert len(routed_right) >= 0.9 * len(texts)
+
+    # a classifier adapter without a head is refused
+    (tmp_path / "vehicle" / "head.safetensors").unlink()
+    with pytest.raises(AdapterError, match="no classifier head"):
+        sharing.import_adapter(tmp_path / "n", "vehicle2", tmp_path / "vehicle", ["car fast"],
+                               loader=_classifier_loader(tokenizer))
