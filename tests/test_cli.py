@@ -396,3 +396,91 @@ def test_eval_scores_a_generative_model(tmp_path, gen_models, capsys):
     assert code == cli.EXIT_ERROR and "unknown metric 'bleu'" in err
     code, _, err = run(capsys, "eval", "--model", m, "--data", f"weather={gen_models / 'fruit-test.jsonl'}")
     assert code == cli.EXIT_ERROR and "unknown task 'weather'" in err
+
+
+# ---- the bad-input list (issue 15): exit 2, one line naming the problem, the directory byte-identical ----
+_BAD_DATA = {
+    "empty.jsonl": (b"", "no rows"),
+    "blank.jsonl": (b"\n   \n\n", "no rows"),
+    "no-text.jsonl": (b'{"text": "b", "label": "b"}\n{"label": "a"}\n', "row 2: empty or missing text"),
+    "no-text-column.jsonl": (b'{"label": "a"}\n{"text": "b", "label": "b"}\n', "column 'text' missing"),
+    "blank-text.jsonl": (b'{"text": "   ", "label": "a"}\n{"text": "b", "label": "b"}\n', "row 1: empty or missing text"),
+    "latin1.jsonl": ('{"text": "caf\u00e9", "label": "a"}\n'.encode("latin-1"), "latin1.jsonl:1: not UTF-8 text"),
+    "garbage.jsonl": (bytes(range(256)) * 4, "not UTF-8 text"),
+    "nul.csv": (b"text,label\nab\x00c,x\n", "contains NUL bytes"),
+    "broken.jsonl": (b'{"text": "a", "label": "x"}\n{"text": "b", "label": \n{"text": "c", "label": "y"}\n',
+                     "broken.jsonl:2: not valid JSON"),
+    "float.jsonl": (b'{"text": "a", "label": 0.5}\n{"text": "b", "label": 1}\n', "label must be a name or a whole number, got 0.5"),
+    "list.jsonl": (b'{"text": "a", "label": ["x"]}\n{"text": "b", "label": "y"}\n', "got [\"x\"] (list)"),
+    "object.jsonl": (b'{"text": "a", "label": {"k": 1}}\n{"text": "b", "label": "y"}\n', "(dict)"),
+    "null.jsonl": (b'{"text": "a", "label": null}\n{"text": "b", "label": "y"}\n', "row 1: empty or missing label"),
+    "bool.jsonl": (b'{"text": "a", "label": true}\n{"text": "b", "label": false}\n', "got true (bool)"),
+    "number-text.jsonl": (b'{"text": 5, "label": "a"}\n{"text": "b", "label": "y"}\n', "text must be a string"),
+    "one-class.jsonl": (b'{"text": "a", "label": "x"}\n{"text": "b", "label": "x"}\n', "needs at least 2 labels"),
+    "array.jsonl": (b'[1, 2]\n', "expected a JSON object per line"),
+    "extra-field.csv": (b"text,label\na,x,oops\nb,y\n", "row 1 has more fields than the header"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_BAD_DATA))
+def test_bad_data_files_refused(tmp_path, models, data, capsys, name):
+    m = tmp_path / "m"
+    assert learn(capsys, m, models, data, "fruit")[0] == 0
+    content, message = _BAD_DATA[name]
+    bad = tmp_path / name
+    bad.write_bytes(content)
+    before = snapshot(m)
+    code, _, err = run(capsys, "learn", "--model", m, "--task", "new", "--data", bad)
+    _refused(capsys, before, m, code, err, message)
+    assert code == cli.EXIT_ERROR
+
+
+def test_data_model_and_directory_refusals(tmp_path, models, data, capsys):
+    m = tmp_path / "m"
+    assert learn(capsys, m, models, data, "fruit")[0] == 0
+    before = snapshot(m)
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    cases = [
+        (["learn", "--model", tmp_path / "a-file", "--task", "t", "--data", data["fruit", "train"]], "is a file"),
+        (["learn", "--model", tmp_path / "other", "--task", "t", "--data", data["fruit", "train"]],
+         "is not empty and is not a model directory (holds notes.txt)"),
+        (["predict", "--model", tmp_path / "a-file", "x"], "is a file, not a model directory"),
+        (["learn", "--model", m, "--task", "t", "--data", tmp_path], "is a directory, not a data file"),
+        (["learn", "--model", m, "--task", "t", "--data", tmp_path / "missing.jsonl"], "data file not found"),
+        (["predict", "--model", m, "--file", tmp_path / "a-file-missing"], "data file not found"),
+    ]
+    for argv, message in cases:
+        code, _, err = run(capsys, *argv)
+        assert code == cli.EXIT_ERROR and message in err and err.count("\n") == 1, err
+    assert snapshot(m) == before and (tmp_path / "other" / "notes.txt").read_text() == "mine"
+    # a swapped task file (another valid file under the listed name) fails its checksum
+    files = sorted((m / "tasks").iterdir())
+    assert learn(capsys, tmp_path / "m2", models, data, "vehicle")[0] == 0
+    files[0].write_bytes(next((tmp_path / "m2" / "tasks").iterdir()).read_bytes())
+    code, _, err = run(capsys, "predict", "--model", m, "apple")
+    assert code == cli.EXIT_ERROR and "checksum mismatch" in err
+
+
+def test_legitimate_inputs_are_accepted(tmp_path, models, data, capsys):
+    """A BOM, CSV quoting, unicode and emoji labels, one row per class, 1,000 classes, a 5 MB line."""
+    cases = {
+        "bom.jsonl": "\ufeff" + '{"text": "apple sweet", "label": "a"}\n{"text": "car fast", "label": "b"}\n',
+        "quoted.csv": 'text,label\n"apple, sweet ""ripe""\nmango",sweet\n"car, fast",fast\n',
+        "emoji.jsonl": '{"text": "apple", "label": "\U0001F34E r\u00f6t"}\n{"text": "car", "label": "\U0001F697"}\n',
+        "one-per-class.jsonl": '{"text": "apple", "label": "x"}\n{"text": "car", "label": "y"}\n',
+        "many.jsonl": "".join(json.dumps({"text": f"item {i} apple", "label": f"c{i}"}) + "\n" for i in range(1000)),
+        "long.jsonl": json.dumps({"text": "apple " * 900_000, "label": "a"}) + "\n" + '{"text": "car", "label": "b"}\n',
+    }
+    for i, (name, content) in enumerate(cases.items()):
+        path = tmp_path / name
+        path.write_text(content, encoding="utf-8")
+        code, out, err = run(capsys, "learn", "--model", tmp_path / f"m{i}", "--task", name, "--data", path,
+                             "--backbone", models / "backbone", "--encoder", models / "encoder", *FAST, "--epochs", "1")
+        assert code == 0, (name, err)
+    labels = json.loads((tmp_path / "m2" / "manifest.json").read_text())["tasks"][0]["label_names"]
+    assert labels == ["\U0001F34E r\u00f6t", "\U0001F697"]
+    assert len(json.loads((tmp_path / "m4" / "manifest.json").read_text())["tasks"][0]["label_names"]) == 1000
+    code, out, _ = run(capsys, "predict", "--model", tmp_path / "m1", "--json", "mango, sweet")
+    assert code == 0 and json.loads(out)["label"] in ("sweet", "fast")

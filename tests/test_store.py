@@ -370,3 +370,125 @@ def test_wrong_shaped_manifest_refused_with_one_message(saved, edit, message):
     (directory / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelDirError, match=message):
         store.read_manifest(directory)
+
+
+# ---- property-based fuzzing of read_manifest and load ------------------------------------------------------
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from tests.data.test_tasks import FUZZ, JSON  # noqa: E402
+
+
+@FUZZ
+@given(data=st.binary(max_size=300))
+def test_fuzz_manifest_bytes_give_a_model_dir_error(tmp_path, data):
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        from pathlib import Path
+
+        (Path(d) / "manifest.json").write_bytes(data)
+        with pytest.raises(ModelDirError):
+            store.read_manifest(d)
+        assert [p.name for p in Path(d).iterdir()] == ["manifest.json"]
+
+
+@FUZZ
+@given(path=st.sampled_from(["format", "kind", "config", "config.bank", "config.bank.rank", "config.train",
+                             "config.model.encoder", "backbone", "backbone.fingerprint", "encoder", "tasks",
+                             "tasks.0", "tasks.0.name", "tasks.0.file", "tasks.0.sha256", "tasks.0.label_names",
+                             "tasks.0.entries", "targets", "versions"]), value=JSON)
+def test_fuzz_manifest_fields_load_or_give_a_model_dir_error(saved, tokenizer, path, value):
+    """Any JSON value in any field of a real manifest: ``load`` returns a model or raises ``ModelDirError``,
+    and never writes (the directory is byte-identical after)."""
+    _, directory = saved
+    original = (directory / "manifest.json").read_text()
+    manifest = json.loads(original)
+    *parents, last = path.split(".")
+    node = manifest
+    for key in parents:
+        node = node[int(key)] if isinstance(node, list) else node[key]
+    node[int(last) if isinstance(node, list) else last] = value
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    before = _snapshot(directory)
+    try:
+        _load(directory, tokenizer)
+    except ModelDirError:
+        pass
+    finally:
+        assert _snapshot(directory) == before
+        (directory / "manifest.json").write_text(original)
+
+
+# ---- a full disk: the write fails with one message and the directory stays as it was ----------------------
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MB tmpfs (root only; skipped where the machine does not allow mounting)."""
+    import os
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def _fill(disk):
+    """Fill the disk to the last byte; returns the ballast file (delete it to free the space)."""
+    import os
+
+    ballast = disk / "ballast"
+    fd = os.open(ballast, os.O_WRONLY | os.O_CREAT)
+    try:
+        for size in (1 << 16, 1 << 10, 1):  # big steps, then to the last byte
+            while True:
+                try:
+                    os.write(fd, b"\0" * size)
+                except OSError:
+                    break
+    finally:
+        os.close(fd)
+    return ballast
+
+
+def test_disk_full_leaves_the_directory_as_it_was(small_disk, make_slm, toy_stream, tokenizer):
+    directory = small_disk / "m"
+    slm = make_slm()
+    slm.learn(toy_stream[0], progress=False)
+    store.save(slm, directory)
+    slm.learn(toy_stream[1], progress=False)
+    before = _snapshot(directory)
+    ballast = _fill(small_disk)
+    with pytest.raises(ModelDirError, match="no space left on device; the directory was left as it was"):
+        store.save(slm, directory)
+    assert _snapshot(directory) == before  # no temp file, no orphan: the space is given back at once
+    ballast.unlink()
+    assert store.save(slm, directory) == ["vehicle"]  # the retry succeeds
+    assert _load(directory, tokenizer).task_names == ["fruit", "vehicle"]
+
+
+def test_failing_manifest_write_leaves_the_directory_as_it_was(saved, toy_stream, tokenizer, monkeypatch):
+    import errno
+
+    slm, directory = saved
+    slm.learn(toy_stream[1], progress=False)
+    before = _snapshot(directory)
+    real = store.atomic_write
+
+    def full_at_manifest(path, write):
+        if path.name == "manifest.json":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, write)
+
+    monkeypatch.setattr(store, "atomic_write", full_at_manifest)
+    with pytest.raises(ModelDirError, match="cannot write .*manifest.json: no space left on device"):
+        store.save(slm, directory)
+    monkeypatch.setattr(store, "atomic_write", real)
+    assert _load(directory, tokenizer).task_names == ["fruit"]  # still the old manifest
+    leftover = set(_snapshot(directory)) - set(before)
+    assert leftover == {__import__("pathlib").Path("tasks/001-vehicle.safetensors")}  # unlisted: the next writer removes it
+    assert store.save(slm, directory) == ["vehicle"]
+    assert _load(directory, tokenizer).task_names == ["fruit", "vehicle"]

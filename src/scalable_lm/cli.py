@@ -155,7 +155,7 @@ def _learn_locked(args, directory: Path, config: SLMConfig) -> None:
 def _example_inputs(path: str, text_column: str) -> list[str]:
     """Example inputs of a task from a file: instruction rows (their prompts), rows with a text column, or
     plain text, one input per line."""
-    from scalable_lm.data.tasks import DataError, read_rows
+    from scalable_lm.data.tasks import DataError, read_lines, read_rows
 
     p = Path(path)
     if p.suffix.lower() in (".jsonl", ".json", ".csv"):
@@ -169,12 +169,7 @@ def _example_inputs(path: str, text_column: str) -> list[str]:
         if bad is not None:
             raise DataError(f"{p}: row {bad + 1} has no text in column '{text_column}'")
         return texts
-    if not p.is_file():
-        raise DataError(f"{p}: no such file")
-    try:
-        return [line.rstrip("\n") for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except UnicodeDecodeError as err:
-        raise DataError(f"{p}: not UTF-8 text ({err.reason} at byte {err.start})") from err
+    return read_lines(p)
 
 
 def cmd_remove(args) -> None:
@@ -254,7 +249,7 @@ def _is_instruction_data(path: str) -> bool:
 
 def cmd_predict(args) -> None:
     from scalable_lm import store
-    from scalable_lm.data.tasks import DataError, read_rows
+    from scalable_lm.data.tasks import DataError, read_lines, read_rows
 
     texts = list(args.texts)
     if args.file:
@@ -262,7 +257,7 @@ def cmd_predict(args) -> None:
         if path.suffix.lower() in (".jsonl", ".json", ".csv"):
             texts += [str(r.get(args.text_column, "")) for r in read_rows(path)]
         else:
-            texts += [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            texts += read_lines(path)
     if not texts and not args.file and not sys.stdin.isatty():  # `echo "..." | slm predict --model m`
         texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not texts:

@@ -33,6 +33,12 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
 
 
+def max_positions(model: nn.Module) -> int:
+    """The most tokens ``model`` takes (its ``max_position_embeddings``; unbounded when it has none)."""
+    n = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    return int(n) if isinstance(n, int) and n > 0 else 1 << 30
+
+
 def text_key(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()
 
@@ -44,14 +50,14 @@ class QueryEncoder:
         model: a frozen HF encoder (``AutoModel``) returning ``last_hidden_state``.
         tokenizer: its tokenizer.
         name: identity recorded in model directories.
-        max_length: tokens per text.
+        max_length: tokens per text (at most the model's ``max_position_embeddings``: longer texts are cut).
         batch_size: texts per forward pass.
     """
 
     def __init__(self, model: nn.Module, tokenizer, name: str = "custom", max_length: int = 128, batch_size: int = 64):
         self.model = model.eval().requires_grad_(False)
         self.tokenizer, self.name = tokenizer, name
-        self.max_length, self.batch_size = max_length, batch_size
+        self.max_length, self.batch_size = min(max_length, max_positions(model)), batch_size
         self.dim = int(model.config.hidden_size)
         self._cache: dict[str, torch.Tensor] = {}
         self.cache_limit: int | None = None  # most cached queries (None: all; a server sets a bound)

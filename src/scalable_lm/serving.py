@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from scalable_lm import store
+from scalable_lm.encoder import max_positions
 
 log = logging.getLogger("scalable_lm.serve")
 
@@ -354,7 +355,8 @@ class Engine:
 
     def _classify(self, loaded: Loaded, batch: list[Job]) -> None:
         slm = loaded.slm
-        limit = slm.config.train.max_length  # as `slm predict` and `slm eval`: longer inputs are truncated
+        # as `slm predict` and `slm eval`: longer inputs are truncated (at the backbone's positions, if fewer)
+        limit = min(slm.config.train.max_length, max_positions(slm.classifier.backbone))
         tokenizer = slm.classifier.tokenizer
         truncated = {id(job): [len(ids) > limit for ids in tokenizer(job.texts)["input_ids"]] for job in batch}
         by_model: dict[str, list[tuple[Job, int]]] = {}

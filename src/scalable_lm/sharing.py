@@ -38,6 +38,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from scalable_lm import store
@@ -121,6 +122,8 @@ def export_task(directory: str | Path, task: str, out: str | Path, inputs: list[
         if out.exists():
             out.rmdir()
         tmp.rename(out)
+    except (OSError, SafetensorError) as err:
+        raise AdapterError(f"cannot write {out}: {getattr(err, 'strerror', None) or err}") from err
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {"task": task, "rank": rank, "lora_alpha": config.lora_alpha, "weights": info["weights"],

@@ -151,12 +151,14 @@ def DirectoryLock(directory: str | Path, wait: float = 0.0, command: str | None 
         return
     try:
         directory.mkdir(parents=True, exist_ok=True)
+        if not os.access(directory, os.W_OK):
+            raise ModelDirError(f"cannot write to {directory}: permission denied")
         lock = FileLock(str(directory / LOCK), timeout=wait)
         lock.acquire()
     except Timeout:
         raise ModelDirError(f"{directory} is being written by another process ({_lock_holder(directory)}); "
                             "try again when it ends, or pass --wait SECONDS") from None
-    except PermissionError as err:
+    except OSError as err:
         raise ModelDirError(f"cannot write to {directory}: {err.strerror}") from None
     _held[key] = 1
     try:
@@ -326,7 +328,7 @@ def _write_task(directory: Path, rel: str, name: str, label_names: list[str], st
     """Write one task file (atomic) and return its manifest entry."""
     meta = {"task": name, "label_names": json.dumps(label_names)}
     state = {k: v.detach().contiguous() for k, v in state.items()}
-    atomic_write(directory / rel, lambda tmp: save_file(state, str(tmp), metadata=meta))
+    _atomic(directory / rel, lambda tmp: save_file(state, str(tmp), metadata=meta))
     return {**info, "name": name, "file": rel, "sha256": sha256(directory / rel), "label_names": list(label_names),
             "entries": entries}
 
@@ -336,7 +338,18 @@ def _write_manifest(directory: Path, manifest: dict, slm=None) -> None:
     if slm is not None:
         manifest["targets"] = list(slm.layers)
     text = json.dumps(manifest, indent=2)
-    atomic_write(directory / MANIFEST, lambda tmp: tmp.write_text(text))
+    _atomic(directory / MANIFEST, lambda tmp: tmp.write_text(text))
+
+
+def _atomic(path: Path, write) -> None:
+    """``atomic_write``, with a failed write (a full disk, no permission) as one ``ModelDirError``."""
+    try:
+        atomic_write(path, write)
+    except (OSError, SafetensorError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        if "StorageFull" in reason or "No space" in reason:
+            reason = "no space left on device"
+        raise ModelDirError(f"cannot write {path}: {reason}; the directory was left as it was") from err
 
 
 def kind_of(slm) -> str:

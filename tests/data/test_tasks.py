@@ -63,3 +63,66 @@ def test_task_validation_and_split():
     assert len(val) == 5 and sorted(train + val) == sorted(rows)
     assert split_validation(rows, 0.1, seed=0) == (train, val)
     assert split_validation(rows[:5], 0.5, seed=0)[1] == []
+
+
+# ---- property-based fuzzing (hypothesis): any bytes, any JSON -> rows or one DataError, never a write ------
+import os  # noqa: E402
+import tempfile  # noqa: E402
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from scalable_lm.data.instructions import load_instruction_task  # noqa: E402
+from scalable_lm.data.tasks import read_lines, read_rows  # noqa: E402
+
+FUZZ = settings(max_examples=int(os.environ.get("SLM_FUZZ_EXAMPLES", "100")), deadline=5000, derandomize=True,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                    max_leaves=12)
+ROW = st.dictionaries(st.sampled_from(["text", "label", "label_name", "instruction", "input", "output", "x"]), JSON,
+                      max_size=5)
+
+
+def _in_fresh_dir(suffix: str, data: bytes, read):
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "f" + suffix)
+        with open(path, "wb") as f:
+            f.write(data)
+        try:
+            return read(path)
+        except DataError:
+            return None
+        finally:
+            assert os.listdir(d) == ["f" + suffix]  # nothing written beside it
+            with open(path, "rb") as f:
+                assert f.read() == data  # nor into it
+
+
+@FUZZ
+@given(data=st.binary(max_size=400), suffix=st.sampled_from([".jsonl", ".csv", ".json", ".txt"]))
+def test_fuzz_arbitrary_bytes_give_rows_or_a_data_error(data, suffix):
+    rows = _in_fresh_dir(suffix, data, read_rows)
+    assert rows is None or (rows and all(isinstance(r, dict) for r in rows))
+    lines = _in_fresh_dir(suffix, data, read_lines)
+    assert lines is None or all(isinstance(x, str) and x.strip() for x in lines)
+
+
+@FUZZ
+@given(rows=st.lists(ROW, max_size=6), suffix=st.sampled_from([".jsonl", ".csv"]))
+def test_fuzz_arbitrary_json_rows_give_a_task_or_a_data_error(rows, suffix):
+    if suffix == ".jsonl":
+        data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    else:
+        import csv
+        import io
+
+        out = io.StringIO()
+        writer = csv.writer(out)
+        for r in rows:
+            writer.writerow([json.dumps(v) if not isinstance(v, str) else v for v in r.values()])
+        data = out.getvalue().encode()
+    task = _in_fresh_dir(suffix, data, lambda p: load_task("t", p))
+    assert task is None or (len(task.label_names) >= 2 and task.train)
+    task = _in_fresh_dir(suffix, data, lambda p: load_instruction_task("t", p))
+    assert task is None or all(isinstance(a, str) and a for _, a in task.train)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from scalable_lm.encoder import mean_pool
+from scalable_lm.encoder import max_positions, mean_pool
 
 
 class EncoderClassifier(nn.Module):
@@ -32,6 +32,8 @@ class EncoderClassifier(nn.Module):
         return self.heads[-1]
 
     def tokenize(self, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
+        """Padded batch, each text cut at ``max_length`` tokens (or the backbone's positions, if fewer)."""
+        max_length = min(max_length, max_positions(self.backbone))
         return self.tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
 
     def pad(self, tokens: dict[str, list[list[int]]], rows: list[int]) -> dict[str, torch.Tensor]:

@@ -8,8 +8,10 @@ file and the row number, before anything is trained or written.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,27 +51,64 @@ class Task:
                     raise DataError(f"task '{self.name}' {split} row {i}: label {label} out of range")
 
 
-def read_rows(path: str | Path) -> list[dict]:
-    """Rows of a ``.jsonl``/``.json`` (one object per line) or ``.csv`` file."""
-    path = Path(path)
+def _decoded(path: Path) -> str:
+    """The UTF-8 text of a data file (byte-order mark skipped); a ``DataError`` names the file and line."""
+    if path.is_dir():
+        raise DataError(f"{path} is a directory, not a data file")
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise DataError(f"cannot read {path}: {err.strerror}") from err
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x}); save the file as UTF-8") from None
+    if "\x00" in text:
+        line = text.count("\n", 0, text.index("\x00")) + 1
+        raise DataError(f"{path}:{line}: contains NUL bytes (a binary file?)")
+    return text
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """The non-blank lines of a plain text file, one input per line (checked as ``read_rows`` checks)."""
+    lines = [line for line in _decoded(Path(path)).splitlines() if line.strip()]
+    if not lines:
+        raise DataError(f"{path}: no lines")
+    return lines
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    """Rows of a ``.jsonl``/``.json`` (one object per line) or ``.csv`` file (UTF-8; a byte-order mark is
+    skipped). Any problem is a ``DataError`` naming the file and the line."""
+    path = Path(path)
+    text = _decoded(path)
     rows: list[dict] = []
     if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
+        csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # a long text is legitimate; the tokenizer truncates it
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        try:
+            rows = list(reader)
+        except csv.Error as err:
+            raise DataError(f"{path}:{reader.line_num}: not valid CSV ({err})") from None
+        for n, row in enumerate(rows, 2):
+            if None in row:  # more fields than the header names
+                raise DataError(f"{path}: row {n - 1} has more fields than the header ({len(reader.fieldnames)})")
     else:
-        with path.open(encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise DataError(f"{path}:{n}: not valid JSON ({err.msg})") from err
-                if not isinstance(row, dict):
-                    raise DataError(f"{path}:{n}: expected a JSON object per line")
-                rows.append(row)
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}:{n}: not valid JSON ({err.msg})") from None
+            except RecursionError:
+                raise DataError(f"{path}:{n}: JSON nested too deeply") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{n}: expected a JSON object per line")
+            rows.append(row)
     if not rows:
         raise DataError(f"{path}: no rows")
     return rows
@@ -85,11 +124,18 @@ def parse_labelled(
     texts, labels = [], []
     for n, row in enumerate(rows, 1):
         text, label = row.get(text_column), row.get(label_column)
+        if text is not None and not isinstance(text, str):
+            raise DataError(f"{source} row {n}: text must be a string, got {type(text).__name__}")
         if not isinstance(text, str) or not text.strip():
             raise DataError(f"{source} row {n}: empty or missing text")
         if label is None or (isinstance(label, str) and not label.strip()):
             raise DataError(f"{source} row {n}: empty or missing label")
+        if isinstance(label, bool) or not isinstance(label, (str, int)):
+            raise DataError(f"{source} row {n}: label must be a name or a whole number, got {json.dumps(label)[:40]} "
+                            f"({type(label).__name__})")
         name = row.get("label_name")
+        if name not in (None, "") and not isinstance(name, str):
+            raise DataError(f"{source} row {n}: label_name must be text")
         texts.append(text)
         labels.append(str(name) if name not in (None, "") else str(label))
     return texts, labels

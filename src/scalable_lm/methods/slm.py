@@ -21,7 +21,7 @@ from scalable_lm.config import SLMConfig
 from scalable_lm.core.bank import KnowledgeBank
 from scalable_lm.core.routers import novelty_statistics, task_statistics
 from scalable_lm.data.tasks import DataError
-from scalable_lm.encoder import QueryEncoder
+from scalable_lm.encoder import QueryEncoder, max_positions
 from scalable_lm.methods.base import GrowsByTask, Prediction
 
 
@@ -114,7 +114,8 @@ class SLM(GrowsByTask):
         cfg = self.config.train
         trainable = self._task_params(t)[1:]  # keys are frozen after the preparation stage
         optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=0.0)
-        tokens = self.classifier.tokenizer([x for x, _ in train_rows], truncation=True, max_length=cfg.max_length)
+        limit = min(cfg.max_length, max_positions(self.classifier.backbone))
+        tokens = self.classifier.tokenizer([x for x, _ in train_rows], truncation=True, max_length=limit)
         labels = torch.tensor([y for _, y in train_rows])
         # dtkr: the generalised setting, all entries so far; gaussian: the task's own entries, as at inference
         route = {"only": t} if self.config.bank.router == "gaussian" else {"upto": t}
