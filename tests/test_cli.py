@@ -144,7 +144,7 @@ def test_interrupted_learn_leaves_directory_as_it_was(tmp_path, models, data, ca
 
 
 def test_help_on_every_command(capsys):
-    for command in ["learn", "predict", "eval", "info", "demo"]:
+    for command in ["learn", "predict", "eval", "info", "serve", "remove", "merge", "export", "import", "demo"]:
         with pytest.raises(SystemExit) as exit_info:
             cli.main([command, "--help"])
         assert exit_info.value.code == 0
@@ -422,10 +422,25 @@ _BAD_DATA = {
 }
 
 
+@pytest.fixture(scope="module")
+def one_task_dir(tmp_path_factory, models):
+    """A directory holding 'fruit', learned once for the module (tests copy it)."""
+    root = tmp_path_factory.mktemp("one")
+    task = toy_task("fruit")
+    train = root / "fruit.jsonl"
+    train.write_text("".join(json.dumps({"text": x, "label": task.label_names[y]}) + "\n" for x, y in task.train))
+    code = cli.main(["-q", "--no-cache", "learn", "--model", str(root / "m"), "--task", "fruit", "--data", str(train),
+                     "--backbone", str(models / "backbone"), "--encoder", str(models / "encoder"), *FAST])
+    assert code == 0
+    return root / "m"
+
+
 @pytest.mark.parametrize("name", sorted(_BAD_DATA))
-def test_bad_data_files_refused(tmp_path, models, data, capsys, name):
+def test_bad_data_files_refused(tmp_path, one_task_dir, capsys, name):
+    import shutil
+
     m = tmp_path / "m"
-    assert learn(capsys, m, models, data, "fruit")[0] == 0
+    shutil.copytree(one_task_dir, m)
     content, message = _BAD_DATA[name]
     bad = tmp_path / name
     bad.write_bytes(content)
@@ -484,3 +499,12 @@ def test_legitimate_inputs_are_accepted(tmp_path, models, data, capsys):
     assert len(json.loads((tmp_path / "m4" / "manifest.json").read_text())["tasks"][0]["label_names"]) == 1000
     code, out, _ = run(capsys, "predict", "--model", tmp_path / "m1", "--json", "mango, sweet")
     assert code == 0 and json.loads(out)["label"] in ("sweet", "fast")
+
+
+def test_info_checks_every_task_file(tmp_path, models, data, capsys):
+    m = tmp_path / "m"
+    assert learn(capsys, m, models, data, "fruit")[0] == 0
+    task_file = next((m / "tasks").iterdir())
+    task_file.write_bytes(task_file.read_bytes()[:-1] + b"\0")
+    code, out, err = run(capsys, "info", m)
+    assert code == cli.EXIT_ERROR and "FAILS ITS CHECKSUM" in out and "missing or corrupted: ['fruit']" in err

@@ -17,7 +17,7 @@ repeated):
   task's metric for both.
 - merge: CL-5 learned as two directories, (agnews, yelp, amazon) and (yahoo, dbpedia, with --seed 3 so each
   task has the seed it has as a later task in one stream), merged with `slm merge`, against one directory that
-  learned all five in sequence; for the gaussian router (default; predictions should be identical) and for
+  learned all five in sequence, all from the same 200 training rows per task; for the gaussian router (default; predictions should be identical) and for
   dtkr (the generalised setting: later tasks trained beside earlier tasks' entries, which the merged parts never
   saw). `slm eval` on 100 test rows per task, mixed, without task-ID.
 
@@ -153,9 +153,20 @@ def part_export_generative(args) -> dict:
 
 
 # ---- merge ----------------------------------------------------------------------------------------------
+def train_file(task: str) -> Path:
+    """The task's training rows for the merge part: a seeded sample of --merge-train rows, written once, so the
+    split directories (whose --seed differs) and the sequential one learn from the same rows (--max-train would
+    draw its sample with each directory's --seed)."""
+    path = RUNS / "train" / f"{task}.jsonl"
+    if not path.exists():
+        lines = (args_global.data_dir / task / "train.jsonl").read_text().splitlines()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(random.Random(0).sample(lines, args_global.merge_train)) + "\n")
+    return path
+
+
 def learn(model_dir: Path, task: str, *flags) -> None:
-    serve.learn(model_dir, task, args_global.data_dir / task / "train.jsonl", "--max-train", args_global.max_train,
-                *flags)
+    serve.learn(model_dir, task, train_file(task), *flags)
 
 
 def evaluate(model_dir: Path, rows_path: dict[str, Path]) -> dict:
@@ -181,10 +192,8 @@ def part_merge(args) -> dict:
     out = {"split": [CL5[:3], CL5[3:]], "test_rows_per_task": args.test_per_task}
     for router in ("gaussian", "dtkr"):
         seq, a, b, merged = (RUNS / f"{router}-{n}" for n in ("sequential", "a", "b", "merged"))
-        start = time.time()
         for task in CL5:
             learn(seq, task, "--router", router)
-        seq_s = time.time() - start
         for task in CL5[:3]:
             learn(a, task, "--router", router)
         for task in CL5[3:]:
@@ -195,13 +204,44 @@ def part_merge(args) -> dict:
         seq_pred, merged_pred = predictions(seq), predictions(merged)
         same = sum(p == q for p, q in zip(seq_pred, merged_pred)) / len(texts)
         same_label = sum((p["label"], p["task"]) == (q["label"], q["task"]) for p, q in zip(seq_pred, merged_pred)) / len(texts)
-        out[router] = {"sequential": {t: seq_eval["scores"][t] for t in CL5} | {"average": seq_eval["average_accuracy"]},
+        diffs = file_diffs(seq, merged)
+        out[router] = {"tensor_diffs": diffs,
+                       "sequential": {t: seq_eval["scores"][t] for t in CL5} | {"average": seq_eval["average_accuracy"]},
                        "merged": {t: merged_eval["scores"][t] for t in CL5} | {"average": merged_eval["average_accuracy"]},
                        "identical_predictions": same, "same_label_and_task": same_label,
-                       "sequential_learn_s_this_run": round(seq_s, 1)}
+                       "train_rows_per_task": args.merge_train}
         print(router, json.dumps({k: out[router][k] for k in ("identical_predictions", "same_label_and_task")}),
               "sequential", seq_eval["average_accuracy"], "merged", merged_eval["average_accuracy"], flush=True)
     return out
+
+
+def file_diffs(seq: Path, merged: Path) -> dict:
+    """Per task, the largest absolute difference between the merged directory's tensors and the sequential
+    one's (0 = bit-identical). The first task of both halves was learned under identical conditions
+    (position, seed, rows) in both layouts, so its difference is what training twice costs on this machine."""
+    import torch
+    from safetensors.torch import load_file
+
+    from scalable_lm import store
+
+    ms, mm = store.read_manifest(seq), store.read_manifest(merged)
+    out = {}
+    for a, b in zip(ms["tasks"], mm["tasks"]):
+        ta, tb = load_file(str(seq / a["file"])), load_file(str(merged / b["file"]))
+        out[a["name"]] = {"max_abs_diff": max(float((ta[k].double() - tb[k].double()).abs().max()) for k in ta),
+                          "keys_equal": torch.equal(ta["keys"], tb["keys"])}
+    return out
+
+
+def part_merge_diffs(args) -> dict:
+    """Add ``file_diffs`` to the merge part's record (reads the directories the merge part built)."""
+    path = OUT / "share.json"
+    results = json.loads(path.read_text())
+    for router in ("gaussian", "dtkr"):
+        if router in results.get("merge", {}):
+            results["merge"][router]["tensor_diffs"] = file_diffs(RUNS / f"{router}-sequential", RUNS / f"{router}-merged")
+    path.write_text(json.dumps(results, indent=2))
+    return {}
 
 
 args_global: argparse.Namespace
@@ -211,12 +251,14 @@ def main(argv=None) -> None:
     global args_global
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "datasets")
-    parser.add_argument("--part", action="append", choices=["export-classifier", "export-generative", "merge"],
+    parser.add_argument("--part", action="append", choices=["export-classifier", "export-generative", "merge",
+                                                            "merge-diffs"],
                         help="which parts to run (repeatable; default: all three)")
     parser.add_argument("--max-train", type=int, default=300, help="training rows per CL-5 task")
     parser.add_argument("--test-per-task", type=int, default=100, help="CL-5 test rows per task")
     parser.add_argument("--gen-max-train", type=int, default=60, help="training rows per Instruct-3 task")
     parser.add_argument("--gen-test", type=int, default=20, help="Instruct-3 test prompts per task")
+    parser.add_argument("--merge-train", type=int, default=200, help="training rows per CL-5 task in the merge part")
     args_global = args = parser.parse_args(argv)
     if not args.data_dir.is_dir():
         parser.error(f"{args.data_dir} not found (the shared datasets folder)")
@@ -227,6 +269,9 @@ def main(argv=None) -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
     dirty = bool(subprocess.run(["git", "status", "--porcelain", "src"], capture_output=True, text=True, cwd=REPO).stdout)
     parts = {"export-classifier": part_export_classifier, "export-generative": part_export_generative, "merge": part_merge}
+    if args.part == ["merge-diffs"]:
+        part_merge_diffs(args)
+        return
     for part in args.part or list(parts):
         start = time.time()
         record = parts[part](args)

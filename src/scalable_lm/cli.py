@@ -357,16 +357,22 @@ def cmd_info(args) -> None:
 
     manifest = store.read_manifest(args.model)
     directory = Path(args.model)
-    bank = manifest["config"]["bank"]
+    bank = SLMConfig.from_dict(manifest["config"]).to_dict()["bank"]  # options a manifest omits take defaults
     print(f"model directory {directory} ({manifest.get('kind', 'classifier')})")
     print(f"  backbone {manifest['backbone']['name']} ({manifest['backbone']['fingerprint']}), "
           f"encoder {manifest['encoder']['name']} ({manifest['encoder']['fingerprint']})")
-    print(f"  bank: router {bank.get('router', 'dtkr')}, G={bank['groups']} P={bank['entries_per_task']} "
+    print(f"  bank: router {bank['router']}, G={bank['groups']} P={bank['entries_per_task']} "
           f"r={bank['rank']} K={bank['top_k']}, "
           f"targets {len(manifest.get('targets', []))} layers ({', '.join(bank['targets'])})")
     print(f"  {len(manifest['tasks'])} tasks, {len(manifest['tasks']) * bank['entries_per_task']} entries")
+    bad = []
     for t in manifest["tasks"]:
-        size = (directory / t["file"]).stat().st_size / 1024
+        path = store.safe_task_path(directory, t["file"])
+        if not path.is_file() or store.sha256(path) != t["sha256"]:
+            bad.append(t["name"])
+            print(f"  - {t['name']}: {path} {'is missing' if not path.is_file() else 'FAILS ITS CHECKSUM'}")
+            continue
+        size = path.stat().st_size / 1024
         what = "free-text answers" if manifest.get("kind") == "generative" else \
             f"{len(t['label_names'])} labels {t['label_names']}"
         facts = [f"learned {t['learned_at']}" if t.get("learned_at") else "",
@@ -376,6 +382,8 @@ def cmd_info(args) -> None:
                  f"data sha256 {t['data_sha256'][:12]}" if t.get("data_sha256") else ""]
         facts = "; ".join(f for f in facts if f)
         print(f"  - {t['name']}: {what}, {t['entries']} entries, {size:.0f} KiB" + (f" ({facts})" if facts else ""))
+    if bad:
+        raise store.ModelDirError(f"{len(bad)} task file(s) missing or corrupted: {bad}; the directory will not load")
 
 
 def cmd_serve(args) -> None:
