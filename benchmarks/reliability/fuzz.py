@@ -42,8 +42,8 @@ def main(argv=None) -> None:
                                "--hypothesis-show-statistics"], capture_output=True, text=True, cwd=REPO,
                               env={**os.environ, "SLM_FUZZ_EXAMPLES": str(n)})
         text = done.stdout + done.stderr
-        passing = [int(x) for x in re.findall(r"(\d+) passing examples", text)]
-        invalid = [int(x) for x in re.findall(r"(\d+) invalid examples", text)]
+        passing = [int(x) for x in re.findall(r"(\d+) passing", text)]
+        invalid = [int(x) for x in re.findall(r"(\d+) invalid", text)]
         results[test] = {"max_examples": n, "passed": done.returncode == 0, "passing_examples": sum(passing),
                          "invalid_examples": sum(invalid), "seconds": round(time.perf_counter() - start, 1),
                          "stopped_because": re.findall(r"Stopped because (.*)", text)}

@@ -47,10 +47,22 @@ def start(argv) -> tuple[subprocess.Popen, float]:
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env()), time.perf_counter()
 
 
-def finish(proc: subprocess.Popen, started: float) -> dict:
+def finish(proc: subprocess.Popen, started: float, ended: float | None = None) -> dict:
     out, err = proc.communicate(timeout=300)
-    return {"exit": proc.returncode, "wall_s": round(time.perf_counter() - started, 2),
-            "said_learned": "learned '" in out, "error": err.strip()[-200:]}
+    return {"exit": proc.returncode, "wall_s": round((ended or time.perf_counter()) - started, 2),
+            "said_learned": "learned '" in out, "error": err.strip()[:400]}
+
+
+def finish_both(a: subprocess.Popen, a_t: float, b: subprocess.Popen, b_t: float) -> tuple[dict, dict]:
+    """Wait for two processes, each one's wall time taken when it exits (not when the other is collected)."""
+    ended: dict[int, float] = {}
+    deadline = time.perf_counter() + 300
+    while len(ended) < 2 and time.perf_counter() < deadline:
+        for proc in (a, b):
+            if proc.pid not in ended and proc.poll() is not None:
+                ended[proc.pid] = time.perf_counter()
+        time.sleep(0.01)
+    return finish(a, a_t, ended.get(a.pid)), finish(b, b_t, ended.get(b.pid))
 
 
 def trial(kind: str, i: int, rng: random.Random) -> dict:
@@ -62,7 +74,7 @@ def trial(kind: str, i: int, rng: random.Random) -> dict:
     if kind == "natural":
         a, a_t = start(a_argv)
         b, b_t = start(b_argv)
-        ra, rb = finish(a, a_t), finish(b, b_t)
+        ra, rb = finish_both(a, a_t, b, b_t)
         frozen_s = None
     else:
         a, a_t = start(a_argv)

@@ -356,7 +356,7 @@ class Engine:
     def _classify(self, loaded: Loaded, batch: list[Job]) -> None:
         slm = loaded.slm
         # as `slm predict` and `slm eval`: longer inputs are truncated (at the backbone's positions, if fewer)
-        limit = min(slm.config.train.max_length, max_positions(slm.classifier.backbone))
+        limit = min(slm.config.train.max_length, max_positions(getattr(slm.classifier, "backbone", None)))
         tokenizer = slm.classifier.tokenizer
         truncated = {id(job): [len(ids) > limit for ids in tokenizer(job.texts)["input_ids"]] for job in batch}
         by_model: dict[str, list[tuple[Job, int]]] = {}
