@@ -569,11 +569,11 @@ def reliability_report(out: Path) -> str:
                   f"{d['after_leavers_20_requests']} |", f"| SIGTERM at the end | exit {d['server_exit']} |", ""]
     if (out / "fuzz.json").exists():
         d = json.loads((out / "fuzz.json").read_text())
-        lines += ["## Property-based fuzzing (hypothesis)\n", f"Command: `{d['command']}` ({d['date']}).\n",
-                  "| test | max examples | passing examples | passed | seconds |", "|---|---|---|---|---|"]
+        lines += ["## Property-based fuzzing (hypothesis)\n", f"{d['date']}; the command of each row beside it.\n",
+                  "| test | max examples | passing examples | passed | seconds | command |", "|---|---|---|---|---|---|"]
         for test, r in d["tests"].items():
             lines.append(f"| `{test.split('::')[1]}` | {r['max_examples']} | {r['passing_examples']} | "
-                         f"{'yes' if r['passed'] else 'NO'} | {r['seconds']:.0f} |")
+                         f"{'yes' if r['passed'] else 'NO'} | {r['seconds']:.0f} | `{r.get('command', d['command']).strip()}` |")
         lines.append("")
     notes = out / "notes.md"
     if notes.exists():

@@ -33,9 +33,14 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=10000)
     parser.add_argument("--load-examples", type=int, default=2000, help="for the fuzzer that loads a model each time")
+    parser.add_argument("--only", help="run only the tests whose name contains this; the others keep their "
+                        "earlier results in fuzz.json")
     args = parser.parse_args(argv)
-    results = {}
+    path = OUT / "fuzz.json"
+    results = json.loads(path.read_text())["tests"] if args.only and path.exists() else {}
     for test, which in TESTS.items():
+        if args.only and args.only not in test:
+            continue
         n = getattr(args, which)
         start = time.perf_counter()
         done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test,
@@ -51,9 +56,11 @@ def main(argv=None) -> None:
         if done.returncode != 0:
             results[test]["output_tail"] = text[-3000:]
     OUT.mkdir(parents=True, exist_ok=True)
+        results[test]["command"] = "python benchmarks/reliability/fuzz.py " + " ".join(
+            argv if argv is not None else sys.argv[1:])
     summary = {"command": "python benchmarks/reliability/fuzz.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                "date": time.strftime("%Y-%m-%d"), "tests": results}
-    (OUT / "fuzz.json").write_text(json.dumps(summary, indent=2))
+    path.write_text(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":
