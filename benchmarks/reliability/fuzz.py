@@ -55,9 +55,9 @@ def main(argv=None) -> None:
         print(test, json.dumps(results[test]), flush=True)
         if done.returncode != 0:
             results[test]["output_tail"] = text[-3000:]
-    OUT.mkdir(parents=True, exist_ok=True)
         results[test]["command"] = "python benchmarks/reliability/fuzz.py " + " ".join(
             argv if argv is not None else sys.argv[1:])
+    OUT.mkdir(parents=True, exist_ok=True)
     summary = {"command": "python benchmarks/reliability/fuzz.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                "date": time.strftime("%Y-%m-%d"), "tests": results}
     path.write_text(json.dumps(summary, indent=2))
