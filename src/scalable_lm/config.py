@@ -139,7 +139,3 @@ class SLMConfig:
             parts[f.name] = sub_cls(**values)
         return cls(**parts)
 
-    def fixed_part(self) -> dict[str, Any]:
-        """The options fixed for a model directory (``model`` and ``bank``: how stored tasks are used)."""
-        d = self.to_dict()
-        return {"model": d["model"], "bank": d["bank"]}

@@ -56,10 +56,6 @@ class AdapterError(ModelDirError):
     """An adapter that cannot be exported or imported; the message names the problem."""
 
 
-def _kind(slm) -> str:
-    return store.kind_of(slm)
-
-
 def mean_weights(slm, task: str, inputs: list[str] | None = None) -> torch.Tensor:
     """``[P]`` average mixing weight of each of ``task``'s entries, over ``inputs`` routed to the task alone
     (SLM-TI), or at the task's mean training query when ``inputs`` is None."""
@@ -89,6 +85,7 @@ def export_task(directory: str | Path, task: str, out: str | Path, inputs: list[
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise AdapterError(f"{out} exists and is not an empty directory")
     t = slm.task_index(task)
+    kind = store.kind_of(slm)
     state = slm.task_state(t)
     w = mean_weights(slm, task, inputs)
     kept = [p for p in range(len(w)) if w[p] > 0]
@@ -104,18 +101,18 @@ def export_task(directory: str | Path, task: str, out: str | Path, inputs: list[
             [(float(w[p]) * bb[p].to(torch.float64)).to(bb.dtype) for p in kept], dim=1).contiguous()
     backbone = manifest["backbone"]["name"]
     config = LoraConfig(r=rank, lora_alpha=b.alpha / b.rank * rank, target_modules=list(slm.layers), lora_dropout=0.0,
-                        bias="none", task_type="CAUSAL_LM" if _kind(slm) == "generative" else "FEATURE_EXTRACTION",
+                        bias="none", task_type="CAUSAL_LM" if kind == "generative" else "FEATURE_EXTRACTION",
                         base_model_name_or_path=HUB_IDS.get(backbone, backbone))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         config.save_pretrained(str(tmp))
         save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
-        info = {"task": task, "kind": _kind(slm), "source": str(directory), "backbone": manifest["backbone"],
+        info = {"task": task, "kind": kind, "source": str(directory), "backbone": manifest["backbone"],
                 "entries": kept, "weights": [float(w[p]) for p in kept],
                 "weights_from": f"{len(inputs)} inputs" if inputs else "the task's mean training query",
                 "label_names": slm.label_names[t]}
-        if _kind(slm) == "classifier":
+        if kind == "classifier":
             save_file({"weight": state["head.weight"], "bias": state["head.bias"]}, str(tmp / HEAD_FILE))
             info.update(pooling="mean over tokens (attention mask)", max_length=slm.config.train.max_length)
         (tmp / TASK_FILE).write_text(json.dumps(info, indent=2))

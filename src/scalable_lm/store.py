@@ -54,8 +54,7 @@ def read_manifest(directory: str | Path) -> dict:
     """The manifest of ``directory``, checked for shape and for task files that stay inside the directory."""
     directory = Path(directory)
     path = directory / MANIFEST
-    if directory.exists() and not directory.is_dir():
-        raise ModelDirError(f"{directory} is a file, not a model directory")
+    _not_a_file(directory)
     if not path.is_file():
         raise ModelDirError(f"{directory} is not a model directory (no {MANIFEST})")
     try:
@@ -139,8 +138,7 @@ def DirectoryLock(directory: str | Path, wait: float = 0.0, command: str | None 
     from filelock import FileLock, Timeout
 
     directory = Path(directory)
-    if directory.exists() and not directory.is_dir():
-        raise ModelDirError(f"{directory} is a file, not a model directory")
+    _not_a_file(directory)
     key = directory.resolve()
     if key in _held:
         _held[key] += 1
@@ -212,15 +210,19 @@ def recover(directory: str | Path) -> list[str]:
 
 def check_new_directory(directory: Path) -> None:
     """Refuse to create a model in a directory that holds anything besides our own (lock) files."""
+    _not_a_file(directory)
     if directory.exists():
-        if not directory.is_dir():
-            raise ModelDirError(f"{directory} is a file, not a model directory")
         foreign = sorted(p.name for p in directory.iterdir() if p.name not in OURS)
         if foreign:
             raise ModelDirError(f"{directory} exists, is not empty and is not a model directory "
                                 f"(holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''})")
     if not os.access(directory if directory.exists() else _existing_parent(directory), os.W_OK):
         raise ModelDirError(f"cannot write to {directory}: permission denied")
+
+
+def _not_a_file(directory: Path) -> None:
+    if directory.exists() and not directory.is_dir():
+        raise ModelDirError(f"{directory} is a file, not a model directory")
 
 
 def _existing_parent(path: Path) -> Path:

@@ -110,10 +110,6 @@ class GenerativeSLM(GrowsByTask):
         self.label_names.append([])
         return params
 
-    def _task_params(self, t: int) -> list[nn.Parameter]:
-        """Every tensor owned by task ``t`` (keys, then values in every layer)."""
-        return [self.bank.keys[t], *self._values(t)]
-
     def _named_task_params(self, t: int) -> dict[str, nn.Parameter]:
         """Task ``t``'s parameters under their state names (``GrowsByTask``): keys, then values."""
         params = {"keys": self.bank.keys[t]}
