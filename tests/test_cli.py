@@ -324,7 +324,9 @@ def test_second_writer_refused_within_a_second(tmp_path, models, data, capsys):
 
 
 @pytest.mark.integration
-def test_sigterm_during_learn_ends_like_ctrl_c(tmp_path, models, data):
+@pytest.mark.parametrize("sig,code,said", [("SIGTERM", cli.EXIT_TERMINATED, "terminated (SIGTERM)"),
+                                           ("SIGINT", cli.EXIT_INTERRUPTED, "interrupted")])
+def test_a_signal_during_learn_ends_cleanly(tmp_path, models, data, sig, code, said):
     import os
     import signal
     import subprocess
@@ -340,9 +342,9 @@ def test_sigterm_during_learn_ends_like_ctrl_c(tmp_path, models, data):
     while not (m / ".lock.owner").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     time.sleep(1.0)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(getattr(signal, sig))
     _, err = proc.communicate(timeout=30)
-    assert proc.returncode == cli.EXIT_TERMINATED and "terminated (SIGTERM)" in err and "Traceback" not in err
+    assert proc.returncode == code and said in err and "Traceback" not in err, err
     assert not (m / "manifest.json").exists() and not (m / "tasks").exists()
 
 
