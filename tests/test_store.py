@@ -372,6 +372,21 @@ def test_wrong_shaped_manifest_refused_with_one_message(saved, edit, message):
         store.read_manifest(directory)
 
 
+
+@pytest.mark.parametrize("edit, message", [
+    # a rank of 10**9 would make load allocate terabytes for the task's factors before comparing shapes
+    (lambda m: m["config"]["bank"].update(rank=10**9), "values.*has shape"),
+    (lambda m: m["config"]["bank"].update(entries_per_task=10**6), "do not fit this query encoder"),
+    (lambda m: m["config"]["bank"].update(groups=5), "not divisible by groups=5"),
+])
+def test_manifest_options_that_cannot_build_the_model_refused_before_allocating(saved, tokenizer, edit, message):
+    _, directory = saved
+    manifest = json.loads((directory / "manifest.json").read_text())
+    edit(manifest)
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelDirError, match=message):
+        _load(directory, tokenizer)
+
 # ---- property-based fuzzing of read_manifest and load ------------------------------------------------------
 from hypothesis import given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402

@@ -376,12 +376,16 @@ def load(directory: str | Path, backbone=None, encoder=None):
     directory = Path(directory)
     manifest = read_manifest(directory)
     files = [_checked_file(directory, entry) for entry in manifest["tasks"]]  # verify all before building
-    if manifest.get("kind", "classifier") == "generative":
-        from scalable_lm.methods.generative import GenerativeSLM
+    config = SLMConfig.from_dict(manifest["config"])
+    try:
+        if manifest.get("kind", "classifier") == "generative":
+            from scalable_lm.methods.generative import GenerativeSLM
 
-        slm = GenerativeSLM(SLMConfig.from_dict(manifest["config"]), backbone=backbone, encoder=encoder)
-    else:
-        slm = SLM(SLMConfig.from_dict(manifest["config"]), backbone=backbone, encoder=encoder)
+            slm = GenerativeSLM(config, backbone=backbone, encoder=encoder)
+        else:
+            slm = SLM(config, backbone=backbone, encoder=encoder)
+    except ValueError as err:  # bank options the encoder cannot hold (groups, entries per task)
+        raise ModelDirError(f"{directory / MANIFEST}: its options do not fit this query encoder: {err}") from err
     check_identity(manifest, _identity(slm), directory)
     for entry, path in zip(manifest["tasks"], files):
         try:

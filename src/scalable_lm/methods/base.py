@@ -101,6 +101,17 @@ class GrowsByTask:
             raise TaskStateError(f"task '{name}' is already in the bank")
         t = len(self.task_names)
         d = self.bank.dim
+        # Checked before anything is allocated: the new task's factors are sized by the config, so a config
+        # with a huge rank or entry count must fail here, not after allocating gigabytes.
+        p, g = self.bank.entries_per_task, self.bank.groups
+        planned = {"keys": (g, p, d // g)}
+        for layer_name, layer in self.layers.items():
+            d_in, d_out = layer.base_layer.in_features, layer.base_layer.out_features
+            planned[f"values.{layer_name}.A"] = (p, layer.rank, d_in)
+            planned[f"values.{layer_name}.B"] = (p, d_out, layer.rank)
+        for n, shape in planned.items():
+            if n in state and tuple(state[n].shape) != shape:
+                raise TaskStateError(f"{n} has shape {tuple(state[n].shape)}, expected {shape}")
         with torch.random.fork_rng(devices=[]):  # a head's init draws from the global RNG; it is overwritten
             self._add_task(name, list(label_names or []), torch.Generator().manual_seed(0))
         try:
