@@ -13,6 +13,8 @@ A config (JSON) names the benchmark, the task order, the method and its options,
 authors' leaking protocol (single-task batches, head by number of classes) under "after_stream".
 "score_every_task": false scores only after the last task (multitask upper bound).
 "task_id": true scores with the task named (SLM-TI, per-task oracle): an upper bound, reported apart.
+"device" (default auto) and "dtype" (default float32; SLM only: the baselines run in float32) place the model;
+--device / --dtype override them.
 Test rows are a seeded random subset of each task's local test file (sizes are in the result). The result
 file holds the config, the accuracy matrix, metrics, timings, git commit and package versions.
 """
@@ -56,7 +58,7 @@ def build_stream(cfg: dict, data_dir: Path) -> list[Task]:
     return stream
 
 
-def build_method(cfg: dict):
+def build_method(cfg: dict, device: str = "auto", dtype: str = "float32"):
     from scalable_lm.backbones import load_encoder
     from scalable_lm.baselines.finetune import SequentialFineTune
     from scalable_lm.baselines.arrow import Arrow
@@ -69,21 +71,21 @@ def build_method(cfg: dict):
         base[section].update(values)
     config = SLMConfig.from_dict(base)
     if cfg["method"] == "slm":
-        return SLM(config), config
+        return SLM(config, device=device, dtype=dtype), config
     backbone = load_encoder(config.model.backbone)
     if cfg["method"] in ("sequential-finetune", "replay", "ewc"):
         return SequentialFineTune(backbone, config.train, lr=cfg.get("lr", 5e-5),
                                   replay_fraction=cfg.get("replay_fraction", 0.0),
-                                  ewc_lambda=cfg.get("ewc_lambda", 0.0)), config
+                                  ewc_lambda=cfg.get("ewc_lambda", 0.0), device=device), config
     if cfg["method"] == "o-lora":
-        return OLoRA(backbone, config.train, config.bank, orth_lambda=cfg.get("orth_lambda", 0.5)), config
+        return OLoRA(backbone, config.train, config.bank, orth_lambda=cfg.get("orth_lambda", 0.5), device=device), config
     if cfg["method"] == "sequential-lora":
-        return SequentialLoRA(backbone, config.train, config.bank), config
+        return SequentialLoRA(backbone, config.train, config.bank, device=device), config
     if cfg["method"] == "multitask-lora":
-        return MultitaskLoRA(backbone, config.train, config.bank), config
+        return MultitaskLoRA(backbone, config.train, config.bank, device=device), config
     if cfg["method"] == "arrow":
         return Arrow(backbone, config.train, config.bank, top_k=cfg.get("arrow_top_k", 3),
-                     temperature=cfg.get("arrow_temperature", 1.0)), config
+                     temperature=cfg.get("arrow_temperature", 1.0), device=device), config
     raise ValueError(f"unknown method {cfg['method']!r}")
 
 
@@ -105,13 +107,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("config", type=Path)
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent.parent / "shared" / "datasets")
     parser.add_argument("--out", type=Path, help="result file (default benchmarks/results/<benchmark>/<config>.json)")
+    parser.add_argument("--device", help="overrides the config's device (default auto: CUDA, then MPS, then CPU)")
+    parser.add_argument("--dtype", help="overrides the config's dtype (float32, bfloat16, float16; SLM only)")
     args = parser.parse_args(argv)
     cfg = json.loads(args.config.read_text())
     out = args.out or ROOT / "results" / cfg["benchmark"] / f"{args.config.stem}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.get("seed", 0))
     stream = build_stream(cfg, args.data_dir)
-    method, config = build_method(cfg)
+    from scalable_lm.device import resolve_device, resolve_dtype
+
+    device = resolve_device(args.device or cfg.get("device", "auto"))
+    dtype = resolve_dtype(args.dtype or cfg.get("dtype", "float32"))
+    method, config = build_method(cfg, device, dtype)
     cache = None
     if cfg["method"] == "slm" and cfg.get("query_cache", True):
         # the query encoder is frozen: reuse embeddings cached by earlier runs ($SLM_CACHE_DIR)
@@ -131,8 +139,11 @@ def main(argv: list[str] | None = None) -> None:
         after["paper_protocol"] = evaluate_paper_protocol(method, stream)
         after["seconds"] = time.perf_counter() - t0
     record = {
-        "command": f"python benchmarks/run.py {args.config.relative_to(ROOT.parent) if args.config.is_absolute() else args.config}",
+        "command": f"python benchmarks/run.py {args.config.relative_to(ROOT.parent) if args.config.is_absolute() else args.config}"
+                   + (f" --device {args.device}" if args.device else "") + (f" --dtype {args.dtype}" if args.dtype else ""),
         "benchmark_config": cfg, "method_config": config.to_dict(),
+        "placement": {"device": str(device), "dtype": str(dtype).removeprefix("torch."),
+                      "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()},
         "sizes": {t.name: {"train": len(t.train), "test": len(t.test)} for t in stream},
         "seconds": time.perf_counter() - start, "provenance": provenance(), **result.to_dict(),
         "after_stream": after,

@@ -190,12 +190,26 @@ def load_generator(name: str) -> tuple[nn.Module, object]:
 
 
 def fingerprint(model: nn.Module) -> str:
-    """Short hash of a model's architecture config and the first rows of its input embeddings."""
+    """Short hash of a model's architecture config and the first rows of its input embeddings.
+
+    Taken once, before the model is moved or cast (``remember_fingerprint``): a model in bfloat16 on a GPU
+    has the fingerprint of the float32 weights it was loaded with, so directories are device- and dtype-free.
+    """
+    remembered = getattr(model, "_slm_fingerprint", None)
+    if remembered is not None:
+        return remembered
     h = hashlib.sha256()
     config = getattr(model, "config", None)
     if config is not None:
         cfg = {k: v for k, v in config.to_dict().items() if k not in _VOLATILE_CONFIG_KEYS}
         h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
-    emb = model.get_input_embeddings().weight[:16].detach().to(torch.float32).contiguous()
+    emb = model.get_input_embeddings().weight[:16].detach().to("cpu", torch.float32).contiguous()
     h.update(emb.numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def remember_fingerprint(model: nn.Module) -> str:
+    """Compute ``fingerprint`` now and keep it on the model (later casts and moves do not change it)."""
+    value = fingerprint(model)
+    model._slm_fingerprint = value
+    return value

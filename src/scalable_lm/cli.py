@@ -97,6 +97,7 @@ def cmd_learn(args) -> None:
     if not existing:
         store.check_new_directory(directory)
     config = _learn_config(directory, manifest, _config_overrides(args))  # every option checked before any work
+    _placement(args)
     with store.DirectoryLock(directory, args.wait, command=" ".join(["slm", *sys.argv[1:]])):
         _learn_locked(args, directory, config)
 
@@ -120,11 +121,11 @@ def _learn_locked(args, directory: Path, config: SLMConfig) -> None:
         from scalable_lm.methods.generative import GenerativeSLM
 
         task = load_instruction_task(args.task, args.data, args.test, args.max_train, config.train.seed)
-        slm = store.load(directory) if existing else GenerativeSLM(config)
+        slm = _loader(args)(directory) if existing else GenerativeSLM(config, **_placement(args))
     else:
         task = load_task(args.task, args.data, args.test, args.max_train, config.train.seed, args.text_column,
                          args.label_column)
-        slm = store.load(directory) if existing else SLM(config)
+        slm = _loader(args)(directory) if existing else SLM(config, **_placement(args))
     slm.config.keys, slm.config.train = config.keys, config.train  # this task's own key and train options
     cache = _query_cache(slm, args)
     report = slm.learn(task, progress=_progress(args))
@@ -203,7 +204,7 @@ def cmd_export(args) -> None:
     from scalable_lm import sharing
 
     inputs = _example_inputs(args.data, args.text_column) if args.data else None
-    out = sharing.export_task(args.model, args.task, args.out, inputs)
+    out = sharing.export_task(args.model, args.task, args.out, inputs, loader=_loader(args))
     print(f"exported '{out['task']}' to {out['out']}: LoRA rank {out['rank']} on {len(out['targets'])} layers, "
           f"entry weights {out['weights']} (from {'--data' if inputs else 'the task mean query'})")
 
@@ -213,7 +214,7 @@ def cmd_import(args) -> None:
 
     inputs = _example_inputs(args.data, args.text_column)
     out = sharing.import_adapter(args.model, args.task, args.adapter, inputs, trust_base=args.trust_base,
-                                 wait=args.wait, progress=_progress(args))
+                                 wait=args.wait, progress=_progress(args), loader=_loader(args))
     print(f"imported {args.adapter} into {args.model} as '{out['task']}': rank {out['rank']} on "
           f"{len(out['modules'])} modules, keys from {out['inputs']} example inputs")
 
@@ -262,7 +263,7 @@ def cmd_predict(args) -> None:
         texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not texts:
         raise DataError("nothing to predict: give texts, --file, or lines on standard input")
-    slm = store.load(args.model)
+    slm = _loader(args)(args.model)
     preds = slm.predict(texts, progress=_progress(args), task=args.task)
     for text, p in zip(texts, preds):
         if args.json:
@@ -287,7 +288,7 @@ def cmd_eval(args) -> None:
         return _eval_generative(args, specs)
     if args.metric or args.max_new_tokens is not None:
         raise DataError("--metric and --max-new-tokens apply to generative models; classifiers are scored by accuracy")
-    slm = store.load(args.model)
+    slm = _loader(args)(args.model)
     tasks = []
     for name, path in specs:
         labels = slm.label_names[slm.task_index(name)]
@@ -325,7 +326,7 @@ def _eval_generative(args, specs: list[tuple[str, str]]) -> None:
             metrics[task] = metric
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise DataError("--max-new-tokens must be at least 1")
-    slm = store.load(args.model)
+    slm = _loader(args)(args.model)
     tasks = []
     for name, path in specs:
         slm.task_index(name)  # a clear error for a task the model does not have
@@ -407,13 +408,13 @@ def cmd_serve(args) -> None:
     server.run(args.model, host=args.host, port=args.port, log_level="warning" if args.quiet else "info",
                api_key=args.api_key, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                max_new_tokens=args.max_new_tokens, request_timeout=args.request_timeout,
-               reload_interval=args.reload_interval, query_cache=args.query_cache)
+               reload_interval=args.reload_interval, query_cache=args.query_cache, loader=_loader(args))
 
 
 def cmd_demo(args) -> None:
     from scalable_lm.demo import run_demo
 
-    run_demo(out=args.out, n_train=args.train, n_test=args.test, progress=_progress(args))
+    run_demo(out=args.out, n_train=args.train, n_test=args.test, progress=_progress(args), **_placement(args))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -445,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_wait(learn)
     _add_data_columns(learn)
     _add_config_flags(learn)
+    _add_placement(learn)
     learn.set_defaults(func=cmd_learn)
 
     predict = sub.add_parser("predict", help="predict labels for texts, without task-ID")
@@ -454,6 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--task", help="restrict retrieval to this task's entries (SLM-TI)")
     predict.add_argument("--json", action="store_true", help="one JSON object per input")
     _add_data_columns(predict, label=False)
+    _add_placement(predict)
     predict.set_defaults(func=cmd_predict)
 
     ev = sub.add_parser("eval", help="score per task and retrieval accuracy, on mixed batches without task-ID",
@@ -472,6 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-new-tokens", type=int, help="generative models: longest answer generated (default: 8 "
                     "when every task is scored as labels, else 64)")
     _add_data_columns(ev)
+    _add_placement(ev)
     ev.set_defaults(func=cmd_eval)
 
     info = sub.add_parser("info", help="tasks, entries and sizes of a model directory")
@@ -499,6 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds between checks of the directory's manifest for new tasks (0: never)")
     serve.add_argument("--query-cache", type=int, default=0,
                        help="query embeddings kept in memory for repeated inputs (0: none; bounded either way)")
+    _add_placement(serve)
     serve.set_defaults(func=cmd_serve)
 
     remove = sub.add_parser("remove", help="forget one task (exact unlearning with the default router)",
@@ -535,6 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="adapter directory to write (new or empty)")
     export.add_argument("--data", help="example inputs of the task, to average the entry weights over")
     _add_data_columns(export, label=False)
+    _add_placement(export)
     export.set_defaults(func=cmd_export)
 
     imp = sub.add_parser("import", help="add a PEFT LoRA adapter as a new task",
@@ -552,12 +558,14 @@ def build_parser() -> argparse.ArgumentParser:
                      "from this directory's backbone name (same model under another name)")
     _add_wait(imp)
     _add_data_columns(imp, label=False)
+    _add_placement(imp)
     imp.set_defaults(func=cmd_import)
 
     demo = sub.add_parser("demo", help="the built-in demo: sequential fine-tuning vs SLM on 3 generated tasks")
     demo.add_argument("--out", default="demo-results.json", help="where to write the results JSON")
     demo.add_argument("--train", type=int, default=200, help="training rows per task")
     demo.add_argument("--test", type=int, default=80, help="test rows per task")
+    _add_placement(demo)
     demo.set_defaults(func=cmd_demo)
     return parser
 
@@ -565,6 +573,29 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_wait(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                         help="if another command is writing the directory, wait this long for it (default: fail at once)")
+
+
+def _add_placement(parser: argparse.ArgumentParser) -> None:
+    from scalable_lm.device import DEVICE_HELP, DTYPE_HELP
+
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    parser.add_argument("--dtype", default="float32", help=DTYPE_HELP)
+
+
+def _placement(args) -> dict:
+    """``{"device", "dtype"}`` from the flags, checked now (an unknown or absent device is a clear error)."""
+    from scalable_lm.device import resolve_device, resolve_dtype
+
+    return {"device": resolve_device(args.device), "dtype": resolve_dtype(args.dtype)}
+
+
+def _loader(args):
+    """``store.load`` on the device and dtype of the flags."""
+    import functools
+
+    from scalable_lm import store
+
+    return functools.partial(store.load, **_placement(args))
 
 
 def _add_data_columns(parser: argparse.ArgumentParser, label: bool = True) -> None:

@@ -36,7 +36,7 @@ def side_by_side(left: RunResult, right: RunResult) -> str:
 
 
 def run_demo(out: str | Path | None = "demo-results.json", n_train: int = 200, n_test: int = 80,
-             progress: bool = True, seed: int = 0) -> dict:
+             progress: bool = True, seed: int = 0, device="auto", dtype="float32") -> dict:
     from scalable_lm.backbones import load_encoder
     from scalable_lm.baselines.finetune import SequentialFineTune
     from scalable_lm.config import SLMConfig
@@ -52,10 +52,10 @@ def run_demo(out: str | Path | None = "demo-results.json", n_train: int = 200, n
     print(f"demo stream: {' -> '.join(f'{t.name} ({len(t.train)} train / {len(t.test)} test)' for t in stream)}")
     start = time.perf_counter()
     print("1/2 sequential fine-tuning (full backbone, one head over all labels) ...", flush=True)
-    baseline = run_stream(SequentialFineTune(load_encoder(config.model.backbone), config.train), stream,
-                          progress=progress)
+    baseline = run_stream(SequentialFineTune(load_encoder(config.model.backbone), config.train, device=device),
+                          stream, progress=progress)
     print("2/2 SLM (keys + low-rank values per task, retrieval per input) ...", flush=True)
-    slm = run_stream(SLM(config), stream, progress=progress)
+    slm = run_stream(SLM(config, device=device, dtype=dtype), stream, progress=progress)
     elapsed = time.perf_counter() - start
     print()
     print("accuracy (%) on each task's test set after learning each task; no task-ID at test time")

@@ -69,14 +69,23 @@ class QueryEncoder:
         model, tokenizer = load_encoder(name)
         return cls(model, tokenizer, name=name, **kwargs)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the encoder runs (its model's device); queries are returned there."""
+        for p in self.model.parameters():
+            return p.device
+        return torch.device("cpu")
+
     @torch.no_grad()
     def _encode_batch(self, texts: list[str]) -> torch.Tensor:
         enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
-        hidden = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
-        return mean_pool(hidden, enc["attention_mask"]).float()
+        ids, mask = enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+        hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        return mean_pool(hidden, mask).float()  # float32 queries whatever the encoder's dtype
 
     def encode(self, texts: list[str], progress: bool = False) -> torch.Tensor:
-        """``[N, d]`` queries for ``texts``; each distinct text is computed once and cached."""
+        """``[N, d]`` float32 queries for ``texts`` on the encoder's device; each distinct text is computed
+        once and cached (the cache lives on the CPU: it is saved to disk and is device-free)."""
         missing = list(dict.fromkeys(t for t in texts if text_key(t) not in self._cache))
         # longest-first batching wastes less padding; results do not depend on the order
         missing.sort(key=len, reverse=True)
@@ -84,10 +93,10 @@ class QueryEncoder:
         for start in tqdm(steps, desc="encoding queries", disable=not progress or len(steps) < 2, leave=False):
             chunk = missing[start : start + self.batch_size]
             for text, row in zip(chunk, self._encode_batch(chunk)):
-                self._cache[text_key(text)] = row.clone()
+                self._cache[text_key(text)] = row.to("cpu", copy=True)
         if not texts:
-            return torch.empty(0, self.dim)
-        out = torch.stack([self._cache[text_key(t)] for t in texts])
+            return torch.empty(0, self.dim, device=self.device)
+        out = torch.stack([self._cache[text_key(t)] for t in texts]).to(self.device)
         if self.cache_limit is not None:  # a long-running server: keep only the newest entries
             for key in list(self._cache)[: max(0, len(self._cache) - self.cache_limit)]:
                 del self._cache[key]
@@ -103,13 +112,16 @@ class QueryEncoder:
             self._cache = saved
 
     def default_cache_path(self) -> Path:
-        """``$SLM_CACHE_DIR/queries-<fingerprint>.safetensors`` (default dir ``~/.cache/scalable_lm``)."""
+        """``$SLM_CACHE_DIR/queries-<fingerprint>[-<dtype>].safetensors`` (default dir ``~/.cache/scalable_lm``;
+        an encoder run in half precision has its own file: its queries differ slightly from float32's)."""
         import os
 
         from scalable_lm.backbones import fingerprint
 
         root = Path(os.environ.get("SLM_CACHE_DIR", Path.home() / ".cache" / "scalable_lm"))
-        return root / f"queries-{fingerprint(self.model)}.safetensors"
+        dtype = next(self.model.parameters()).dtype
+        suffix = "" if dtype == torch.float32 else "-" + str(dtype).removeprefix("torch.")
+        return root / f"queries-{fingerprint(self.model)}{suffix}.safetensors"
 
     def save_cache(self, path: str | Path) -> None:
         """Write the cache to a safetensors file (atomic)."""

@@ -63,16 +63,16 @@ def mean_weights(slm, task: str, inputs: list[str] | None = None) -> torch.Tenso
     if inputs:
         queries = slm.encoder.encode(list(inputs))
     else:
-        queries = slm.task_state(t)["stats.mean"].to(torch.float32)[None]
+        queries = slm.task_state(t)["stats.mean"].to(torch.float32)[None].to(slm.device)
     entries, weights = slm.route(queries, task=task)
     p = slm.bank.entries_per_task
-    local = entries - t * p
-    out = torch.zeros(len(queries), p, dtype=torch.float64).scatter_add_(1, local, weights.to(torch.float64))
+    local = (entries - t * p).cpu()
+    out = torch.zeros(len(queries), p, dtype=torch.float64).scatter_add_(1, local, weights.cpu().to(torch.float64))
     return out.mean(dim=0)
 
 
 def export_task(directory: str | Path, task: str, out: str | Path, inputs: list[str] | None = None,
-                slm=None) -> dict:
+                slm=None, loader=None) -> dict:
     """Write ``task`` of ``directory`` as a PEFT LoRA adapter directory ``out`` (new or empty).
 
     Returns ``{"task", "rank", "lora_alpha", "weights", "targets", "out"}``.
@@ -80,7 +80,7 @@ def export_task(directory: str | Path, task: str, out: str | Path, inputs: list[
     from peft import LoraConfig
 
     directory, out = Path(directory), Path(out)
-    slm = slm if slm is not None else store.load(directory)
+    slm = slm if slm is not None else (loader or store.load)(directory)
     manifest = store.read_manifest(directory)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise AdapterError(f"{out} exists and is not an empty directory")

@@ -329,7 +329,7 @@ def _write_task(directory: Path, rel: str, name: str, label_names: list[str], st
                 entries: int, info: dict) -> dict:
     """Write one task file (atomic) and return its manifest entry."""
     meta = {"task": name, "label_names": json.dumps(label_names)}
-    state = {k: v.detach().contiguous() for k, v in state.items()}
+    state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}  # device-free files
     _atomic(directory / rel, lambda tmp: save_file(state, str(tmp), metadata=meta))
     return {**info, "name": name, "file": rel, "sha256": sha256(directory / rel), "label_names": list(label_names),
             "entries": entries}
@@ -368,8 +368,12 @@ def check_identity(manifest: dict, identity: dict, directory: Path) -> None:
                 f"not '{current['name']}' (fingerprint {current['fingerprint']})")
 
 
-def load(directory: str | Path, backbone=None, encoder=None):
-    """Rebuild an SLM from a model directory, verifying identity and every task file's checksum."""
+def load(directory: str | Path, backbone=None, encoder=None, device="auto", dtype="float32"):
+    """Rebuild an SLM from a model directory, verifying identity and every task file's checksum.
+
+    The directory is device-free: it loads onto any ``device`` in any compute ``dtype``
+    (``scalable_lm.device``), whatever it was trained on.
+    """
     from scalable_lm.config import SLMConfig
     from scalable_lm.methods.slm import SLM
 
@@ -377,13 +381,16 @@ def load(directory: str | Path, backbone=None, encoder=None):
     manifest = read_manifest(directory)
     files = [_checked_file(directory, entry) for entry in manifest["tasks"]]  # verify all before building
     config = SLMConfig.from_dict(manifest["config"])
+    from scalable_lm.device import resolve_device, resolve_dtype
+
+    device, dtype = resolve_device(device), resolve_dtype(dtype)  # a device not here: its own clear error
     try:
         if manifest.get("kind", "classifier") == "generative":
             from scalable_lm.methods.generative import GenerativeSLM
 
-            slm = GenerativeSLM(config, backbone=backbone, encoder=encoder)
+            slm = GenerativeSLM(config, backbone=backbone, encoder=encoder, device=device, dtype=dtype)
         else:
-            slm = SLM(config, backbone=backbone, encoder=encoder)
+            slm = SLM(config, backbone=backbone, encoder=encoder, device=device, dtype=dtype)
     except ValueError as err:  # bank options the encoder cannot hold (groups, entries per task)
         raise ModelDirError(f"{directory / MANIFEST}: its options do not fit this query encoder: {err}") from err
     check_identity(manifest, _identity(slm), directory)

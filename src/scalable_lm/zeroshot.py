@@ -37,13 +37,14 @@ def loglikelihoods(model, tokenizer, pairs: list[tuple[str, str]], max_length: i
         spans.append(min(len(cont), len(ids) - 1))
     width = max(len(r) for r in rows)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
-    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    device = next(model.parameters()).device
+    input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=device)
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
     logprobs = F.log_softmax(model(input_ids=input_ids, attention_mask=mask).logits.float(), dim=-1)
     out = []
     for i, (r, n) in enumerate(zip(rows, spans)):
-        positions = torch.arange(len(r) - n - 1, len(r) - 1)  # each predicts the next token
-        targets = torch.tensor(r[len(r) - n:])
+        positions = torch.arange(len(r) - n - 1, len(r) - 1, device=device)  # each predicts the next token
+        targets = torch.tensor(r[len(r) - n:], device=device)
         out.append((float(logprobs[i, positions, targets].sum()), n))
     return out
 

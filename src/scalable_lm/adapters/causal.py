@@ -34,6 +34,11 @@ class CausalLM(nn.Module):
         if tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer has no end-of-sequence token")
 
+    @property
+    def device(self) -> torch.device:
+        """The model's device: every batch is built there."""
+        return next(self.model.parameters()).device
+
     def render(self, prompt: str) -> str:
         """The text the model sees before its answer (chat template with the generation prompt)."""
         if getattr(self.tokenizer, "chat_template", None):
@@ -55,16 +60,17 @@ class CausalLM(nn.Module):
             labels.append([-100] * len(prompt_ids) + answer_ids)
         width = max(len(r) for r in rows)
         pad = self.tokenizer.pad_token_id
+        device = self.device
         return {
-            "input_ids": torch.tensor([r + [pad] * (width - len(r)) for r in rows]),
-            "attention_mask": torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows]),
-            "labels": torch.tensor([lab + [-100] * (width - len(lab)) for lab in labels]),
+            "input_ids": torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=device),
+            "attention_mask": torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device),
+            "labels": torch.tensor([lab + [-100] * (width - len(lab)) for lab in labels], device=device),
         }
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Mean cross-entropy of the answer tokens."""
+        """Mean cross-entropy of the answer tokens (in float32, whatever the model's dtype)."""
         logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        return F.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(), ignore_index=-100)
+        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(), ignore_index=-100)
 
     @torch.no_grad()
     def generate(self, prompts: list[str], max_new_tokens: int = 64) -> list[tuple[str, float]]:
@@ -72,8 +78,8 @@ class CausalLM(nn.Module):
         ids = [self._ids(self.render(p))[-self.max_length:] for p in prompts]
         width = max(len(x) for x in ids)
         pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids])
-        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
+        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=self.device)
+        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=self.device)
         out = self.model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                                   do_sample=False, pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id,
                                   output_scores=True, return_dict_in_generate=True)
@@ -129,7 +135,7 @@ class CausalLM(nn.Module):
         generators = generators or [None] * n
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
         width = max(len(x) for x in ids)
-        device = next(self.model.parameters()).device
+        device = self.device
         input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=device)
         mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -183,22 +189,30 @@ class Seq2SeqLM(nn.Module):
         if tokenizer.eos_token_id is None or tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer needs end-of-sequence and padding tokens")
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
     def render(self, prompt: str) -> str:
         return prompt
 
     def _encode(self, prompts: list[str]) -> dict[str, torch.Tensor]:
-        return self.tokenizer(prompts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        enc = self.tokenizer(prompts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        return {k: v.to(self.device) for k, v in enc.items()}
 
     def training_batch(self, prompts: list[str], answers: list[str]) -> dict[str, torch.Tensor]:
         batch = self._encode(prompts)
         targets = [self.tokenizer(a, add_special_tokens=False)["input_ids"][: self.max_length // 2]
                    + [self.tokenizer.eos_token_id] for a in answers]
         width = max(len(t) for t in targets)
-        batch["labels"] = torch.tensor([t + [-100] * (width - len(t)) for t in targets])
+        batch["labels"] = torch.tensor([t + [-100] * (width - len(t)) for t in targets], device=self.device)
         return dict(batch)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+        # the decoder inputs come from the labels (shifted by the model); the loss is ours, in float32
+        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                            labels=batch["labels"]).logits
+        return F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=-100)
 
     @torch.no_grad()
     def generate(self, prompts: list[str], max_new_tokens: int = 64) -> list[tuple[str, float]]:

@@ -27,22 +27,30 @@ class EncoderClassifier(nn.Module):
         self.hidden = int(backbone.config.hidden_size)
         self.heads = nn.ModuleList()
 
+    @property
+    def device(self) -> torch.device:
+        """The backbone's device: batches and new heads are put there."""
+        return next(self.backbone.parameters()).device
+
     def add_head(self, num_labels: int) -> nn.Linear:
-        self.heads.append(nn.Linear(self.hidden, num_labels))
+        """A new float32 head on the backbone's device (initialised on the CPU, so seeds agree across devices)."""
+        self.heads.append(nn.Linear(self.hidden, num_labels).to(self.device))
         return self.heads[-1]
 
     def tokenize(self, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
-        """Padded batch, each text cut at ``max_length`` tokens (or the backbone's positions, if fewer)."""
+        """Padded batch on the backbone's device, each text cut at ``max_length`` tokens (or the backbone's
+        positions, if fewer)."""
         max_length = min(max_length, max_positions(self.backbone))
-        return self.tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        return {"input_ids": enc["input_ids"].to(self.device), "attention_mask": enc["attention_mask"].to(self.device)}
 
     def pad(self, tokens: dict[str, list[list[int]]], rows: list[int]) -> dict[str, torch.Tensor]:
         """Right-pad pre-tokenised rows into a batch (tokenisation happens once per dataset, not per batch)."""
         ids = [tokens["input_ids"][i] for i in rows]
         width = max(len(x) for x in ids)
         pad_id = self.tokenizer.pad_token_id or 0
-        input_ids = torch.tensor([x + [pad_id] * (width - len(x)) for x in ids])
-        mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids])
+        input_ids = torch.tensor([x + [pad_id] * (width - len(x)) for x in ids], device=self.device)
+        mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids], device=self.device)
         return {"input_ids": input_ids, "attention_mask": mask}
 
     def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -51,5 +59,6 @@ class EncoderClassifier(nn.Module):
         return mean_pool(out.last_hidden_state, batch["attention_mask"])
 
     def head_logits(self, features: torch.Tensor, head: int) -> torch.Tensor:
-        """``[B, C_head]`` logits of one task's head."""
-        return self.heads[head](features)
+        """``[B, C_head]`` float32 logits of one task's head (features of a half-precision backbone are cast)."""
+        layer = self.heads[head]
+        return layer(features.to(layer.weight.dtype))

@@ -50,14 +50,25 @@ class BankLinear(nn.Module):
         self._store_b: torch.Tensor | None = None  # (capacity, d_out, r)
 
     def add_task(self, entries: int, generator: torch.Generator | None = None) -> list[nn.Parameter]:
-        """Append a task's ``entries`` increments (A: Kaiming-uniform as in LoRA, B: zeros)."""
+        """Append a task's ``entries`` increments (A: Kaiming-uniform as in LoRA, B: zeros), float32 on the
+        frozen layer's device (trained factors keep float32 whatever the compute dtype)."""
         d_in, d_out = self.base_layer.in_features, self.base_layer.out_features
+        device = self.base_layer.weight.device
         bound = 1.0 / math.sqrt(d_in)  # kaiming_uniform with a=sqrt(5), as nn.Linear and LoRA use
+        # drawn on the CPU from the (CPU) generator, so a seed gives the same init on every device
         a = (torch.rand(entries, self.rank, d_in, generator=generator) * 2 - 1) * bound
-        self.lora_A.append(nn.Parameter(a))
-        self.lora_B.append(nn.Parameter(torch.zeros(entries, d_out, self.rank)))
+        self.lora_A.append(nn.Parameter(a.to(device)))
+        self.lora_B.append(nn.Parameter(torch.zeros(entries, d_out, self.rank, device=device)))
         self._entries += entries
         return [self.lora_A[-1], self.lora_B[-1]]
+
+    def to_device(self, device: torch.device) -> None:
+        """Move every task's factors to ``device`` as float32 (the contiguous store is rebuilt there)."""
+        for factors in (self.lora_A, self.lora_B):
+            for p in factors:
+                p.data = p.data.to(device=device, dtype=torch.float32)
+        self._stored_tasks, self._stored_entries, self._store_a, self._store_b = 0, 0, None, None
+        self._route_cache = None
 
     def truncate(self, num_tasks: int) -> None:
         """Keep only the first ``num_tasks`` tasks' increments (undoes a task whose learning failed)."""

@@ -37,8 +37,12 @@ class Arrow:
     name = "arrow"
 
     def __init__(self, backbone, train: TrainConfig | None = None, bank: BankConfig | None = None,
-                 top_k: int = 3, temperature: float = 1.0):
+                 top_k: int = 3, temperature: float = 1.0, device: str | torch.device = "cpu"):
+        from scalable_lm.device import resolve_device
+
         model, tokenizer = backbone
+        self.device = resolve_device(device)
+        model = model.to(self.device)
         self.cfg, self.bank = train or TrainConfig(), bank or BankConfig()
         self.classifier = EncoderClassifier(model, tokenizer)
         self.model = model
@@ -97,7 +101,7 @@ class Arrow:
             params = [p for n, p in self.peft.named_parameters() if p.requires_grad] + list(head.parameters())
             optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=0.0)
             tokens = self.classifier.tokenizer([x for x, _ in rows], truncation=True, max_length=self.cfg.max_length)
-            labels = torch.tensor([y for _, y in rows])
+            labels = torch.tensor([y for _, y in rows], device=self.device)
 
             def logits_fn(idx):
                 feats = self.classifier.features(self.classifier.pad(tokens, idx.tolist()))
@@ -129,7 +133,7 @@ class Arrow:
         correct = 0
         for idx in training.batches(len(rows), 64):
             feats = self.classifier.features(self.classifier.tokenize([rows[i][0] for i in idx], self.cfg.max_length))
-            correct += int((self.classifier.head_logits(feats, t).argmax(-1) == torch.tensor([rows[i][1] for i in idx])).sum())
+            correct += int((self.classifier.head_logits(feats, t).argmax(-1) == torch.tensor([rows[i][1] for i in idx], device=self.device)).sum())
         return correct / len(rows)
 
     def _routing_layers(self) -> list[torch.nn.Module]:
@@ -160,7 +164,7 @@ class Arrow:
             for idx in training.batches(len(texts), batch_size):
                 batch = self.classifier.tokenize([texts[i] for i in idx], self.cfg.max_length)
                 state["mask"] = batch["attention_mask"].float()
-                state["weight"] = torch.zeros(len(idx), n)
+                state["weight"] = torch.zeros(len(idx), n, device=self.device)
                 feats = self.classifier.features(batch)
                 weight = state["weight"] / max(len(hooks), 1)  # (B, E): mean routing weight per task
                 for row in range(len(idx)):

@@ -35,15 +35,19 @@ class SequentialFineTune:
         replay_fraction: share of each task's rows kept for replay (0 = none).
         ewc_lambda: EWC penalty strength (0 = none).
         fisher_rows: at most this many rows estimate each task's Fisher.
+        device: where to train (``scalable_lm.device``); the whole backbone is trained, so it stays float32.
     """
 
     def __init__(self, backbone, train: TrainConfig | None = None, lr: float = 5e-5, replay_fraction: float = 0.0,
-                 ewc_lambda: float = 0.0, fisher_rows: int = 200):
+                 ewc_lambda: float = 0.0, fisher_rows: int = 200, device: str | torch.device = "cpu"):
+        from scalable_lm.device import resolve_device
+
         model, tokenizer = backbone
+        self.device = resolve_device(device)
         self.cfg, self.lr = train or TrainConfig(), lr
-        self.classifier = EncoderClassifier(model, tokenizer)
+        self.classifier = EncoderClassifier(model.to(self.device), tokenizer)
         self.classifier.backbone.requires_grad_(True)
-        self.head = UnionHead(self.classifier.hidden)
+        self.head = UnionHead(self.classifier.hidden, self.device)
         self.replay_fraction, self.ewc_lambda, self.fisher_rows = replay_fraction, ewc_lambda, fisher_rows
         self.buffer: list[tuple[str, int]] = []  # (text, union label)
         self.fisher: list[torch.Tensor] | None = None
@@ -77,7 +81,7 @@ class SequentialFineTune:
             data = own + self.buffer
             params = self._backbone_params() + list(self.head.parameters())
             optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=0.0)
-            labels = torch.tensor([y for _, y in data])
+            labels = torch.tensor([y for _, y in data], device=self.device)
 
             def logits_fn(idx):
                 return self._logits([data[i][0] for i in idx]), labels[idx]
@@ -102,7 +106,8 @@ class SequentialFineTune:
         fisher = [torch.zeros_like(p) for p in params]
         batches = list(training.batches(len(sample), self.cfg.batch_size))
         for idx in batches:
-            loss = F.cross_entropy(self._logits([sample[i][0] for i in idx]), torch.tensor([sample[i][1] for i in idx]))
+            targets = torch.tensor([sample[i][1] for i in idx], device=self.device)
+            loss = F.cross_entropy(self._logits([sample[i][0] for i in idx]), targets)
             grads = torch.autograd.grad(loss, params, allow_unused=True)
             for f, g in zip(fisher, grads):
                 if g is not None:

@@ -46,8 +46,12 @@ class SequentialLoRAGenerator:
     per_task_slots = False  # O-LoRA: True
 
     def __init__(self, config: SLMConfig | None = None, backbone=None, replay_fraction: float = 0.0,
-                 max_new_tokens: int = 64, orth_lambda: float = 0.5):
+                 max_new_tokens: int = 64, orth_lambda: float = 0.5, device: str | torch.device = "cpu"):
+        from scalable_lm.device import resolve_device
+
         self.config, self.lm = generative_backbone(config, backbone)
+        self.device = resolve_device(device)
+        self.lm.model.to(self.device)
         b = self.config.bank
         self.layers = inject(self.lm.model, b.targets, b.rank, b.alpha)
         self.replay_fraction = replay_fraction
@@ -65,7 +69,7 @@ class SequentialLoRAGenerator:
     def _route(self, n: int):
         """Every stored LoRA at weight 1 for each of ``n`` rows."""
         k = self.num_slots
-        return torch.arange(k).expand(n, k), torch.ones(n, k)
+        return torch.arange(k, device=self.device).expand(n, k), torch.ones(n, k, device=self.device)
 
     def _penalty(self) -> torch.Tensor:
         """O-LoRA: ``λ Σ_layers Σ_{s<t} |A_t A_s^T|`` for the newest LoRA ``t``."""
@@ -142,9 +146,12 @@ class ArrowGenerator:
     name = "arrow"
 
     def __init__(self, config: SLMConfig | None = None, backbone=None, top_k: int = 3, temperature: float = 1.0,
-                 max_new_tokens: int = 64):
+                 max_new_tokens: int = 64, device: str | torch.device = "cpu"):
+        from scalable_lm.device import resolve_device
+
         self.config, self.lm = generative_backbone(config, backbone)
-        self.model, self.peft = self.lm.model, None
+        self.device = resolve_device(device)
+        self.model, self.peft = self.lm.model.to(self.device), None
         self.top_k, self.temperature = top_k, temperature
         self.task_names: list[str] = []
         self.max_new_tokens = max_new_tokens

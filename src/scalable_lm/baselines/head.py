@@ -15,9 +15,9 @@ from scalable_lm.methods.base import Prediction
 class UnionHead(nn.Module):
     """A linear layer that grows by each new task's labels; old rows are copied, not reset."""
 
-    def __init__(self, hidden: int):
+    def __init__(self, hidden: int, device: torch.device | str = "cpu"):
         super().__init__()
-        self.hidden = hidden
+        self.hidden, self.device = hidden, torch.device(device)
         self.linear: nn.Linear | None = None
         self.outputs: list[tuple[str, str]] = []  # (task, label) of each output unit
 
@@ -27,7 +27,8 @@ class UnionHead(nn.Module):
     def grow(self, task: Task) -> int:
         """Add ``task``'s labels; returns the offset of its first output."""
         old, offset = self.linear, len(self.outputs)
-        self.linear = nn.Linear(self.hidden, offset + len(task.label_names))
+        device = old.weight.device if old is not None else self.device
+        self.linear = nn.Linear(self.hidden, offset + len(task.label_names)).to(device)
         if old is not None:
             with torch.no_grad():
                 self.linear.weight[:offset] = old.weight
@@ -38,7 +39,7 @@ class UnionHead(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         if self.linear is None:
             raise RuntimeError("no task learned yet")
-        return self.linear(features)
+        return self.linear(features.to(self.linear.weight.dtype))
 
     def predictions(self, features: torch.Tensor) -> list[Prediction]:
         probs = torch.softmax(self(features), dim=-1)

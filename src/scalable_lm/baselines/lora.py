@@ -28,16 +28,21 @@ class UnionLoRA:
         backbone: ``(model, tokenizer)``; frozen.
         train: shared training budget (``train.lr`` is the LoRA learning rate).
         bank: rank, alpha and target layers (the other fields are unused).
+        device: where to run (``scalable_lm.device``; float32).
     """
 
     name = "union-lora"
 
-    def __init__(self, backbone, train: TrainConfig | None = None, bank: BankConfig | None = None):
+    def __init__(self, backbone, train: TrainConfig | None = None, bank: BankConfig | None = None,
+                 device: str | torch.device = "cpu"):
+        from scalable_lm.device import resolve_device
+
         model, tokenizer = backbone
+        self.device = resolve_device(device)
         self.cfg, bank = train or TrainConfig(), bank or BankConfig()
-        self.classifier = EncoderClassifier(model, tokenizer)
+        self.classifier = EncoderClassifier(model.to(self.device), tokenizer)
         self.layers = inject(model, bank.targets, bank.rank, bank.alpha)
-        self.head = UnionHead(self.classifier.hidden)
+        self.head = UnionHead(self.classifier.hidden, self.device)
         self.learned: list[str] = []
 
     @property
@@ -50,7 +55,8 @@ class UnionLoRA:
         batch = self.classifier.tokenize(texts, self.cfg.max_length)
         if n == 0:
             return self.classifier.features(batch)
-        with routed(self.layers, torch.arange(n).expand(len(texts), n), torch.ones(len(texts), n)):
+        with routed(self.layers, torch.arange(n, device=self.device).expand(len(texts), n),
+                    torch.ones(len(texts), n, device=self.device)):
             return self.classifier.features(batch)
 
     def _new_slot(self, generator: torch.Generator) -> list[torch.nn.Parameter]:
@@ -70,7 +76,7 @@ class UnionLoRA:
     def _train(self, rows: list[tuple[str, int]], params, seed: int, generator: torch.Generator, desc: str,
                progress: bool, penalty_fn=None) -> list[float]:
         """``cfg.epochs`` epochs of cross-entropy on ``rows`` (text, union label); returns the epoch losses."""
-        texts, labels = [x for x, _ in rows], torch.tensor([y for _, y in rows])
+        texts, labels = [x for x, _ in rows], torch.tensor([y for _, y in rows], device=self.device)
         optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=0.0)
 
         def logits_fn(idx):
@@ -127,8 +133,9 @@ class MultitaskLoRA(UnionLoRA):
 
     name = "multitask-lora"
 
-    def __init__(self, backbone, train: TrainConfig | None = None, bank: BankConfig | None = None):
-        super().__init__(backbone, train, bank)
+    def __init__(self, backbone, train: TrainConfig | None = None, bank: BankConfig | None = None,
+                 device: str | torch.device = "cpu"):
+        super().__init__(backbone, train, bank, device)
         self.tasks: list[Task] = []
         self.trained_on = 0
         self.report: dict = {}
@@ -145,7 +152,7 @@ class MultitaskLoRA(UnionLoRA):
         generator = torch.Generator().manual_seed(seed)
         for layer in self.layers.values():
             layer.truncate(0)
-        self.head = UnionHead(self.classifier.hidden)
+        self.head = UnionHead(self.classifier.hidden, self.device)
         rows: list[tuple[str, int]] = []
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

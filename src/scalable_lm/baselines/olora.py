@@ -25,7 +25,8 @@ def orthogonality_loss(layers: Iterable[BankLinear]) -> torch.Tensor:
 
     Each slot holds one entry: ``lora_A[s]`` is ``[1, r, d_in]``. Returns a scalar (0 with one slot).
     """
-    total = torch.zeros(())
+    layers = list(layers)
+    total = torch.zeros((), device=layers[0].lora_A[-1].device if layers and len(layers[0].lora_A) else None)
     for layer in layers:
         new = layer.lora_A[-1][0]  # (r, d_in)
         for old in list(layer.lora_A)[:-1]:
@@ -46,8 +47,8 @@ class OLoRA(UnionLoRA):
     name = "o-lora"
 
     def __init__(self, backbone, train: TrainConfig | None = None, bank: BankConfig | None = None,
-                 orth_lambda: float = 0.5):
-        super().__init__(backbone, train, bank)
+                 orth_lambda: float = 0.5, device: str | torch.device = "cpu"):
+        super().__init__(backbone, train, bank, device)
         self.orth_lambda = orth_lambda
 
     @property

@@ -41,6 +41,17 @@ class KnowledgeBank(nn.Module):
         self._gauss: tuple | None = None
         self._frozen_keys: tuple[int, torch.Tensor] | None = None  # (tasks, their keys (E, G, d/G)) once frozen
         self._unit_keys: tuple[int, torch.Tensor] | None = None  # (tasks, scoring_keys of all keys) when all frozen
+        self.device, self.stats_dtype = torch.device("cpu"), torch.float64  # see to_device
+
+    def to_device(self, device: torch.device, stats_dtype: torch.dtype = torch.float64) -> None:
+        """Move keys (float32) and statistics (``stats_dtype``: float64, or float32 where the device has no
+        float64) to ``device``; new tasks are created there."""
+        for k in self.keys:
+            k.data = k.data.to(device=device, dtype=torch.float32)
+        self.stats = [tuple(t.to(device=device, dtype=stats_dtype) for t in s) for s in self.stats]
+        self.novelty = [tuple(t.to(device=device, dtype=stats_dtype) for t in n) for n in self.novelty]
+        self.device, self.stats_dtype = device, stats_dtype
+        self._gauss, self._frozen_keys, self._unit_keys, self._novel = None, None, None, None
 
     @property
     def num_tasks(self) -> int:
@@ -52,15 +63,16 @@ class KnowledgeBank(nn.Module):
 
     def add_task(self, generator: torch.Generator | None = None) -> nn.Parameter:
         """Append a new task's keys (orthogonal within each group) and return them, trainable."""
+        # drawn on the CPU from the (CPU) generator, so a seed gives the same keys on every device
         keys = retrieval.init_keys(self.groups, self.entries_per_task, self.dim // self.groups, generator)
-        self.keys.append(nn.Parameter(keys))
+        self.keys.append(nn.Parameter(keys.to(self.device)))
         return self.keys[-1]
 
     def set_statistics(self, task: int, stats: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
         """Record task ``task``'s query statistics (``routers.task_statistics``)."""
         if task != len(self.stats):
             raise ValueError(f"statistics for task {task} given, expected task {len(self.stats)}")
-        self.stats.append(tuple(t.to(torch.float64) for t in stats))
+        self.stats.append(tuple(t.to(device=self.device, dtype=self.stats_dtype) for t in stats))
         self._gauss = None
 
     def set_novelty(self, task: int, novelty: tuple[torch.Tensor, torch.Tensor] | None) -> None:
@@ -69,7 +81,7 @@ class KnowledgeBank(nn.Module):
             raise ValueError(f"novelty statistics for task {task} given, expected task {len(self.novelty)}")
         if novelty is None:
             novelty = (torch.zeros(self.dim), torch.tensor([0.0, float("inf")]))
-        self.novelty.append(tuple(t.to(torch.float64) for t in novelty))
+        self.novelty.append(tuple(t.to(device=self.device, dtype=self.stats_dtype) for t in novelty))
         self._novel = None
 
     def truncate(self, num_tasks: int) -> None:
@@ -119,7 +131,7 @@ class KnowledgeBank(nn.Module):
 
     def entry_task(self) -> torch.Tensor:
         """``[E]`` index of the task that owns each entry."""
-        return torch.arange(self.num_tasks).repeat_interleave(self.entries_per_task)
+        return torch.arange(self.num_tasks, device=self.device).repeat_interleave(self.entries_per_task)
 
     def eligible(self, upto: int | None = None, only: int | None = None) -> torch.Tensor:
         """``[E]`` bool mask: entries of tasks ``<= upto`` (generalised setting) or of task ``only``."""
@@ -198,7 +210,8 @@ class KnowledgeBank(nn.Module):
             if not 0 <= only < self.num_tasks:
                 raise ValueError(f"task {only} is not in the bank ({self.num_tasks} tasks)")
             with torch.no_grad():
-                return self._retrieve_within(queries, torch.full((queries.shape[0],), only), k, weighting, temperature)
+                tasks = torch.full((queries.shape[0],), only, device=queries.device)
+                return self._retrieve_within(queries, tasks, k, weighting, temperature)
         if router == "gaussian":
             scores = self.task_scores(queries, shrinkage)
             if upto is not None:

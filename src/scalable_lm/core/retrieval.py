@@ -159,7 +159,8 @@ def key_preparation_loss(
     sim = group_similarity(queries, keys.transpose(0, 1))  # (N, P, G)
     sim = sim.transpose(1, 2)  # (N, G, P)
     if mask_prob > 0:
-        drop = torch.rand(sim.shape, generator=generator) < mask_prob
+        # drawn on the CPU from the (CPU) generator: the same masks on every device
+        drop = (torch.rand(sim.shape, generator=generator) < mask_prob).to(sim.device)
         sim = sim.masked_fill(drop, float("-inf"))
     top, _ = sim.topk(min(k_prep, sim.shape[-1]), dim=-1)  # (N, G, k)
     valid = torch.isfinite(top)  # a fully masked group contributes nothing

@@ -15,19 +15,26 @@ from __future__ import annotations
 import torch
 
 
+def precise_dtype(device: torch.device) -> torch.dtype:
+    """The statistics' dtype on ``device``: float64 for stability, float32 on Apple MPS (no float64 there)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 def task_statistics(queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(mean [d], scatter [d, d], count [])`` of one task's queries ``[N, d]`` (float64 for stability)."""
-    q = queries.to(torch.float64)
+    """``(mean [d], scatter [d, d], count [])`` of one task's queries ``[N, d]`` (float64 for stability),
+    on the queries' device."""
+    dtype = precise_dtype(queries.device)
+    q = queries.to(dtype)
     mean = q.mean(dim=0)
     centred = q - mean
-    return mean, centred.T @ centred, torch.tensor(float(len(q)), dtype=torch.float64)
+    return mean, centred.T @ centred, torch.tensor(float(len(q)), dtype=dtype, device=q.device)
 
 
 def shared_precision(scatters: list[torch.Tensor], counts: list[torch.Tensor], shrinkage: float) -> torch.Tensor:
     """``[d, d]`` inverse of the pooled, shrunk covariance of all tasks."""
     cov = torch.stack(scatters).sum(0) / torch.stack(counts).sum().clamp_min(1.0)
     d = cov.shape[0]
-    target = torch.eye(d, dtype=cov.dtype) * (torch.trace(cov) / d).clamp_min(1e-12)
+    target = torch.eye(d, dtype=cov.dtype, device=cov.device) * (torch.trace(cov) / d).clamp_min(1e-12)
     return torch.linalg.inv((1 - shrinkage) * cov + shrinkage * target)
 
 
@@ -82,14 +89,14 @@ def novelty_statistics(queries: torch.Tensor, folds: int = 5) -> tuple[torch.Ten
     of the others, so the spread describes unseen inputs of the task rather than the points the centre was
     fitted on. Fewer than 3 queries: ``(0, inf)`` (nothing is ever unfamiliar).
     """
-    q = torch.nn.functional.normalize(queries.to(torch.float64), dim=-1)
+    q = torch.nn.functional.normalize(queries.to(precise_dtype(queries.device)), dim=-1)
     centre = q.mean(dim=0)
     folds = min(folds, len(q))
     if len(q) < 3:
-        return centre, torch.tensor([0.0, float("inf")], dtype=torch.float64)
+        return centre, torch.tensor([0.0, float("inf")], dtype=q.dtype, device=q.device)
     held_out = []
     for k in range(folds):
-        held = torch.zeros(len(q), dtype=torch.bool)
+        held = torch.zeros(len(q), dtype=torch.bool, device=q.device)
         held[k::folds] = True
         held_out.append(unit_distances(q[held], q[~held].mean(dim=0).expand(int(held.sum()), -1)))
     d = torch.cat(held_out)

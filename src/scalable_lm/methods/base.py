@@ -72,6 +72,46 @@ class GrowsByTask:
     own entries), which is what makes ``remove_task`` and merging directories exact.
     """
 
+    # ---- placement ----------------------------------------------------------------------------------
+    device: torch.device = torch.device("cpu")
+    dtype: torch.dtype = torch.float32
+
+    def to(self, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None):
+        """Move the whole model to one ``device`` and compute ``dtype`` (``scalable_lm.device``); returns self.
+
+        The frozen backbone and the query encoder take ``dtype``; keys, values and heads stay float32 and the
+        router statistics float64 (float32 on MPS). ``None`` keeps the current device or dtype; ``"auto"``
+        picks CUDA, then MPS, then CPU. Safe at any time: learned tasks move with the model, unchanged.
+        """
+        from scalable_lm.backbones import remember_fingerprint
+        from scalable_lm.core.routers import precise_dtype
+        from scalable_lm.device import resolve_device, resolve_dtype
+
+        device = resolve_device(device) if device is not None else self.device
+        dtype = resolve_dtype(dtype) if dtype is not None else self.dtype
+        for model in (self.backbone_module, self.encoder.model):  # identities of the weights as loaded
+            remember_fingerprint(model)
+        # the trained factors live inside the backbone's wrapped layers: take them out while the backbone is
+        # cast, so that a bfloat16 backbone does not round them, then put them back (float32, moved)
+        factors = {}
+        for name, layer in self.layers.items():
+            factors[name] = (layer.lora_A, layer.lora_B)
+            layer.lora_A, layer.lora_B = torch.nn.ParameterList(), torch.nn.ParameterList()
+        self.backbone_module.to(device=device, dtype=dtype)
+        for name, layer in self.layers.items():
+            layer.lora_A, layer.lora_B = factors[name]
+            layer.to_device(device)
+        for head in self._heads():
+            head.to(device=device, dtype=torch.float32)
+        self.encoder.model.to(device=device, dtype=dtype)
+        self.bank.to_device(device, precise_dtype(device))
+        self.device, self.dtype = device, dtype
+        return self
+
+    def _heads(self) -> list[torch.nn.Module]:
+        """Modules outside the backbone that are trained per task (classification heads)."""
+        return []
+
     def task_index(self, name: str) -> int:
         if name not in self.task_names:
             raise KeyError(f"unknown task '{name}'; learned tasks: {self.task_names}")
@@ -83,13 +123,14 @@ class GrowsByTask:
         return self._route(queries, only=self.task_index(task) if task is not None else None)
 
     def task_state(self, task: str | int) -> dict[str, torch.Tensor]:
-        """Every tensor of one task (by name or index), detached, under the names in the class docstring."""
+        """Every tensor of one task (by name or index), detached and on the CPU (device-free, as saved), under
+        the names in the class docstring."""
         t = self.task_index(task) if isinstance(task, str) else task
         state = {name: p for name, p in self._named_task_params(t).items()}
         state.update(zip(STATS, self.bank.stats[t]))
         if t < len(self.bank.novelty):
             state.update(zip(NOVELTY, self.bank.novelty[t]))
-        return {k: v.detach().contiguous() for k, v in state.items()}
+        return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
 
     def add_task_state(self, name: str, label_names: list[str] | None, state: dict[str, torch.Tensor]) -> None:
         """Append a task from its ``task_state`` (frozen, as a learned task is).
@@ -158,7 +199,7 @@ class GrowsByTask:
         queries = self.encoder.encode(list(inputs), progress=progress)
         bank = self.bank
         keys = torch.nn.Parameter(retrieval.init_keys(bank.groups, bank.entries_per_task, bank.dim // bank.groups,
-                                                      generator))
+                                                      generator).to(queries.device))
         key_loss = training.train_keys(keys, queries, self.config.keys, generator)
         state = {"keys": keys.detach(), **values}
         state.update(zip(STATS, routers.task_statistics(queries)))

@@ -82,12 +82,14 @@ class GenerativeSLM(GrowsByTask):
         backbone: ``(model, tokenizer)`` to use instead of loading ``config.model.backbone``.
         encoder: query encoder to use instead of loading ``config.model.encoder``.
         max_new_tokens: longest generated answer.
+        device, dtype: where the model runs and the compute dtype of its frozen parts (``GrowsByTask.to``).
     """
 
     name = "slm"
 
     def __init__(self, config: SLMConfig | None = None, backbone=None, encoder: QueryEncoder | None = None,
-                 max_new_tokens: int = 64):
+                 max_new_tokens: int = 64, device: str | torch.device | None = "auto",
+                 dtype: str | torch.dtype = "float32"):
         self.config, self.lm = generative_backbone(config, backbone)
         b = self.config.bank
         self.layers = inject(self.lm.model, b.targets, b.rank, b.alpha)
@@ -96,6 +98,7 @@ class GenerativeSLM(GrowsByTask):
         self.task_names: list[str] = []
         self.label_names: list[list[str]] = []  # always empty lists: answers are free text
         self.max_new_tokens = max_new_tokens
+        self.to(device, dtype)
 
     @property
     def backbone_module(self) -> nn.Module:
@@ -201,7 +204,7 @@ class GenerativeSLM(GrowsByTask):
                 answers = self.lm.generate(chunk, self.max_new_tokens)
             self.timings["retrieval_s"] += routed_at - start
             self.timings["generation_s"] += time.perf_counter() - routed_at
-            mass = torch.zeros(len(idx), len(self.task_names)).scatter_add_(1, owner[entries], weights)
+            mass = weights.new_zeros(len(idx), len(self.task_names)).scatter_add_(1, owner[entries], weights)
             for row, (text, logprob) in enumerate(answers):
                 confidence = float(torch.tensor(logprob).exp())
                 if not bool((weights[row] > 0).any()):  # unfamiliar to its routed task: the frozen base model answered
@@ -230,8 +233,8 @@ class GenerativeSLM(GrowsByTask):
         if not self.task_names:
             raise RuntimeError("no task learned yet")
         k = self.config.bank.top_k
-        entries = torch.zeros(len(prompts), k, dtype=torch.long)
-        weights = torch.zeros(len(prompts), k)
+        entries = torch.zeros(len(prompts), k, dtype=torch.long, device=self.device)
+        weights = torch.zeros(len(prompts), k, device=self.device)
         groups: dict[str, list[int]] = {}
         for i, model in enumerate(models):
             groups.setdefault(model, []).append(i)
@@ -250,7 +253,7 @@ class GenerativeSLM(GrowsByTask):
             if model == "base" or not bool((weights[i] > 0).any()):
                 infos.append({"task": BASE_MODEL, "entries": [], "weights": [], "fallback": model != "base"})
                 continue
-            mass = torch.zeros(len(self.task_names)).scatter_add_(0, owner[entries[i]], weights[i])
+            mass = weights.new_zeros(len(self.task_names)).scatter_add_(0, owner[entries[i]], weights[i])
             infos.append({"task": self.task_names[int(mass.argmax())],
                           "entries": [f"{self.task_names[int(owner[e])]}#{int(e) % per_task}" for e in entries[i]],
                           "weights": [round(float(w), 6) for w in weights[i]], "fallback": False})

@@ -33,13 +33,17 @@ class SLM(GrowsByTask):
         backbone: ``(model, tokenizer)`` to use instead of loading ``config.model.backbone``.
         encoder: query encoder to use instead of loading ``config.model.encoder``.
         accelerator: an ``accelerate.Accelerator``; under ``accelerate launch --num_processes N`` the
-            fine-tune stage runs data parallel over the N processes (see ``training.supervised_epoch``).
+            fine-tune stage runs data parallel over the N processes (see ``training.supervised_epoch``), and
+            the accelerator decides the device.
+        device: ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+        dtype: compute dtype of the frozen backbone and query encoder (``float32``, ``bfloat16``,
+            ``float16``); keys, values and heads stay float32 (``GrowsByTask.to``).
     """
 
     name = "slm"
 
     def __init__(self, config: SLMConfig | None = None, backbone=None, encoder: QueryEncoder | None = None,
-                 accelerator=None):
+                 accelerator=None, device: str | torch.device | None = "auto", dtype: str | torch.dtype = "float32"):
         from scalable_lm.backbones import load_encoder
 
         self.config = config or SLMConfig()
@@ -54,10 +58,14 @@ class SLM(GrowsByTask):
         self.task_names: list[str] = []
         self.label_names: list[list[str]] = []
         self.accelerator = accelerator
+        self.to(accelerator.device if accelerator is not None else device, dtype)
 
     @property
     def backbone_module(self) -> nn.Module:
         return self.classifier.backbone
+
+    def _heads(self) -> list[nn.Module]:
+        return list(self.classifier.heads)
 
     # ---- growing and shrinking the bank -------------------------------------------------------------
     def _add_task(self, name: str, label_names: list[str], generator: torch.Generator) -> list[nn.Parameter]:
@@ -116,7 +124,7 @@ class SLM(GrowsByTask):
         optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=0.0)
         limit = min(cfg.max_length, max_positions(self.classifier.backbone))
         tokens = self.classifier.tokenizer([x for x, _ in train_rows], truncation=True, max_length=limit)
-        labels = torch.tensor([y for _, y in train_rows])
+        labels = torch.tensor([y for _, y in train_rows], device=self.device)
         # dtkr: the generalised setting, all entries so far; gaussian: the task's own entries, as at inference
         route = {"only": t} if self.config.bank.router == "gaussian" else {"upto": t}
 
@@ -147,7 +155,7 @@ class SLM(GrowsByTask):
     @torch.no_grad()
     def _own_head_accuracy(self, t: int, rows, route: dict) -> float:
         self.classifier.eval()
-        texts, labels = [x for x, _ in rows], torch.tensor([y for _, y in rows])
+        texts, labels = [x for x, _ in rows], torch.tensor([y for _, y in rows], device=self.device)
         correct = 0
         for idx in training.batches(len(rows), 64):
             feats, _, _ = self._features([texts[i] for i in idx], **route)
@@ -184,7 +192,7 @@ class SLM(GrowsByTask):
         out: list[Prediction] = []
         for idx in tqdm(list(training.batches(len(texts), batch_size)), desc="predicting", disable=not progress, leave=False):
             feats, entries, weights = self._features([texts[i] for i in idx], only=only, queries=queries[idx])
-            per_task = torch.zeros(len(idx), len(self.task_names)).scatter_add_(1, owner[entries], weights)
+            per_task = weights.new_zeros(len(idx), len(self.task_names)).scatter_add_(1, owner[entries], weights)
             chosen = per_task.argmax(dim=-1)  # head of the task owning most retrieved weight
             for row in range(len(idx)):
                 out.append(self._answer(feats[row], int(chosen[row]), entries[row], weights[row], owner))
@@ -206,8 +214,8 @@ class SLM(GrowsByTask):
         batch = self.classifier.tokenize(texts, self.config.train.max_length)
         with routed(self.layers, entries, weights):
             feats = self.classifier.features(batch)
-        per_task = torch.zeros(len(self.task_names)).scatter_add_(0, owner[entries[0]], weights[0])
-        fits = torch.tensor([len(names) == num_classes for names in self.label_names])
+        per_task = weights.new_zeros(len(self.task_names)).scatter_add_(0, owner[entries[0]], weights[0])
+        fits = torch.tensor([len(names) == num_classes for names in self.label_names], device=per_task.device)
         if not bool(fits.any()):
             raise ValueError(f"no learned task has {num_classes} classes")
         t = int(torch.where(fits, per_task, per_task.new_full(per_task.shape, -1.0)).argmax())
