@@ -95,8 +95,9 @@ def provenance() -> dict:
     import scalable_lm
 
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    # src relative to the repository root (from benchmarks/ it named nothing, so every record said "clean")
     dirty = bool(subprocess.run(["git", "status", "--porcelain", "src"], capture_output=True, text=True,
-                                cwd=ROOT).stdout.strip())
+                                cwd=ROOT.parent).stdout.strip())
     return {"git_commit": commit, "src_dirty": dirty, "python": platform.python_version(),
             "torch": torch.__version__, "transformers": transformers.__version__,
             "scalable_lm": scalable_lm.__version__, "threads": torch.get_num_threads()}

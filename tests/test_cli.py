@@ -510,3 +510,19 @@ def test_info_checks_every_task_file(tmp_path, models, data, capsys):
     task_file.write_bytes(task_file.read_bytes()[:-1] + b"\0")
     code, out, err = run(capsys, "info", m)
     assert code == cli.EXIT_ERROR and "FAILS ITS CHECKSUM" in out and "missing or corrupted: ['fruit']" in err
+
+
+def test_learn_logs_its_stages_when_stderr_is_not_a_terminal(tmp_path, models, data, capsys, monkeypatch):
+    """Under nohup/systemd (stderr not a terminal) there is no bar: stage and epoch lines, and a progress line
+    at most every LOG_EVERY_S seconds (0 here: every batch); -q keeps only warnings and errors."""
+    from scalable_lm import progress
+
+    monkeypatch.setattr(progress, "LOG_EVERY_S", 0.0)
+    code = cli.main(["learn", "--model", str(tmp_path / "m"), "--task", "fruit", "--data", str(data["fruit", "train"]),
+                     "--backbone", str(models / "backbone"), "--encoder", str(models / "encoder"), *FAST])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "INFO scalable_lm" in err and "learning task fruit" in err and "epoch 3/3: loss" in err
+    assert "task fruit epoch 1: " in err and "/" in err.split("task fruit epoch 1: ")[1].split("\n")[0]  # batch i/n
+    code, _, err = learn(capsys, tmp_path / "m", models, data, "vehicle", "-q")
+    assert code == 0 and "INFO" not in err, err

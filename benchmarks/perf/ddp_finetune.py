@@ -5,9 +5,10 @@ Usage (this machine, 2 CPU cores; the wrapper benchmarks/perf/run_ddp.sh runs bo
     accelerate launch --multi_gpu --num_processes 2 benchmarks/perf/ddp_finetune.py --out /tmp/ddp2
 (without GPUs, accelerate's multi-process launcher starts CPU processes that join a gloo group;
 ``--cpu --num_processes 2`` would start only one)
-On GPUs: ``accelerate launch --num_processes 8 benchmarks/perf/ddp_finetune.py ...`` (multi-GPU data parallel),
-or ``accelerate launch --use_deepspeed --zero_stage 2 ...`` for DeepSpeed ZeRO (the trainable tensors of
-one task are small, so plain data parallelism is what pays off).
+On GPUs: ``accelerate launch --multi_gpu --num_processes 8 benchmarks/perf/ddp_finetune.py ...`` (multi-GPU data
+parallel; each process runs on the GPU its accelerator names). DeepSpeed ZeRO is not supported: the loop sums
+gradients itself (``training.supervised_epoch``) and never calls ``accelerator.prepare``, so ZeRO would shard
+nothing; a task's trainable tensors are a few MB, so plain data parallelism is what pays off.
 
 Learns one task (default: the first task of the generated demo stream; ``--data-dir``/``--task`` for a
 local CL-5 task) with ``SLM(accelerator=...)``: every process computes the same keys, then each takes its

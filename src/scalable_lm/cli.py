@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import signal
 import sys
 import threading
@@ -47,7 +48,33 @@ def _config_overrides(args: argparse.Namespace) -> dict[str, dict]:
 
 
 def _progress(args) -> bool:
-    return not getattr(args, "quiet", False) and sys.stderr.isatty()
+    """Show progress (a bar on a terminal, a log line a minute otherwise: ``scalable_lm.progress``) unless -q."""
+    return not getattr(args, "quiet", False)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (``main`` may run in-process, e.g. under pytest)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def _setup_logging(args) -> None:
+    """INFO by default (stage and epoch lines, progress lines when stderr is not a terminal); -q: warnings
+    and errors only; -v: debug."""
+    logger = logging.getLogger("scalable_lm")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    quiet, verbose = getattr(args, "quiet", False), getattr(args, "verbose", False)
+    logger.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
 
 
 def _query_cache(slm, args) -> Path | None:
@@ -423,12 +450,15 @@ def build_parser() -> argparse.ArgumentParser:
     from scalable_lm import __version__
 
     parser.add_argument("--version", action="version", version=f"scalable-lm {__version__}")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or progress lines; warnings and errors only")
+    parser.add_argument("-v", "--verbose", action="store_true", help="also debug messages")
     parser.add_argument("--no-cache", action="store_true",
                         help="do not read or write the query-embedding cache ($SLM_CACHE_DIR, default ~/.cache/scalable_lm)")
     # the same two flags after the command (`slm learn ... -q`); absent there, the value before it stands
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="no progress bars or progress lines; warnings and errors only")
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="also debug messages")
     common.add_argument("--no-cache", action="store_true", default=argparse.SUPPRESS,
                         help="do not read or write the query-embedding cache")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -617,6 +647,7 @@ def main(argv: list[str] | None = None) -> int:
     from scalable_lm.store import ModelDirError
 
     args = build_parser().parse_args(argv)
+    _setup_logging(args)
     previous = {}
     if args.command != "serve" and threading.current_thread() is threading.main_thread():
         # docker stop, systemd and Kubernetes send SIGTERM: end as Ctrl-C does (the directory is left as it was).

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from tqdm.auto import tqdm
 
+from scalable_lm.progress import progress as progress_bar
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Masked mean over tokens.
@@ -90,7 +90,7 @@ class QueryEncoder:
         # longest-first batching wastes less padding; results do not depend on the order
         missing.sort(key=len, reverse=True)
         steps = range(0, len(missing), self.batch_size)
-        for start in tqdm(steps, desc="encoding queries", disable=not progress or len(steps) < 2, leave=False):
+        for start in progress_bar(steps, "encoding queries", progress and len(steps) >= 2):
             chunk = missing[start : start + self.batch_size]
             for text, row in zip(chunk, self._encode_batch(chunk)):
                 self._cache[text_key(text)] = row.to("cpu", copy=True)

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from scalable_lm.progress import progress as progress_bar
 
 from scalable_lm.config import KeyConfig
 from scalable_lm.core import retrieval
@@ -71,7 +71,7 @@ def supervised_epoch(
     world = accelerator.num_processes if accelerator is not None else 1
     rank = accelerator.process_index if accelerator is not None else 0
     total, steps = 0.0, 0
-    bar = tqdm(list(batches(n_rows, batch_size, generator)), desc=desc, disable=not progress or rank != 0, leave=False)
+    bar = progress_bar(batches(n_rows, batch_size, generator), desc, progress and rank == 0)
     for idx in bar:
         share = idx[rank::world]
         optimizer.zero_grad()

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import time
 
@@ -36,7 +37,7 @@ def generate_answers(method, prompts: list[str], batch_size: int, context=None) 
         with context(len(chunk)) if context is not None else contextlib.nullcontext():
             answers = method.lm.generate(chunk, method.max_new_tokens)
         method.timings["generation_s"] += time.perf_counter() - start
-        out += [Prediction(label=text, task="", confidence=float(torch.tensor(lp).exp())) for text, lp in answers]
+        out += [Prediction(label=text, task="", confidence=math.exp(lp)) for text, lp in answers]
     return out
 
 

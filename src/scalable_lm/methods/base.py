@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -235,6 +236,9 @@ class GrowsByTask:
         seed = self.config.train.seed + len(self.task_names)
         generator = torch.Generator().manual_seed(seed)
         train_rows, val_rows = split_validation(task.train, self.config.train.val_fraction, seed)
+        logging.getLogger("scalable_lm").info(
+            "learning task %s: %d training rows, %d validation rows, on %s in %s", task.name, len(train_rows),
+            len(val_rows), self.device, str(self.dtype).removeprefix("torch."))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self._add_task(task.name, getattr(task, "label_names", None), generator)

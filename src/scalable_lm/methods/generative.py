@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
+import math
 import time
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from scalable_lm import training
 from scalable_lm.adapters.causal import CausalLM, Seq2SeqLM
@@ -26,6 +27,9 @@ from scalable_lm.core.bank import KnowledgeBank
 from scalable_lm.data.tasks import DataError
 from scalable_lm.encoder import QueryEncoder
 from scalable_lm.methods.base import GrowsByTask, Prediction
+from scalable_lm.progress import progress as progress_bar
+
+log = logging.getLogger(__name__)
 
 BASE_MODEL = "(base model)"  # Prediction.task of an input that fell back to the frozen model (bank.fallback)
 DECODER_TARGETS = ["o_proj"]  # attention output of LLaMA-family blocks (the paper's choice)
@@ -57,7 +61,7 @@ def answer_epoch(lm, rows: list[tuple[str, str]], params, optimizer, batch_size:
     """
     lm.train()
     total, steps = 0.0, 0
-    for idx in tqdm(list(training.batches(len(rows), batch_size, generator)), desc=desc, disable=not progress, leave=False):
+    for idx in progress_bar(training.batches(len(rows), batch_size, generator), desc, progress):
         chunk = [rows[i] for i in idx]
         batch = lm.training_batch([p for p, _ in chunk], [a for _, a in chunk])
         with route(idx) if route is not None else contextlib.nullcontext():
@@ -146,6 +150,8 @@ class GenerativeSLM(GrowsByTask):
         self.bank.set_novelty(t, routers.novelty_statistics(queries))
         key_loss = training.train_keys(self.bank.keys[t], queries, self.config.keys, generator)
         key_s = time.perf_counter() - start
+        log.info("task %s: %d queries encoded and keys trained in %.1fs (loss %.3f)", self.task_names[t],
+                 len(queries), key_s, key_loss[-1])
         route = {"only": t} if self.config.bank.router == "gaussian" else {"upto": t}
         params = self._values(t)
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
@@ -156,6 +162,8 @@ class GenerativeSLM(GrowsByTask):
                                 route=lambda idx: routed(self.layers, *self._route(queries[idx], **route)))
             val_loss = self._val_loss(val_rows, route) if val_rows else None
             history.append({"epoch": epoch + 1, "loss": loss, "val_loss": val_loss})
+            log.info("task %s epoch %d/%d: loss %.4f%s", self.task_names[t], epoch + 1, cfg.epochs, loss,
+                     f", validation loss {val_loss:.4f}" if val_loss is not None else "")
             if val_loss is not None and val_loss < best:
                 best, best_state = val_loss, [p.detach().clone() for p in params]
         if best_state is not None:  # the epoch best on the validation split
@@ -195,7 +203,7 @@ class GenerativeSLM(GrowsByTask):
         per_task = self.bank.entries_per_task
         out: list[Prediction] = []
         self.timings = {"retrieval_s": 0.0, "generation_s": 0.0}  # of this call (paper Tab. 17)
-        for idx in tqdm(list(training.batches(len(prompts), batch_size)), desc="generating", disable=not progress, leave=False):
+        for idx in progress_bar(training.batches(len(prompts), batch_size), "generating", progress):
             chunk = [prompts[i] for i in idx]
             start = time.perf_counter()
             entries, weights = self._route(self.encoder.encode(chunk), only=only)  # once per prompt
@@ -206,7 +214,7 @@ class GenerativeSLM(GrowsByTask):
             self.timings["generation_s"] += time.perf_counter() - routed_at
             mass = weights.new_zeros(len(idx), len(self.task_names)).scatter_add_(1, owner[entries], weights)
             for row, (text, logprob) in enumerate(answers):
-                confidence = float(torch.tensor(logprob).exp())
+                confidence = math.exp(logprob)
                 if not bool((weights[row] > 0).any()):  # unfamiliar to its routed task: the frozen base model answered
                     out.append(Prediction(label=text, task=BASE_MODEL, confidence=confidence))
                     continue
@@ -266,7 +274,7 @@ class GenerativeSLM(GrowsByTask):
 
         self.lm.eval()
         answers = []
-        for row in tqdm(rows, desc=f"zero-shot {task}", disable=not progress, leave=False):
+        for row in progress_bar(rows, f"zero-shot {task}", progress):
             pairs, normalise = zeroshot.multiple_choice_pairs(task, row)
             if self.task_names:
                 entries, weights = self._route(self.encoder.encode([row["question"]]))

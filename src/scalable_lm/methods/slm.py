@@ -8,11 +8,11 @@ a task leaves them bit-identical.
 
 from __future__ import annotations
 
+import logging
 import time
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from scalable_lm import training
 from scalable_lm.adapters.classification import EncoderClassifier
@@ -23,6 +23,9 @@ from scalable_lm.core.routers import novelty_statistics, task_statistics
 from scalable_lm.data.tasks import DataError
 from scalable_lm.encoder import QueryEncoder, max_positions
 from scalable_lm.methods.base import GrowsByTask, Prediction
+from scalable_lm.progress import progress as progress_bar
+
+log = logging.getLogger(__name__)
 
 
 class SLM(GrowsByTask):
@@ -98,6 +101,8 @@ class SLM(GrowsByTask):
         self.bank.set_novelty(t, novelty_statistics(queries))  # kept for a uniform store; classifiers never fall back
         key_loss = training.train_keys(self.bank.keys[t], queries, self.config.keys, generator)
         key_s = time.perf_counter() - start - encode_s
+        log.info("task %s: %d queries encoded in %.1fs; keys trained in %.1fs (loss %.3f)", self.task_names[t],
+                 len(queries), encode_s, key_s, key_loss[-1])
         report = self._fine_tune(t, train_rows, val_rows, queries, generator, progress)
         for p in self._task_params(t):
             p.requires_grad_(False)
@@ -143,6 +148,8 @@ class SLM(GrowsByTask):
                                              accelerator=self.accelerator)
             val_acc = self._own_head_accuracy(t, val_rows, route) if val_rows else None
             history.append({"epoch": epoch + 1, "loss": loss, "val_accuracy": val_acc})
+            log.info("task %s epoch %d/%d: loss %.4f%s", self.task_names[t], epoch + 1, cfg.epochs, loss,
+                     f", validation accuracy {val_acc:.3f}" if val_acc is not None else "")
             if val_acc is not None and val_acc > best_acc:
                 best_acc, best_state = val_acc, [p.detach().clone() for p in trainable]
         if best_state is not None:  # keep the epoch that was best on the validation split
@@ -190,7 +197,7 @@ class SLM(GrowsByTask):
         owner = self.bank.entry_task()
         queries = self.encoder.encode(texts, progress=progress)  # once, in one pass
         out: list[Prediction] = []
-        for idx in tqdm(list(training.batches(len(texts), batch_size)), desc="predicting", disable=not progress, leave=False):
+        for idx in progress_bar(training.batches(len(texts), batch_size), "predicting", progress):
             feats, entries, weights = self._features([texts[i] for i in idx], only=only, queries=queries[idx])
             per_task = weights.new_zeros(len(idx), len(self.task_names)).scatter_add_(1, owner[entries], weights)
             chosen = per_task.argmax(dim=-1)  # head of the task owning most retrieved weight
