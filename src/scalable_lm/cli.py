@@ -124,12 +124,12 @@ def cmd_learn(args) -> None:
     if not existing:
         store.check_new_directory(directory)
     config = _learn_config(directory, manifest, _config_overrides(args))  # every option checked before any work
-    _placement(args)
+    placement = _placement(args)
     with store.DirectoryLock(directory, args.wait, command=" ".join(["slm", *sys.argv[1:]])):
-        _learn_locked(args, directory, config)
+        _learn_locked(args, directory, config, placement)
 
 
-def _learn_locked(args, directory: Path, config: SLMConfig) -> None:
+def _learn_locked(args, directory: Path, config: SLMConfig, placement: dict) -> None:
     from scalable_lm import store
     from scalable_lm.data.tasks import DataError, load_task
     from scalable_lm.methods.slm import SLM
@@ -148,11 +148,11 @@ def _learn_locked(args, directory: Path, config: SLMConfig) -> None:
         from scalable_lm.methods.generative import GenerativeSLM
 
         task = load_instruction_task(args.task, args.data, args.test, args.max_train, config.train.seed)
-        slm = _loader(args)(directory) if existing else GenerativeSLM(config, **_placement(args))
+        slm = store.load(directory, **placement) if existing else GenerativeSLM(config, **placement)
     else:
         task = load_task(args.task, args.data, args.test, args.max_train, config.train.seed, args.text_column,
                          args.label_column)
-        slm = _loader(args)(directory) if existing else SLM(config, **_placement(args))
+        slm = store.load(directory, **placement) if existing else SLM(config, **placement)
     slm.config.keys, slm.config.train = config.keys, config.train  # this task's own key and train options
     cache = _query_cache(slm, args)
     report = slm.learn(task, progress=_progress(args))

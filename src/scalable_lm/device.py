@@ -62,11 +62,6 @@ def resolve_dtype(dtype: str | torch.dtype | None = "float32") -> torch.dtype:
     return DTYPES[name]
 
 
-def stats_dtype(device: torch.device) -> torch.dtype:
-    """The router statistics' dtype: float64, except on MPS (no float64 there)."""
-    return torch.float32 if device.type == "mps" else torch.float64
-
-
 def module_device(module: torch.nn.Module) -> torch.device:
     """The device of a module's first parameter (CPU for a module without any)."""
     for p in module.parameters():

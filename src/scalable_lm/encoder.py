@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from scalable_lm.device import module_device
 from scalable_lm.progress import progress as progress_bar
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -72,9 +73,7 @@ class QueryEncoder:
     @property
     def device(self) -> torch.device:
         """Where the encoder runs (its model's device); queries are returned there."""
-        for p in self.model.parameters():
-            return p.device
-        return torch.device("cpu")
+        return module_device(self.model)
 
     @torch.no_grad()
     def _encode_batch(self, texts: list[str]) -> torch.Tensor:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from scalable_lm.device import module_device
+
 
 def multiple_choice_pairs(task: str, row: dict) -> tuple[list[tuple[str, str]], bool]:
     """``([(context, continuation) per choice], normalise_by_length)`` for one row."""
@@ -37,7 +39,7 @@ def loglikelihoods(model, tokenizer, pairs: list[tuple[str, str]], max_length: i
         spans.append(min(len(cont), len(ids) - 1))
     width = max(len(r) for r in rows)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    device = next(model.parameters()).device
+    device = module_device(model)
     input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=device)
     mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
     logprobs = F.log_softmax(model(input_ids=input_ids, attention_mask=mask).logits.float(), dim=-1)

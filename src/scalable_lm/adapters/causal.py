@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scalable_lm.device import module_device
+
 
 class CausalLM(nn.Module):
     """A frozen causal LM with its tokenizer.
@@ -37,7 +39,7 @@ class CausalLM(nn.Module):
     @property
     def device(self) -> torch.device:
         """The model's device: every batch is built there."""
-        return next(self.model.parameters()).device
+        return module_device(self.model)
 
     def render(self, prompt: str) -> str:
         """The text the model sees before its answer (chat template with the generation prompt)."""
@@ -191,7 +193,7 @@ class Seq2SeqLM(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return module_device(self.model)
 
     def render(self, prompt: str) -> str:
         return prompt

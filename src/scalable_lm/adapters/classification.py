@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from scalable_lm.device import module_device
 from scalable_lm.encoder import max_positions, mean_pool
 
 
@@ -30,7 +31,7 @@ class EncoderClassifier(nn.Module):
     @property
     def device(self) -> torch.device:
         """The backbone's device: batches and new heads are put there."""
-        return next(self.backbone.parameters()).device
+        return module_device(self.backbone)
 
     def add_head(self, num_labels: int) -> nn.Linear:
         """A new float32 head on the backbone's device (initialised on the CPU, so seeds agree across devices)."""

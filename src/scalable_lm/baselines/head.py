@@ -27,8 +27,7 @@ class UnionHead(nn.Module):
     def grow(self, task: Task) -> int:
         """Add ``task``'s labels; returns the offset of its first output."""
         old, offset = self.linear, len(self.outputs)
-        device = old.weight.device if old is not None else self.device
-        self.linear = nn.Linear(self.hidden, offset + len(task.label_names)).to(device)
+        self.linear = nn.Linear(self.hidden, offset + len(task.label_names)).to(self.device)
         if old is not None:
             with torch.no_grad():
                 self.linear.weight[:offset] = old.weight

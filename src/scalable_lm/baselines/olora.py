@@ -25,8 +25,7 @@ def orthogonality_loss(layers: Iterable[BankLinear]) -> torch.Tensor:
 
     Each slot holds one entry: ``lora_A[s]`` is ``[1, r, d_in]``. Returns a scalar (0 with one slot).
     """
-    layers = list(layers)
-    total = torch.zeros((), device=layers[0].lora_A[-1].device if layers and len(layers[0].lora_A) else None)
+    total = torch.zeros(())
     for layer in layers:
         new = layer.lora_A[-1][0]  # (r, d_in)
         for old in list(layer.lora_A)[:-1]:
