@@ -2,6 +2,8 @@
 bad inputs of the foundation issue (one-line error, exit code != 0, model directory unchanged)."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -315,6 +317,14 @@ def test_second_writer_refused_within_a_second(tmp_path, models, data, capsys):
         start = time.perf_counter()
         code, _, err = learn(capsys, m, models, data, "vehicle", "--wait", "0.5")
         assert code == cli.EXIT_ERROR and time.perf_counter() - start >= 0.5
+        # as its own process (what a user runs), the refused writer never loads torch: it answers at start-up
+        script = ("import sys; from scalable_lm import cli; code = cli.main(sys.argv[1:]); "
+                  "print('torch' in sys.modules); sys.exit(code)")
+        argv = ["learn", "--model", m, "--task", "vehicle", "--data", data["vehicle", "train"],
+                "--backbone", models / "backbone", "--encoder", models / "encoder", *FAST]
+        proc = subprocess.run([sys.executable, "-c", script, *map(str, argv)], capture_output=True, text=True)
+        assert proc.returncode == cli.EXIT_ERROR and "being written" in proc.stderr, proc.stderr
+        assert proc.stdout.strip() == "False"
     finally:
         holder.kill()
         holder.wait()
@@ -526,3 +536,16 @@ def test_learn_logs_its_stages_when_stderr_is_not_a_terminal(tmp_path, models, d
     assert "task fruit epoch 1: " in err and "/" in err.split("task fruit epoch 1: ")[1].split("\n")[0]  # batch i/n
     code, _, err = learn(capsys, tmp_path / "m", models, data, "vehicle", "-q")
     assert code == 0 and "INFO" not in err, err
+
+
+def test_importing_the_package_and_help_do_not_load_torch():
+    script = ("import sys, contextlib, io, scalable_lm\n"
+              "from scalable_lm import cli, store\n"
+              "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+              "    cli.main(['learn', '--help'])\n"
+              "print('torch' in sys.modules, scalable_lm.__version__)\n"
+              "scalable_lm.SLM  # the public names load on first use\n"
+              "print('torch' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", "0.1.0", "True"]

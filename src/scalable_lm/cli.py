@@ -19,6 +19,9 @@ from pathlib import Path
 from scalable_lm.config import SLMConfig
 
 EXIT_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 130, 143
+DEVICE_HELP = "where to run: auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps (default: auto)"
+DTYPE_HELP = ("compute dtype of the frozen backbone and query encoder: float32, bfloat16 or float16; keys, "
+              "values, heads and optimiser state stay float32 (default: float32)")
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -124,9 +127,11 @@ def cmd_learn(args) -> None:
     if not existing:
         store.check_new_directory(directory)
     config = _learn_config(directory, manifest, _config_overrides(args))  # every option checked before any work
-    placement = _placement(args)
+    # --device/--dtype need torch (~2.5 s to import). A new directory has them checked before anything is
+    # created; an existing one takes the lock first, so a second writer is refused before torch loads.
+    placement = None if existing else _placement(args)
     with store.DirectoryLock(directory, args.wait, command=" ".join(["slm", *sys.argv[1:]])):
-        _learn_locked(args, directory, config, placement)
+        _learn_locked(args, directory, config, placement or _placement(args))
 
 
 def _learn_locked(args, directory: Path, config: SLMConfig, placement: dict) -> None:
@@ -606,8 +611,8 @@ def _add_wait(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_placement(parser: argparse.ArgumentParser) -> None:
-    from scalable_lm.device import DEVICE_HELP, DTYPE_HELP
-
+    """``--device`` / ``--dtype`` (resolved by ``scalable_lm.device``; the help lives here so that building the
+    parser does not load torch)."""
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--dtype", default="float32", help=DTYPE_HELP)
 

@@ -12,9 +12,6 @@ from __future__ import annotations
 import torch
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DEVICE_HELP = "where to run: auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps (default: auto)"
-DTYPE_HELP = ("compute dtype of the frozen backbone and query encoder: float32, bfloat16 or float16; keys, "
-              "values, heads and optimiser state stay float32 (default: float32)")
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:

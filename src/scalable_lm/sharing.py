@@ -42,6 +42,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from scalable_lm import store
+from scalable_lm.methods.base import TaskStateError
 from scalable_lm.store import ModelDirError
 
 ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter_model.safetensors", "adapter_config.json"
@@ -284,7 +285,7 @@ def import_adapter(directory: str | Path, task: str, adapter_dir: str | Path, in
             values.update({"head.weight": h["weight"], "head.bias": h["bias"]})
         try:
             report = slm.import_task(task, label_names, values, inputs, progress=progress)
-        except store.TaskStateError as err:
+        except TaskStateError as err:
             raise AdapterError(f"{adapter_dir}: {err}") from err
         info = {"imported_from": str(adapter_dir), "adapter_rank": int(config.get("r", 0)),
                 "adapter_base_model": base, "example_inputs": len(inputs), **(task_info or {})}

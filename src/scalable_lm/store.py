@@ -25,13 +25,18 @@ import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError  # the error type only: importing safetensors does not load torch
 
 from scalable_lm.fileio import TMP_SUFFIX, atomic_write, sha256  # noqa: F401  (re-exported: store.sha256)
-from scalable_lm.methods.base import NOVELTY, STATS, TaskStateError  # noqa: F401
+
+if TYPE_CHECKING:
+    import torch
+
+# torch, safetensors.torch and the methods are imported inside the functions that need them: a writer
+# that is refused the lock (or any command that fails on its arguments) then answers before torch has
+# even loaded (~2.5 s here), which is what issue 15 asks of a second writer.
 
 FORMAT = "scalable-lm/1"
 MANIFEST = "manifest.json"
@@ -248,6 +253,7 @@ def task_file(index: int, name: str) -> str:
 
 
 def _versions() -> dict[str, str]:
+    import torch
     import transformers
 
     import scalable_lm
@@ -329,6 +335,8 @@ def _write_task(directory: Path, rel: str, name: str, label_names: list[str], st
                 entries: int, info: dict) -> dict:
     """Write one task file (atomic) and return its manifest entry."""
     meta = {"task": name, "label_names": json.dumps(label_names)}
+    from safetensors.torch import save_file
+
     state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}  # device-free files
     _atomic(directory / rel, lambda tmp: save_file(state, str(tmp), metadata=meta))
     return {**info, "name": name, "file": rel, "sha256": sha256(directory / rel), "label_names": list(label_names),
@@ -375,6 +383,7 @@ def load(directory: str | Path, backbone=None, encoder=None, device="auto", dtyp
     (``scalable_lm.device``), whatever it was trained on.
     """
     from scalable_lm.config import SLMConfig
+    from scalable_lm.methods.base import TaskStateError
     from scalable_lm.methods.slm import SLM
 
     directory = Path(directory)
@@ -412,6 +421,8 @@ def _checked_file(directory: Path, entry: dict) -> Path:
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
     try:
         return load_file(str(path))
     except (SafetensorError, OSError) as err:
