@@ -32,3 +32,16 @@ def test_retrieval_accuracy_needs_strict_majority():
     entries = [["a", "a", "b", "b"], ["a", "a", "a", "b"], ["b"]]
     assert metrics.retrieval_accuracy(entries, ["a", "a", "b"]) == pytest.approx(2 / 3)
     assert math.isnan(metrics.retrieval_accuracy([], []))
+
+
+def test_expected_calibration_error():
+    # confidences that match accuracy bin by bin: 0; always sure, half right: 0.5
+    assert metrics.expected_calibration_error([0.75] * 4, [True, True, True, False]) == pytest.approx(0.0)
+    assert metrics.expected_calibration_error([1.0] * 4, [True, False, True, False]) == pytest.approx(0.5)
+    # two bins, each weighted by its share of rows: (3 * |1/3 - 0.3| + 1 * |1 - 0.9|) / 4
+    ece = metrics.expected_calibration_error([0.3, 0.3, 0.3, 0.9], [True, False, False, True])
+    assert ece == pytest.approx((3 * abs(1 / 3 - 0.3) + abs(1 - 0.9)) / 4)
+    with pytest.raises(ValueError, match="2 confidences for 1 outcomes"):
+        metrics.expected_calibration_error([0.5, 0.5], [True])
+    with pytest.raises(ValueError, match="no predictions"):
+        metrics.expected_calibration_error([], [])

@@ -39,3 +39,19 @@ def retrieval_accuracy(entry_tasks: list[list[str]], gold_tasks: list[str]) -> f
         return float("nan")
     hits = sum(sum(t == gold for t in tasks) * 2 > len(tasks) for tasks, gold in zip(entry_tasks, gold_tasks))
     return hits / len(gold_tasks)
+
+
+def expected_calibration_error(confidences: list[float], correct: list[bool], bins: int = 15) -> float:
+    """ECE: the mean over equal-width confidence bins of |accuracy - mean confidence|, weighted by the share
+    of rows in each bin (Guo et al., 2017; 15 bins as there). 0 = confidences match accuracy exactly."""
+    if len(confidences) != len(correct):
+        raise ValueError(f"{len(confidences)} confidences for {len(correct)} outcomes")
+    if not confidences:
+        raise ValueError("no predictions to measure")
+    totals = [[0, 0.0, 0] for _ in range(bins)]  # rows, sum of confidence, rows correct
+    for conf, ok in zip(confidences, correct):
+        b = min(int(conf * bins), bins - 1)
+        totals[b][0] += 1
+        totals[b][1] += conf
+        totals[b][2] += bool(ok)
+    return sum(abs(right / n - conf_sum / n) * n for n, conf_sum, right in totals if n) / len(confidences)

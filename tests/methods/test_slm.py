@@ -128,3 +128,66 @@ def test_paper_protocol_is_available_but_separate(make_slm, toy_stream):
     assert len({p.task for p in preds}) == 1  # one head for the whole batch: that is the leak
     with pytest.raises(ValueError, match="no learned task has 99 classes"):
         slm.predict_paper_protocol(["a text"], 99)
+
+
+def test_each_head_is_calibrated_on_its_validation_rows(make_slm):
+    from tests.conftest import toy_task
+
+    slm = make_slm()
+    task = toy_task("fruit", n_train=300)  # 30 validation rows (>= training.MIN_CALIBRATION_ROWS)
+    report = slm.learn(task, progress=False)
+    t = report["temperature"]
+    assert t == slm.temperatures[0] != 1.0
+    assert report["val_nll_calibrated"] <= report["val_nll"]
+    assert float(slm.task_state("fruit")["head.temperature"]) == pytest.approx(t)
+    texts = [x for x, _ in task.test]
+    calibrated = slm.predict(texts)
+    slm.temperatures[0] = 1.0
+    raw = slm.predict(texts)
+    assert [p.label for p in calibrated] == [p.label for p in raw]  # a temperature never changes the answer
+    assert [p.confidence for p in calibrated] != [p.confidence for p in raw]
+
+
+def test_too_few_validation_rows_leave_the_head_uncalibrated(make_slm, toy_stream):
+    slm = make_slm()
+    report = slm.learn(toy_stream[0], progress=False)  # 40 rows: 4 validation rows
+    assert report["val_rows"] < 20 and report["temperature"] == 1.0 == slm.temperatures[0]
+
+
+def test_temperature_round_trips_through_task_state_and_may_be_absent(make_slm, toy_stream):
+    from scalable_lm.methods.base import TaskStateError
+
+    slm = make_slm()
+    slm.learn(toy_stream[0], progress=False)
+    slm.temperatures[0] = 0.5
+    state = slm.task_state(0)
+    other = make_slm()
+    other.add_task_state("fruit", slm.label_names[0], state)
+    assert other.temperatures == [0.5]
+    other.add_task_state("old", slm.label_names[0], {k: v for k, v in state.items() if k != "head.temperature"})
+    assert other.temperatures == [0.5, 1.0]  # a task saved before calibration: its raw softmax
+    for bad, message in ((torch.tensor([0.5]), "shape"), (torch.tensor(0.0), "> 0"), (torch.tensor(float("nan")), "> 0")):
+        with pytest.raises(TaskStateError, match=message):
+            other.add_task_state("bad", slm.label_names[0], {**state, "head.temperature": bad})
+        assert other.task_names == ["fruit", "old"] and other.temperatures == [0.5, 1.0]
+
+
+def test_abstain_answers_unknown_far_from_every_task(make_slm, toy_stream):
+    from scalable_lm.methods.base import UNKNOWN
+
+    slm = make_slm()
+    for task in toy_stream[:2]:  # fruit, vehicle
+        slm.learn(task, progress=False)
+    in_task = [x for task in toy_stream[:2] for x, _ in task.test]
+    out_of_task = [x for x, _ in toy_stream[2].test] + ["What is the capital of France?"]
+    assert not any(p.abstained for p in slm.predict(in_task + out_of_task))  # off unless asked for
+    inside, outside = slm.predict(in_task, abstain=3.0), slm.predict(out_of_task, abstain=3.0)
+    assert sum(p.abstained for p in inside) <= 0.1 * len(inside)
+    assert sum(p.abstained for p in outside) >= 0.9 * len(outside)
+    far = next(p for p in outside if p.abstained)
+    assert (far.label, far.task, far.confidence) == (UNKNOWN, UNKNOWN, 0.0) and far.entries
+    # a smaller z abstains at least as often
+    assert sum(p.abstained for p in slm.predict(in_task, abstain=0.5)) >= sum(p.abstained for p in inside)
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="abstain"):
+            slm.predict(in_task[:1], abstain=bad)

@@ -14,6 +14,11 @@ from scalable_lm.data.tasks import Task
 # query statistics, and the base-model fallback's (``core.routers``); statistics, never trained.
 STATS = ("stats.mean", "stats.scatter", "stats.count")
 NOVELTY = ("novelty.centre", "novelty.spread")
+# A classifier head's temperature (``training.fit_temperature``); optional: a task without one answers with
+# its raw softmax (temperature 1).
+TEMPERATURE = "head.temperature"
+# What ``SLM.predict(..., abstain=z)`` answers for an input far from every learned task.
+UNKNOWN = "(unknown)"
 
 
 @dataclass
@@ -26,6 +31,9 @@ class Prediction:
         confidence: softmax probability of ``label`` under that head.
         entries: retrieved entries as ``"task#i"`` (empty for methods without retrieval).
         weights: mixing weight of each retrieved entry.
+        entry_tasks: the task owning each retrieved entry.
+        abstained: the input was far from every learned task and ``abstain`` was asked for: ``label`` and
+            ``task`` are ``UNKNOWN``, ``confidence`` 0 (``entries`` still show where it was closest).
     """
 
     label: str
@@ -34,6 +42,7 @@ class Prediction:
     entries: list[str] = field(default_factory=list)
     weights: list[float] = field(default_factory=list)
     entry_tasks: list[str] = field(default_factory=list)
+    abstained: bool = False
 
 
 class ContinualMethod(Protocol):
@@ -66,6 +75,7 @@ class GrowsByTask:
         keys                      [G, P, d/G]   the task's keys
         values.<layer>.A / .B     [P, r, d_in] / [P, d_out, r]   its entries' factors at each wrapped layer
         head.weight / head.bias   [C, H] / [C]  classifiers only
+        head.temperature          []            classifiers: the head's calibration temperature (optional)
         stats.mean/scatter/count  [d] / [d, d] / []   Gaussian-router statistics (float64)
         novelty.centre/spread     [d] / [2]     base-model fallback statistics (float64; optional)
 

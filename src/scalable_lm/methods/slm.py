@@ -22,7 +22,7 @@ from scalable_lm.core.bank import KnowledgeBank
 from scalable_lm.core.routers import novelty_statistics, task_statistics
 from scalable_lm.data.tasks import DataError
 from scalable_lm.encoder import QueryEncoder, max_positions
-from scalable_lm.methods.base import GrowsByTask, Prediction
+from scalable_lm.methods.base import TEMPERATURE, UNKNOWN, GrowsByTask, Prediction, TaskStateError
 from scalable_lm.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ class SLM(GrowsByTask):
             raise ValueError(f"unknown router {bank_cfg.router!r}; use 'dtkr' or 'gaussian'")
         self.task_names: list[str] = []
         self.label_names: list[list[str]] = []
+        self.temperatures: list[float] = []  # per task head, fitted on its validation rows (calibration)
         self.accelerator = accelerator
         self.to(accelerator.device if accelerator is not None else device, dtype)
 
@@ -79,6 +80,7 @@ class SLM(GrowsByTask):
         params += list(self.classifier.add_head(len(label_names)).parameters())
         self.task_names.append(name)
         self.label_names.append(list(label_names))
+        self.temperatures.append(1.0)
         return params
 
     def _drop_last_task(self) -> None:
@@ -90,6 +92,25 @@ class SLM(GrowsByTask):
         del self.classifier.heads[keep:]
         self.task_names.pop()
         self.label_names.pop()
+        self.temperatures.pop()
+
+    # ---- the per-task interface, with the head's temperature ------------------------------------------
+    def task_state(self, task: str | int) -> dict[str, torch.Tensor]:
+        t = self.task_index(task) if isinstance(task, str) else task
+        return {**super().task_state(t), TEMPERATURE: torch.tensor(self.temperatures[t], dtype=torch.float32)}
+
+    def add_task_state(self, name: str, label_names: list[str] | None, state: dict[str, torch.Tensor]) -> None:
+        """``GrowsByTask.add_task_state``; ``head.temperature`` may be absent (then 1: raw softmax)."""
+        state = dict(state)
+        temperature = state.pop(TEMPERATURE, None)
+        if temperature is not None:
+            if tuple(temperature.shape) != ():
+                raise TaskStateError(f"{TEMPERATURE} has shape {tuple(temperature.shape)}, expected ()")
+            value = float(temperature)
+            if not (value > 0 and value < float("inf")):
+                raise TaskStateError(f"{TEMPERATURE} must be a finite number > 0, got {value}")
+        super().add_task_state(name, label_names, state)
+        self.temperatures[-1] = value if temperature is not None else 1.0
 
     # ---- learn ----------------------------------------------------------------------------------
     def _learn_new(self, train_rows, val_rows, generator, progress) -> dict:
@@ -157,17 +178,32 @@ class SLM(GrowsByTask):
                 for p, saved in zip(trainable, best_state):
                     p.copy_(saved)
         self.classifier.eval()
-        return {"epochs": history, "best_val_accuracy": best_acc if best_state is not None else None}
+        report = {"epochs": history, "best_val_accuracy": best_acc if best_state is not None else None}
+        report["temperature"] = 1.0
+        # calibrate the head on the same validation rows (a temperature leaves its argmax, hence accuracy, as is)
+        if len(val_rows) >= training.MIN_CALIBRATION_ROWS:
+            logits, labels = self._own_head_logits(t, val_rows, route)
+            self.temperatures[t] = training.fit_temperature(logits, labels)
+            nll = [float(torch.nn.functional.cross_entropy(logits / temp, labels)) for temp in (1.0, self.temperatures[t])]
+            log.info("task %s: head temperature %.3f (validation NLL %.3f -> %.3f)", self.task_names[t],
+                     self.temperatures[t], *nll)
+            report.update(temperature=self.temperatures[t], val_nll=nll[0], val_nll_calibrated=nll[1])
+        return report
 
     @torch.no_grad()
-    def _own_head_accuracy(self, t: int, rows, route: dict) -> float:
+    def _own_head_logits(self, t: int, rows, route: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits [N, C], labels [N])`` of task ``t``'s head on ``rows`` through ``route``."""
         self.classifier.eval()
         texts, labels = [x for x, _ in rows], torch.tensor([y for _, y in rows], device=self.device)
-        correct = 0
+        out = []
         for idx in training.batches(len(rows), 64):
             feats, _, _ = self._features([texts[i] for i in idx], **route)
-            correct += int((self.classifier.head_logits(feats, t).argmax(-1) == labels[idx]).sum())
-        return correct / len(rows)
+            out.append(self.classifier.head_logits(feats, t))
+        return torch.cat(out), labels
+
+    def _own_head_accuracy(self, t: int, rows, route: dict) -> float:
+        logits, labels = self._own_head_logits(t, rows, route)
+        return float((logits.argmax(-1) == labels).float().mean())
 
     # ---- predict ----------------------------------------------------------------------------------
     def _route(self, queries: torch.Tensor, upto: int | None = None, only: int | None = None):
@@ -185,8 +221,17 @@ class SLM(GrowsByTask):
             return self.classifier.features(batch), entries, weights
 
     @torch.no_grad()
-    def predict(self, texts: list[str], batch_size: int = 32, progress: bool = False, task: str | None = None) -> list[Prediction]:
-        """Answer each text without a task-ID (or, SLM-TI, restricted to the entries of ``task``)."""
+    def predict(self, texts: list[str], batch_size: int = 32, progress: bool = False, task: str | None = None,
+                abstain: float | None = None) -> list[Prediction]:
+        """Answer each text without a task-ID (or, SLM-TI, restricted to the entries of ``task``).
+
+        ``abstain=z``: an input whose query lies farther from the task it was routed to than that task's
+        held-out training queries do, by more than ``z`` standard deviations (``KnowledgeBank.unfamiliar``,
+        the test the generative model's base-model fallback uses), is answered ``UNKNOWN``
+        (``Prediction.abstained``). Larger ``z`` abstains less; ``None`` never abstains.
+        """
+        if abstain is not None and not (abstain >= 0 and abstain < float("inf")):
+            raise ValueError(f"abstain must be a finite number >= 0 (standard deviations), got {abstain}")
         if not self.task_names:
             raise RuntimeError("no task learned yet")
         for i, text in enumerate(texts):
@@ -201,8 +246,13 @@ class SLM(GrowsByTask):
             feats, entries, weights = self._features([texts[i] for i in idx], only=only, queries=queries[idx])
             per_task = weights.new_zeros(len(idx), len(self.task_names)).scatter_add_(1, owner[entries], weights)
             chosen = per_task.argmax(dim=-1)  # head of the task owning most retrieved weight
+            far = (self.bank.unfamiliar(queries[idx], chosen, abstain) if abstain is not None
+                   else torch.zeros(len(idx), dtype=torch.bool))
             for row in range(len(idx)):
-                out.append(self._answer(feats[row], int(chosen[row]), entries[row], weights[row], owner))
+                answer = self._answer(feats[row], int(chosen[row]), entries[row], weights[row], owner)
+                if far[row]:
+                    answer.label, answer.task, answer.confidence, answer.abstained = UNKNOWN, UNKNOWN, 0.0, True
+                out.append(answer)
         return out
 
     @torch.no_grad()
@@ -229,7 +279,7 @@ class SLM(GrowsByTask):
         return [self._answer(feats[row], t, entries[row], weights[row], owner) for row in range(len(texts))]
 
     def _answer(self, feats, t, entries, weights, owner) -> Prediction:
-        probs = torch.softmax(self.classifier.head_logits(feats[None], t)[0], dim=-1)
+        probs = torch.softmax(self.classifier.head_logits(feats[None], t)[0] / self.temperatures[t], dim=-1)
         label = int(probs.argmax())
         per_task = self.bank.entries_per_task
         return Prediction(
