@@ -43,14 +43,21 @@ Z_GRID = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0]
 CHECKED_Z = 3.0
 
 
-def out_of_task_rows(data_dir: Path, n: int, seed: int) -> dict[str, list[str]]:
-    out = {}
+def out_of_task_rows(data_dir: Path, n: int, seed: int) -> tuple[dict[str, list[str]], dict[str, int]]:
+    """``n`` seeded texts of each OUT_OF_TASK set, and per set the lines that are not JSON (skipped: the local
+    mmlu file has a row cut in two)."""
+    out, skipped = {}, {}
     for name, (file, field) in OUT_OF_TASK.items():
-        path = data_dir / name / file
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows, skipped[name] = [], 0
+        for line in (data_dir / name / file).read_text().split("\n"):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    skipped[name] += 1
         texts = [r[field] for r in rows if isinstance(r.get(field), str) and r[field].strip()]
         out[name] = random.Random(seed).sample(texts, min(n, len(texts)))
-    return out
+    return out, skipped
 
 
 def learned_model(stream, model_dir: Path, seed: int):
@@ -131,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # abstention: the decision is KnowledgeBank.unfamiliar(query, routed task, z), as in predict; the grid is
     # computed from one encoding, and z = CHECKED_Z is checked against predict(abstain=z) itself
-    ood = out_of_task_rows(args.data_dir, args.ood, args.seed)
+    ood, skipped = out_of_task_rows(args.data_dir, args.ood, args.seed)
     ood_texts = [x for rows in ood.values() for x in rows]
     ood_preds = slm.predict(ood_texts, batch_size=64)
 
@@ -167,7 +174,8 @@ def main(argv: list[str] | None = None) -> None:
         "train_per_task": args.train, "test_per_task": args.test, "ood_per_set": args.ood, "seed": args.seed,
         "scoring": "right = right task and right label, no task-ID given", "ece_bins": 15,
         "calibration": {"overall": overall, "per_task": per_task},
-        "abstain": {"out_of_task_sets": {k: len(v) for k, v in ood.items()}, "grid": grid, "predict_check": check},
+        "abstain": {"out_of_task_sets": {k: len(v) for k, v in ood.items()}, "skipped_lines": skipped, "grid": grid,
+                    "predict_check": check},
         "eval_s": round(time.perf_counter() - start, 1),
         "learn_s": {t["name"]: t.get("learn_s") for t in manifest["tasks"]},
         "provenance": provenance(),
