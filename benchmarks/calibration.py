@@ -33,7 +33,8 @@ sys.path.insert(0, str(ROOT))
 from run import build_stream, provenance  # noqa: E402
 
 ORDER = ["agnews", "yelp", "amazon", "yahoo", "dbpedia"]
-CONFIG = {"model": {"encoder": "minilm-l4"}, "bank": {"router": "gaussian"}}  # slm_gaussian_l4_order4.json
+# slm_gaussian_l4_order4.json, with the heads' temperatures fitted (train.calibrate; off by default)
+CONFIG = {"model": {"encoder": "minilm-l4"}, "bank": {"router": "gaussian"}, "train": {"calibrate": True}}
 # datasets never learned here, with the file and the field that holds the input text
 OUT_OF_TASK = {"mnli": ("test.jsonl", "text"), "qqp": ("test.jsonl", "text"), "rte": ("test.jsonl", "text"),
                "boolq": ("test.jsonl", "text"), "sst2": ("test.jsonl", "text"), "finance_fpb": ("test.jsonl", "text"),

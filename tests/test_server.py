@@ -368,6 +368,15 @@ def test_api_key_and_classifier_endpoint(workdir, tmp_path, tokenizer):
         one = httpx.post(srv.url + "/v1/classify", json={"input": texts[0], "model": "vehicle"}, headers=auth,
                          timeout=60).json()["data"]
         assert len(one) == 1 and one[0]["task"] == "vehicle"
+        # abstain, per request, as `slm predict --abstain-z`: the same answers, "(unknown)" far from every task
+        far = ["rain cold snow", "What is the capital of France?"]
+        cli_far = [json.loads(line) for line in slm_cli(tmp_path, "predict", "--model", model_dir, "--json",
+                                                        "--abstain-z", "3", *texts, *far).stdout.splitlines()]
+        r = httpx.post(srv.url + "/v1/classify", json={"input": texts + far, "abstain": 3}, headers=auth, timeout=60)
+        assert [(g["label"], g["abstained"]) for g in r.json()["data"]] == [(e["label"], e["abstained"]) for e in cli_far]
+        assert any(e["abstained"] for e in cli_far[len(texts):]) and not all(e["abstained"] for e in cli_far)
+        bad = httpx.post(srv.url + "/v1/classify", json={"input": texts, "abstain": -1}, headers=auth, timeout=10)
+        assert bad.status_code == 400 and "abstain" in bad.text
         chat = httpx.post(srv.url + "/v1/completions", json={"prompt": "x"}, headers=auth, timeout=10)
         assert chat.status_code == 400 and "classifier" in chat.json()["error"]["message"]
     finally:

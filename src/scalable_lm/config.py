@@ -58,6 +58,11 @@ class TrainConfig:
     max_length: int = field(default=128, metadata={"help": "tokens per input (longer inputs are truncated)"})
     val_fraction: float = field(default=0.1, metadata={"help": "share of train held out to pick the best epoch"})
     seed: int = field(default=0, metadata={"help": "seed for init, shuffling and splits"})
+    # off by default: on CL-5 the temperature fitted on 50 validation rows (also used to pick the epoch, so
+    # optimistic) sharpened the heads and doubled the test calibration error (benchmarks/results/calibration)
+    calibrate: bool = field(default=False, metadata={
+        "help": "classifiers: fit a temperature to each head's confidences on the validation split (needs >= 20 "
+                "validation rows)"})
 
 
 @dataclass
@@ -117,6 +122,7 @@ class SLMConfig:
         for name in ("epochs", "batch_size", "max_length"):
             need(whole(getattr(t, name)) and getattr(t, name) >= 1, name, "a whole number >= 1", getattr(t, name))
         need(finite(t.lr) and t.lr > 0, "lr", "a finite number > 0", t.lr)
+        need(isinstance(t.calibrate, bool), "calibrate", "true or false", t.calibrate)
         need(finite(t.val_fraction) and 0 <= t.val_fraction < 1, "val_fraction", "at least 0 and below 1",
              t.val_fraction)
         need(whole(t.seed) and t.seed >= 0, "seed", "a whole number >= 0", t.seed)

@@ -91,6 +91,9 @@ class CompletionRequest(_Sampling):
 class ClassifyRequest(_Body):
     model: str = AUTO
     input: str | list[str]
+    # answer "(unknown)" for an input farther from its routed task than this many standard deviations of the
+    # task's held-out training inputs (``SLM.predict(abstain=...)``); absent: always answer
+    abstain: float | None = Field(default=None, ge=0.0, le=1e6)
 
 
 def _error(status: int, message: str, kind: str, param: str | None = None, headers=None) -> JSONResponse:
@@ -194,10 +197,11 @@ def create_app(model_dir: str, *, api_key: str | None = None, max_batch: int = 1
             if not text.strip():
                 raise ServeError(400, f"input {i} is empty", param="input")
         # tokenising (length checks included) happens in the batch thread: a fast tokenizer is not thread-safe
-        job = engine().submit(Job("classify", body.model, texts, deadline=time.perf_counter() + request_timeout))
+        job = engine().submit(Job("classify", body.model, texts, abstain=body.abstain,
+                                  deadline=time.perf_counter() + request_timeout))
         result = await _wait(job, request_timeout)
         data = [{"index": i, "label": p.label, "task": p.task, "confidence": p.confidence, "entries": p.entries,
-                 "weights": p.weights, "truncated": cut} for i, (p, cut) in enumerate(zip(result["predictions"],
+                 "weights": p.weights, "abstained": p.abstained, "truncated": cut} for i, (p, cut) in enumerate(zip(result["predictions"],
                                                                                          result["truncated"]))]
         return {"object": "list", "model": body.model, "data": data}
 

@@ -198,6 +198,7 @@ class Job:
     stop: list[str] = field(default_factory=list)
     stream: bool = False
     ignore_eos: bool = False  # vLLM's extension: always generate max_tokens (load tests)
+    abstain: float | None = None  # classify: SLM.predict's abstain (None: always answer)
     deadline: float = float("inf")
     enqueued: float = field(default_factory=time.perf_counter)
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -359,13 +360,14 @@ class Engine:
         limit = min(slm.config.train.max_length, max_positions(getattr(slm.classifier, "backbone", None)))
         tokenizer = slm.classifier.tokenizer
         truncated = {id(job): [len(ids) > limit for ids in tokenizer(job.texts)["input_ids"]] for job in batch}
-        by_model: dict[str, list[tuple[Job, int]]] = {}
+        by_model: dict[tuple[str, float | None], list[tuple[Job, int]]] = {}
         for job in batch:
-            by_model.setdefault(job.model, []).extend((job, i) for i in range(len(job.texts)))
+            by_model.setdefault((job.model, job.abstain), []).extend((job, i) for i in range(len(job.texts)))
         results: dict[int, list] = {id(job): [None] * len(job.texts) for job in batch}
-        for model, rows in by_model.items():
+        for (model, abstain), rows in by_model.items():
             texts = [job.texts[i] for job, i in rows]
-            preds = slm.predict(texts, batch_size=max(len(texts), 1), task=None if model == AUTO else model)
+            preds = slm.predict(texts, batch_size=max(len(texts), 1), task=None if model == AUTO else model,
+                                **({} if abstain is None else {"abstain": abstain}))
             for (job, i), pred in zip(rows, preds):
                 results[id(job)][i] = pred
         for job in batch:

@@ -12,7 +12,8 @@ entries with a non-zero weight), each ``B`` scaled by its weight:
 with ``lora_alpha = (alpha / r) · n·r`` so that PEFT's scaling ``lora_alpha / rank`` equals the bank's. For
 an input whose own weights equal the frozen ones the adapter is exact; for others it is the task's mixture
 at an average weighting (``benchmarks/share`` measures how often the answers agree). A classifier's head
-goes beside it (``head.safetensors`` + ``slm_task.json``: label names, pooling, max length).
+goes beside it (``head.safetensors``: weight, bias and calibration temperature; ``slm_task.json``: label
+names, pooling, max length).
 
 Import (``import_adapter``). A LoRA adapter (rank ``r_a <= r``, same base model, target layers among the
 bank's) becomes a new task whose ``P`` entries all hold the adapter's factors, zero-padded to rank ``r``
@@ -114,7 +115,10 @@ def export_task(directory: str | Path, task: str, out: str | Path, inputs: list[
                 "weights_from": f"{len(inputs)} inputs" if inputs else "the task's mean training query",
                 "label_names": slm.label_names[t]}
         if kind == "classifier":
-            save_file({"weight": state["head.weight"], "bias": state["head.bias"]}, str(tmp / HEAD_FILE))
+            head = {"weight": state["head.weight"], "bias": state["head.bias"]}
+            if "head.temperature" in state:  # the head's calibration (SLM.temperatures)
+                head["temperature"] = state["head.temperature"]
+            save_file(head, str(tmp / HEAD_FILE))
             info.update(pooling="mean over tokens (attention mask)", max_length=slm.config.train.max_length)
         (tmp / TASK_FILE).write_text(json.dumps(info, indent=2))
         if out.exists():
@@ -283,6 +287,8 @@ def import_adapter(directory: str | Path, task: str, adapter_dir: str | Path, in
             h = load_file(str(head))
             label_names = exported["label_names"]
             values.update({"head.weight": h["weight"], "head.bias": h["bias"]})
+            if "temperature" in h:  # exported by `slm export` since heads are calibrated; else the raw softmax
+                values["head.temperature"] = h["temperature"]
         try:
             report = slm.import_task(task, label_names, values, inputs, progress=progress)
         except TaskStateError as err:

@@ -130,11 +130,14 @@ def test_paper_protocol_is_available_but_separate(make_slm, toy_stream):
         slm.predict_paper_protocol(["a text"], 99)
 
 
-def test_each_head_is_calibrated_on_its_validation_rows(make_slm):
-    from tests.conftest import toy_task
+def test_each_head_is_calibrated_on_its_validation_rows_when_asked(make_slm):
+    from tests.conftest import tiny_config, toy_task
 
-    slm = make_slm()
     task = toy_task("fruit", n_train=300)  # 30 validation rows (>= training.MIN_CALIBRATION_ROWS)
+    assert make_slm().learn(task, progress=False)["temperature"] == 1.0  # off by default
+    config = tiny_config()
+    config.train.calibrate = True
+    slm = make_slm(config)
     report = slm.learn(task, progress=False)
     t = report["temperature"]
     assert t == slm.temperatures[0] != 1.0
@@ -149,7 +152,11 @@ def test_each_head_is_calibrated_on_its_validation_rows(make_slm):
 
 
 def test_too_few_validation_rows_leave_the_head_uncalibrated(make_slm, toy_stream):
-    slm = make_slm()
+    from tests.conftest import tiny_config
+
+    config = tiny_config()
+    config.train.calibrate = True
+    slm = make_slm(config)
     report = slm.learn(toy_stream[0], progress=False)  # 40 rows: 4 validation rows
     assert report["val_rows"] < 20 and report["temperature"] == 1.0 == slm.temperatures[0]
 

@@ -181,7 +181,7 @@ class SLM(GrowsByTask):
         report = {"epochs": history, "best_val_accuracy": best_acc if best_state is not None else None}
         report["temperature"] = 1.0
         # calibrate the head on the same validation rows (a temperature leaves its argmax, hence accuracy, as is)
-        if len(val_rows) >= training.MIN_CALIBRATION_ROWS:
+        if cfg.calibrate and len(val_rows) >= training.MIN_CALIBRATION_ROWS:
             logits, labels = self._own_head_logits(t, val_rows, route)
             self.temperatures[t] = training.fit_temperature(logits, labels)
             nll = [float(torch.nn.functional.cross_entropy(logits / temp, labels)) for temp in (1.0, self.temperatures[t])]
