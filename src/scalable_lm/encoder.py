@@ -10,14 +10,21 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from scalable_lm.device import module_device
+
+log = logging.getLogger(__name__)
+MAX_SHARDS = 16
+DEFAULT_MAX_QUERIES = 200_000
 from scalable_lm.progress import progress as progress_bar
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -61,6 +68,7 @@ class QueryEncoder:
         self.max_length, self.batch_size = min(max_length, max_positions(model)), batch_size
         self.dim = int(model.config.hidden_size)
         self._cache: dict[str, torch.Tensor] = {}
+        self._on_disk: set[str] = set()  # keys already in the on-disk cache (save_cache writes only the others)
         self.cache_limit: int | None = None  # most cached queries (None: all; a server sets a bound)
 
     @classmethod
@@ -111,8 +119,9 @@ class QueryEncoder:
             self._cache = saved
 
     def default_cache_path(self) -> Path:
-        """``$SLM_CACHE_DIR/queries-<fingerprint>[-<dtype>].safetensors`` (default dir ``~/.cache/scalable_lm``;
-        an encoder run in half precision has its own file: its queries differ slightly from float32's)."""
+        """``$SLM_CACHE_DIR/queries-<fingerprint>[-<dtype>]/`` (default dir ``~/.cache/scalable_lm``): this
+        encoder's on-disk query cache (``save_cache``); an encoder run in half precision has its own, as its
+        queries differ slightly from float32's."""
         import os
 
         from scalable_lm.backbones import fingerprint
@@ -120,26 +129,148 @@ class QueryEncoder:
         root = Path(os.environ.get("SLM_CACHE_DIR", Path.home() / ".cache" / "scalable_lm"))
         dtype = next(self.model.parameters()).dtype
         suffix = "" if dtype == torch.float32 else "-" + str(dtype).removeprefix("torch.")
-        return root / f"queries-{fingerprint(self.model)}{suffix}.safetensors"
+        return root / f"queries-{fingerprint(self.model)}{suffix}"
 
-    def save_cache(self, path: str | Path) -> None:
-        """Write the cache to a safetensors file (atomic)."""
+    def save_cache(self, path: str | Path, max_queries: int | None = None) -> int:
+        """Keep the queries computed in this process in the on-disk cache ``path``; returns how many were written.
+
+        ``path`` is a directory of shard files: each call adds one shard holding only the queries not already
+        on disk, so nothing is rewritten and two processes saving at once lose nothing. The cache is bounded:
+        once it holds more than ``max_queries`` queries (default ``$SLM_CACHE_MAX_QUERIES`` or 200,000, about
+        300 MB for a 384-dimensional encoder) or more than 16 shards, its shards are merged into one holding
+        the newest ``max_queries`` (under a lock; a process that finds it taken leaves the work to the next).
+        A ``path`` ending in ``.safetensors`` is one file holding the whole in-memory cache, rewritten.
+        """
         from scalable_lm.fileio import atomic_write
 
-        keys = sorted(self._cache)
-        tensor = torch.stack([self._cache[k] for k in keys]) if keys else torch.empty(0, self.dim)
-        meta = {"encoder": self.name, "keys": json.dumps(keys)}
-        atomic_write(Path(path), lambda tmp: save_file({"queries": tensor.contiguous()}, str(tmp), metadata=meta))
+        path = Path(path)
+        if path.suffix == ".safetensors":
+            keys = list(self._cache)
+            _write_shard(path, keys, [self._cache[k] for k in keys], self.name, self.dim, atomic_write)
+            return len(keys)
+        new = [k for k in self._cache if k not in self._on_disk]
+        if new:
+            path.mkdir(parents=True, exist_ok=True)
+            shard = path / f"{time.time_ns():020d}-{os.getpid()}.safetensors"
+            _write_shard(shard, new, [self._cache[k] for k in new], self.name, self.dim, atomic_write)
+            self._on_disk.update(new)
+        legacy = _legacy_file(path)
+        if legacy.is_file() and new:  # a cache from before shards: its queries are in the new shard now
+            legacy.unlink(missing_ok=True)
+        if path.is_dir():
+            _bound(path, max_queries if max_queries is not None else _max_queries(), self.name, self.dim)
+        return len(new)
 
     def load_cache(self, path: str | Path) -> int:
-        """Merge a saved cache; returns the number of entries read (0 if the file is absent)."""
+        """Merge a saved cache (a directory of shards, or one ``.safetensors`` file); returns the number of
+        queries read (0 if there is none). A shard that cannot be read is skipped (a cache is only a cache)."""
         path = Path(path)
-        if not path.exists():
-            return 0
-        from safetensors import safe_open
+        if path.suffix == ".safetensors":
+            keys, rows = _read_shard(path) if path.is_file() else ([], [])
+            self._cache.update(zip(keys, rows))
+            return len(keys)
+        read = 0
+        legacy = _legacy_file(path)
+        if legacy.is_file():  # from before shards: loaded, and written into a shard by the next save_cache
+            with contextlib.suppress(Exception):
+                keys, rows = _read_shard(legacy)
+                self._cache.update(zip(keys, rows))
+                read += len(keys)
+        for shard in _shards(path):
+            try:
+                keys, rows = _read_shard(shard)
+            except FileNotFoundError:  # merged away by another process meanwhile
+                continue
+            except Exception as err:  # noqa: BLE001 - a damaged shard is skipped, and dropped at the next merge
+                log.warning("query cache: skipping unreadable %s (%s)", shard, err)
+                continue
+            self._cache.update(zip(keys, rows))
+            self._on_disk.update(keys)
+            read += len(keys)
+        return read
 
-        with safe_open(str(path), "pt") as f:
-            keys = json.loads(f.metadata()["keys"])
-        tensor = load_file(str(path))["queries"]
-        self._cache.update({k: row for k, row in zip(keys, tensor)})
-        return len(keys)
+
+# ---- the on-disk query cache (QueryEncoder.save_cache / load_cache) ------------------------------------------
+# Written here rather than with a caching library: the entries are tensors keyed by text hash, stored as
+# safetensors (never pickle), and several processes (CLI commands, benchmark runs) add to one cache at once.
+def _max_queries() -> int:
+    value = os.environ.get("SLM_CACHE_MAX_QUERIES", str(DEFAULT_MAX_QUERIES))
+    try:
+        n = int(value)
+    except ValueError:
+        raise ValueError(f"SLM_CACHE_MAX_QUERIES must be a whole number, got {value!r}") from None
+    if n < 0:
+        raise ValueError(f"SLM_CACHE_MAX_QUERIES must be >= 0, got {n}")
+    return n
+
+
+def _legacy_file(directory: Path) -> Path:
+    return directory.with_name(directory.name + ".safetensors")
+
+
+def _shards(directory: Path) -> list[Path]:
+    """Shard files, oldest first (their names start with the time they were written)."""
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if p.suffix == ".safetensors" and not p.name.startswith("."))
+
+
+def _write_shard(path: Path, keys: list[str], rows: list[torch.Tensor], name: str, dim: int, atomic_write) -> None:
+    tensor = torch.stack(rows) if rows else torch.empty(0, dim)
+    meta = {"encoder": name, "keys": json.dumps(keys)}
+    atomic_write(path, lambda tmp: save_file({"queries": tensor.contiguous()}, str(tmp), metadata=meta))
+
+
+def _read_shard(path: Path) -> tuple[list[str], list[torch.Tensor]]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        keys = json.loads(f.metadata()["keys"])
+        tensor = f.get_tensor("queries")
+    if len(keys) != len(tensor):
+        raise ValueError(f"{len(keys)} keys for {len(tensor)} queries")
+    return keys, list(tensor)
+
+
+def _count(path: Path) -> int:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return len(json.loads(f.metadata()["keys"]))
+
+
+def _bound(directory: Path, max_queries: int, name: str, dim: int) -> None:
+    """Merge the shards into one with the newest ``max_queries`` queries when there are too many of either."""
+    from filelock import FileLock, Timeout
+
+    from scalable_lm.fileio import atomic_write
+
+    shards = _shards(directory)
+    if len(shards) <= MAX_SHARDS:
+        try:
+            total = sum(_count(p) for p in shards)
+        except Exception:  # noqa: BLE001 - a damaged or vanished shard: merging sorts it out
+            total = max_queries + 1
+        if total <= max_queries:
+            return
+    try:
+        with FileLock(str(directory / ".merge.lock"), timeout=0):
+            shards = _shards(directory)
+            merged: dict[str, torch.Tensor] = {}
+            for shard in shards:  # oldest first: a newer shard's entry replaces an older one's
+                with contextlib.suppress(Exception):
+                    keys, rows = _read_shard(shard)
+                    for k, row in zip(keys, rows):
+                        merged.pop(k, None)
+                        merged[k] = row
+            keep = list(merged)[-max_queries:] if max_queries else []
+            if shards:  # named after the newest shard it replaces, so later shards stay newer
+                out = shards[-1].with_name(shards[-1].stem + "-merged.safetensors")
+                _write_shard(out, keep, [merged[k] for k in keep], name, dim, atomic_write)
+                for shard in shards:
+                    if shard != out:
+                        shard.unlink(missing_ok=True)
+            log.debug("query cache %s: %d shards merged, %d of %d queries kept", directory, len(shards), len(keep),
+                      len(merged))
+    except Timeout:
+        pass
