@@ -65,6 +65,28 @@ def test_task_validation_and_split():
     assert split_validation(rows[:5], 0.5, seed=0)[1] == []
 
 
+def test_validation_split_is_stratified():
+    import collections
+    import random
+
+    # dbpedia-like: 14 classes, 300 rows, a 10% split of 30 rows: every class is in it, 2 or 3 rows each
+    rng = random.Random(0)
+    rows = [(f"text {i}", rng.randrange(14)) for i in range(300)]
+    train, val = split_validation(rows, 0.1, seed=3)
+    counts = collections.Counter(y for _, y in val)
+    assert len(val) == 30 and sorted(train + val) == sorted(rows) and set(counts) == set(range(14))
+    whole = collections.Counter(y for _, y in rows)
+    assert all(abs(counts[c] - 30 * whole[c] / 300) < 1 for c in whole)  # each class's share, to one row
+    # a class with a single row keeps it for training; the split still has its size
+    rows = [(f"a{i}", 0) for i in range(19)] + [("only one", 1)]
+    train, val = split_validation(rows, 0.5, seed=0)
+    assert len(val) == 10 and ("only one", 1) in train
+    # free-text answers (generative rows) are drawn at random, as before
+    rows = [(f"prompt {i}", f"answer {i}") for i in range(40)]
+    train, val = split_validation(rows, 0.25, seed=1)
+    assert len(val) == 10 and sorted(train + val) == sorted(rows)
+
+
 # ---- property-based fuzzing (hypothesis): any bytes, any JSON -> rows or one DataError, never a write ------
 import os  # noqa: E402
 import tempfile  # noqa: E402

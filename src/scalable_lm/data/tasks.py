@@ -211,8 +211,33 @@ def load_hub_task(name: str, dataset: str, max_train: int | None = None, seed: i
 
 
 def split_validation(rows: list[tuple[str, int]], fraction: float, seed: int) -> tuple[list, list]:
-    """Carve a seeded validation split from training rows: ``(train, val)``; val may be empty."""
+    """Carve a seeded validation split from training rows: ``(train, val)``; val may be empty.
+
+    ``int(len(rows) * fraction)`` rows go to validation (none below 10 rows). Rows whose labels are class
+    indices are split per class (stratified): each class gives its share, the leftover rows going to the
+    classes with the largest remainders, and no class gives its last row, so a small split (30 rows for 14
+    classes) still holds every class that can spare a row. Other rows (free-text answers) are drawn at random.
+    Both lists keep one seeded shuffled order.
+    """
     rows = list(rows)
     random.Random(seed).shuffle(rows)
     n_val = int(len(rows) * fraction) if len(rows) >= 10 else 0
-    return rows[n_val:], rows[:n_val]
+    if n_val == 0 or not all(isinstance(y, int) for _, y in rows):
+        return rows[n_val:], rows[:n_val]
+    by_class: dict[int, list[int]] = {}
+    for i, (_, y) in enumerate(rows):
+        by_class.setdefault(y, []).append(i)
+    quota = {c: n_val * len(ix) / len(rows) for c, ix in by_class.items()}
+    take = {c: min(int(q), len(by_class[c]) - 1) for c, q in quota.items()}
+    # the rows still to hand out: largest remainder first, ties to the class seen first in the shuffled order
+    order = sorted(by_class, key=lambda c: (-(quota[c] - take[c]), by_class[c][0]))
+    missing = n_val - sum(take.values())
+    while missing > 0:
+        spare = [c for c in order if take[c] < len(by_class[c]) - 1]
+        if not spare:
+            break
+        for c in spare[:missing]:
+            take[c] += 1
+        missing = n_val - sum(take.values())
+    held = {i for c, ix in by_class.items() for i in ix[:take[c]]}
+    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
