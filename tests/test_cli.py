@@ -74,6 +74,21 @@ def test_learn_predict_eval_info(tmp_path, models, data, capsys):
     code, out, _ = run(capsys, "info", model_dir)
     assert code == 0 and "2 tasks, 8 entries" in out and "fruit" in out
     assert (tmp_path / "cache").is_dir()  # queries were cached for the next command
+    # --abstain: "(unknown)" far from every task, the rest answered as before; eval counts abstentions
+    code, out, _ = run(capsys, "predict", "--model", model_dir, "--abstain", "banana sweet apple", "rain cold snow")
+    near, far = out.splitlines()
+    assert code == 0 and near.startswith("sweet\t[fruit, p=") and far.startswith("(unknown)\t[far from every task")
+    code, out, _ = run(capsys, "eval", "--model", model_dir, "--abstain-z", "2.5", "--json", report,
+                       "--data", f"fruit={data['fruit', 'test']}")
+    result = json.loads(report.read_text())
+    assert code == 0 and result["abstain"] == 2.5 and 0 <= result["scores"]["fruit"]["abstained"] <= 0.25
+    assert "abstaining at z=2.5" in out
+    code, out, err = run(capsys, "predict", "--model", model_dir, "--max-new-tokens", "4", "x")
+    assert code == 2 and "--max-new-tokens applies to generative models" in err
+    for flags, message in ((["--abstain-z", "-1"], "--abstain-z must be a finite number >= 0"),
+                           (["--abstain-z", "nan"], "--abstain-z must be a finite number >= 0")):
+        code, _, err = run(capsys, "predict", "--model", model_dir, *flags, "x")
+        assert code == 2 and message in err
 
 
 def _refused(capsys, before, model_dir, code, err, message):
@@ -194,6 +209,12 @@ def test_manifest_records_how_each_task_was_learned(tmp_path, models, data, caps
     assert entry["data_sha256"] == sha256(data["fruit", "train"]) and entry["learned_at"].startswith("20")
     code, out, _ = run(capsys, "info", model_dir)
     assert code == 0 and "36 train / 4 validation rows; validation accuracy" in out
+    # a boolean train option is a --flag / --no-flag pair, recorded with the task
+    code, _, err = run(capsys, "learn", "--model", model_dir, "--task", "vehicle", "--data", data["vehicle", "train"],
+                       "--calibrate")
+    entry = json.loads((model_dir / "manifest.json").read_text())["tasks"][1]
+    assert code == 0, err
+    assert entry["train"]["train"]["calibrate"] is True and entry["temperature"] == 1.0  # 4 validation rows: too few
 
 
 # ---- sharing: export, remove, import, merge; per-task options; the writers' lock -----------------------
@@ -384,11 +405,14 @@ def gen_models(tmp_path_factory, tokenizer):
 def test_eval_scores_a_generative_model(tmp_path, gen_models, capsys):
     m = tmp_path / "g"
     for name in ("fruit", "vehicle"):
-        code, _, err = run(capsys, "learn", "--model", m, "--task", name, "--data", gen_models / f"{name}-train.jsonl",
-                           "--backbone", gen_models / "llama", "--encoder", gen_models / "encoder", "--targets",
-                           "o_proj", "--rank", "4", "--alpha", "8", "--epochs", "8", "--lr", "2e-2", "--batch-size",
-                           "8", "--max-length", "24", "--key-epochs", "10")
+        test = ["--test", gen_models / f"{name}-test.jsonl"] if name == "fruit" else []
+        code, out, err = run(capsys, "learn", "--model", m, "--task", name, "--data", gen_models / f"{name}-train.jsonl",
+                             "--backbone", gen_models / "llama", "--encoder", gen_models / "encoder", "--targets",
+                             "o_proj", "--rank", "4", "--alpha", "8", "--epochs", "8", "--lr", "2e-2", "--batch-size",
+                             "8", "--max-length", "24", "--key-epochs", "10", *test)
         assert code == 0, err
+        if test:  # scored as `slm eval` would: one-word answers by label match (not first-word match)
+            assert "test label on 'fruit' (no task-ID):" in out
     data = ["--data", f"fruit={gen_models / 'fruit-test.jsonl'}", "--data", f"vehicle={gen_models / 'vehicle-test.jsonl'}"]
     code, out, err = run(capsys, "eval", "--model", m, *data, "--json", tmp_path / "e.json")
     assert code == 0, err
@@ -398,6 +422,15 @@ def test_eval_scores_a_generative_model(tmp_path, gen_models, capsys):
         assert s["metric"] == "label" and s["rows"] == 8 and s["retrieval"] == 1.0 and s["fallback"] == 0.0
         assert s["score"] >= 0.75  # the tiny model learned its one-word answers
     assert "retrieval" in out and "fallback" in out
+    code, _, err = run(capsys, "eval", "--model", m, *data, "--abstain")
+    assert code == 2 and "--abstain applies to classifiers" in err
+    code, out, _ = run(capsys, "eval", "--model", m, *data, "--json")  # no file: the JSON on standard output
+    assert code == 0 and json.loads(out)["scores"].keys() == {"fruit", "vehicle"}
+    # --max-new-tokens bounds an answer: one token is the start of the longer answer
+    row = json.loads((gen_models / "fruit-test.jsonl").read_text().splitlines()[0])
+    prompt = f"{row['instruction']}\n\n{row['input']}"
+    longer, short = (_predict_json(capsys, m, [prompt], "--max-new-tokens", n)[0]["label"] for n in ("8", "1"))
+    assert short and longer.startswith(short) and len(short) <= len(longer)
     code, out, err = run(capsys, "eval", "--model", m, *data, "--metric", "rouge-l", "--metric", "fruit=exact",
                          "--task-id", "--json", tmp_path / "r.json")
     assert code == 0, err

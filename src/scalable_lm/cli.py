@@ -19,6 +19,10 @@ from pathlib import Path
 from scalable_lm.config import SLMConfig
 
 EXIT_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 130, 143
+ABSTAIN_HELP = ("answer '(unknown)' for an input farther from the task it was routed to than --abstain-z standard "
+                "deviations of that task's held-out training inputs (default: always answer)")
+ABSTAIN_Z_HELP = "how far is too far for --abstain, in standard deviations; larger abstains less (default: 3; implies --abstain)"
+DEFAULT_ABSTAIN_Z = 3.0
 DEVICE_HELP = "where to run: auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps (default: auto)"
 DTYPE_HELP = ("compute dtype of the frozen backbone and query encoder: float32, bfloat16 or float16; keys, "
               "values, heads and optimiser state stay float32 (default: float32)")
@@ -36,6 +40,9 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                       "metavar": f.name.upper(), "help": f"{f.metadata['help']} (default: {shown})"}
             if f.type in ("list[str]",):
                 kwargs.update(nargs="+", action="extend")  # --targets a --targets b = --targets a b
+            elif f.type == "bool":
+                kwargs.update(action=argparse.BooleanOptionalAction)  # --calibrate / --no-calibrate
+                kwargs.pop("metavar")
             else:
                 kwargs.update(type={"int": int, "float": float, "str": str}[str(f.type)])
             group.add_argument(flag, **kwargs)
@@ -166,12 +173,12 @@ def _learn_locked(args, directory: Path, config: SLMConfig, placement: dict) -> 
         val = report["epochs"][-1]["val_loss"] if report["epochs"] else None
         print(f"learned '{task.name}' ({report['train_rows']} train rows) into {directory} in "
               f"{report['total_s']:.1f}s" + (f"; validation loss {val:.3f}" if val is not None else ""))
-        if task.test:
-            from scalable_lm.scoring import first_word_match
+        if task.test:  # scored as `slm eval` scores it: label match for short answers, else ROUGE-L (+ BERTScore)
+            from scalable_lm.runner import evaluate_generative
 
-            preds = slm.predict([p for p, _ in task.test], progress=_progress(args))
-            score = first_word_match([p.label for p in preds], [a for _, a in task.test])
-            print(f"test first-word match on '{task.name}' (no task-ID): {score:.3f}")
+            s = evaluate_generative(slm, [task], progress=_progress(args))[task.name]
+            extra = f", BERTScore-F1 {s['bertscore_f1']:.3f}" if s.get("bertscore_f1") is not None else ""
+            print(f"test {s['metric']} on '{task.name}' (no task-ID): {s['score']:.3f}{extra}")
         _save_query_cache(slm, cache)
         return
     best = report["best_val_accuracy"]
@@ -266,6 +273,8 @@ def _task_info(args, report: dict) -> dict:
         info["val_accuracy"] = round(report["best_val_accuracy"], 4)
     elif last.get("val_loss") is not None:
         info["val_loss"] = round(min(e["val_loss"] for e in report["epochs"]), 4)
+    if report.get("temperature") is not None:  # classifiers: the head's calibration
+        info["temperature"] = round(report["temperature"], 4)
     return info
 
 
@@ -295,14 +304,47 @@ def cmd_predict(args) -> None:
         texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not texts:
         raise DataError("nothing to predict: give texts, --file, or lines on standard input")
+    abstain = _abstain(args)
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise DataError("--max-new-tokens must be at least 1")
     slm = _loader(args)(args.model)
-    preds = slm.predict(texts, progress=_progress(args), task=args.task)
+    _classifier_only(slm, args)
+    if args.max_new_tokens is not None:
+        if store.kind_of(slm) != "generative":
+            raise DataError("--max-new-tokens applies to generative models; a classifier answers with a label")
+        slm.max_new_tokens = args.max_new_tokens
+    preds = slm.predict(texts, progress=_progress(args), task=args.task,
+                        **({} if abstain is None else {"abstain": abstain}))
     for text, p in zip(texts, preds):
         if args.json:
             print(json.dumps({"text": text, **dataclasses.asdict(p)}))
         else:
             mix = ", ".join(f"{e} {w:.2f}" for e, w in zip(p.entries, p.weights))
-            print(f"{p.label}\t[{p.task}, p={p.confidence:.2f}; entries: {mix}]\t{text}")
+            what = f"far from every task, nearest {p.entry_tasks[0]}" if p.abstained else f"{p.task}, p={p.confidence:.2f}"
+            print(f"{p.label}\t[{what}; entries: {mix}]\t{text}")
+
+
+def _abstain(args) -> float | None:
+    """The ``z`` of ``--abstain`` / ``--abstain-z Z`` (``None``: always answer), checked before the model loads."""
+    import math
+
+    z = args.abstain_z
+    if z is None:
+        return DEFAULT_ABSTAIN_Z if args.abstain else None
+    if not (math.isfinite(z) and z >= 0):
+        raise ValueError(f"--abstain-z must be a finite number >= 0 (standard deviations), got {z}")
+    return z
+
+
+GENERATIVE_ABSTAIN = ("--abstain applies to classifiers; a generative model answers inputs far from every task with "
+                      "the frozen base model instead (the --fallback option when its directory is created)")
+
+
+def _classifier_only(slm, args) -> None:
+    from scalable_lm import store
+
+    if _abstain(args) is not None and store.kind_of(slm) != "classifier":
+        raise ValueError(GENERATIVE_ABSTAIN)
 
 
 def cmd_eval(args) -> None:
@@ -317,9 +359,12 @@ def cmd_eval(args) -> None:
             raise DataError(f"--data expects TASK=FILE, got '{spec}'")
         specs.append((name, path))
     if store.read_manifest(args.model).get("kind", "classifier") == "generative":
+        if _abstain(args) is not None:
+            raise DataError(GENERATIVE_ABSTAIN)
         return _eval_generative(args, specs)
     if args.metric or args.max_new_tokens is not None:
         raise DataError("--metric and --max-new-tokens apply to generative models; classifiers are scored by accuracy")
+    abstain = _abstain(args)
     slm = _loader(args)(args.model)
     tasks = []
     for name, path in specs:
@@ -327,19 +372,35 @@ def cmd_eval(args) -> None:
         tasks.append(Task(name, labels, test=encode_labels(read_rows(path), path, labels, args.text_column,
                                                            args.label_column)))
     cache = _query_cache(slm, args)
-    scores = evaluate(slm, tasks, progress=_progress(args), task_id=args.task_id)
+    scores = evaluate(slm, tasks, progress=_progress(args), task_id=args.task_id, abstain=abstain)
     _save_query_cache(slm, cache)
     mode = "with task-ID (SLM-TI)" if args.task_id else "without task-ID"
-    print(f"{'task':24s} {'rows':>6s} {'accuracy':>9s} {'head ok':>8s} {'retrieval':>9s}   ({mode})")
+    if abstain is not None:
+        mode += f", abstaining at z={abstain:g}: an abstained row counts as wrong"
+    column = f" {'abstained':>9s}" if abstain is not None else ""
+    table = [f"{'task':24s} {'rows':>6s} {'accuracy':>9s} {'label ok':>8s} {'head ok':>8s} {'retrieval':>9s}{column}"
+             f"   ({mode})"]
     for task in tasks:
         s = scores[task.name]
-        print(f"{task.name:24s} {len(task.test):6d} {s['accuracy']:9.3f} {s['task_choice']:8.3f} {s['retrieval']:9.3f}")
+        extra = f" {s['abstained']:9.3f}" if abstain is not None else ""
+        table.append(f"{task.name:24s} {len(task.test):6d} {s['accuracy']:9.3f} {s['label_accuracy']:8.3f} "
+                     f"{s['task_choice']:8.3f} {s['retrieval']:9.3f}{extra}")
     mean = sum(s["accuracy"] for s in scores.values()) / len(scores)
-    print(f"{'average':24s} {'':6s} {mean:9.3f}")
+    table.append(f"{'average':24s} {'':6s} {mean:9.3f}")
+    table.append("accuracy: right task and right label; label ok: right label, whichever task answered")
+    _report(args, table, {"model": str(args.model), "task_id": args.task_id, "abstain": abstain, "scores": scores,
+                          "average_accuracy": mean, "rows": {t.name: len(t.test) for t in tasks}})
+
+
+def _report(args, table: list[str], result: dict) -> None:
+    """``slm eval``'s output: the table; with ``--json`` alone the JSON on standard output instead; with
+    ``--json FILE`` the table, and the JSON written to FILE."""
+    if args.json == "-":
+        print(json.dumps(result, indent=2))
+        return
+    print("\n".join(table))
     if args.json:
-        out = {"model": str(args.model), "task_id": args.task_id, "scores": scores, "average_accuracy": mean,
-               "rows": {t.name: len(t.test) for t in tasks}}
-        Path(args.json).write_text(json.dumps(out, indent=2))
+        Path(args.json).write_text(json.dumps(result, indent=2))
 
 
 def _eval_generative(args, specs: list[tuple[str, str]]) -> None:
@@ -371,18 +432,16 @@ def _eval_generative(args, specs: list[tuple[str, str]]) -> None:
                                  max_new_tokens=args.max_new_tokens)
     _save_query_cache(slm, cache)
     mode = "with task-ID (SLM-TI)" if args.task_id else "without task-ID"
-    print(f"{'task':24s} {'rows':>6s} {'metric':>10s} {'score':>7s} {'retrieval':>9s} {'fallback':>8s}   ({mode})")
+    table = [f"{'task':24s} {'rows':>6s} {'metric':>10s} {'score':>7s} {'retrieval':>9s} {'fallback':>8s}   ({mode})"]
     for task in tasks:
         s = scores[task.name]
         extra = "" if task.name not in scores or s.get("retrieval") is None else \
             f" {s['retrieval']:9.3f} {s['fallback']:8.3f}"
-        print(f"{task.name:24s} {s['rows']:6d} {s['metric']:>10s} {s['score']:7.3f}{extra}")
+        table.append(f"{task.name:24s} {s['rows']:6d} {s['metric']:>10s} {s['score']:7.3f}{extra}")
     mean = sum(s["score"] for s in scores.values()) / len(scores)
-    print(f"{'average':24s} {'':6s} {'':10s} {mean:7.3f}")
-    if args.json:
-        out = {"model": str(args.model), "kind": "generative", "task_id": args.task_id, "scores": scores,
-               "average_score": mean, "rows": {t.name: len(t.test) for t in tasks}}
-        Path(args.json).write_text(json.dumps(out, indent=2))
+    table.append(f"{'average':24s} {'':6s} {'':10s} {mean:7.3f}")
+    _report(args, table, {"model": str(args.model), "kind": "generative", "task_id": args.task_id, "scores": scores,
+                          "average_score": mean, "rows": {t.name: len(t.test) for t in tasks}})
 
 
 def cmd_info(args) -> None:
@@ -412,6 +471,7 @@ def cmd_info(args) -> None:
                  f"{t['train_rows']} train / {t['val_rows']} validation rows" if t.get("train_rows") is not None else "",
                  f"validation accuracy {t['val_accuracy']:.3f}" if t.get("val_accuracy") is not None else "",
                  f"validation loss {t['val_loss']:.3f}" if t.get("val_loss") is not None else "",
+                 f"head temperature {t['temperature']:.3g}" if t.get("temperature") is not None else "",
                  f"data sha256 {t['data_sha256'][:12]}" if t.get("data_sha256") else ""]
         facts = "; ".join(f for f in facts if f)
         print(f"  - {t['name']}: {what}, {t['entries']} entries, {size:.0f} KiB" + (f" ({facts})" if facts else ""))
@@ -444,6 +504,13 @@ def cmd_serve(args) -> None:
 
 
 def cmd_demo(args) -> None:
+    if args.write_data:
+        from scalable_lm.data.demo import write_demo_data
+
+        files = write_demo_data(args.write_data, n_train=args.train, n_test=args.test, instructions=args.instructions)
+        tasks = sorted({f.parent.name for f in files})
+        print(f"wrote {len(files)} files for {len(tasks)} tasks ({', '.join(tasks)}) under {args.write_data}")
+        return
     from scalable_lm.demo import run_demo
 
     run_demo(out=args.out, n_train=args.train, n_test=args.test, progress=_progress(args), **_placement(args))
@@ -490,6 +557,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--file", help="a file of texts: one per line, or JSONL/CSV with a text column")
     predict.add_argument("--task", help="restrict retrieval to this task's entries (SLM-TI)")
     predict.add_argument("--json", action="store_true", help="one JSON object per input")
+    predict.add_argument("--max-new-tokens", type=int, metavar="N",
+                         help="generative models: longest answer, in tokens (default: 64)")
+    predict.add_argument("--abstain", action="store_true", help=ABSTAIN_HELP)
+    predict.add_argument("--abstain-z", type=float, metavar="Z", help=ABSTAIN_Z_HELP)
     _add_data_columns(predict, label=False)
     _add_placement(predict)
     predict.set_defaults(func=cmd_predict)
@@ -503,7 +574,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", required=True, nargs="+", action="extend", metavar="TASK=FILE",
                     help="labelled test files per task (repeat the flag or list several; all are scored)")
     ev.add_argument("--task-id", action="store_true", help="give each input its task (SLM-TI, an upper bound)")
-    ev.add_argument("--json", metavar="OUT", help="also write the scores to this JSON file")
+    ev.add_argument("--json", nargs="?", const="-", metavar="OUT",
+                    help="the scores as JSON: on standard output instead of the table (as `slm predict --json`), "
+                    "or, given a file, written there beside the table")
+    ev.add_argument("--abstain", action="store_true",
+                    help="classifiers: " + ABSTAIN_HELP + "; an abstained row counts as wrong")
+    ev.add_argument("--abstain-z", type=float, metavar="Z", help=ABSTAIN_Z_HELP)
     ev.add_argument("--metric", action="append", metavar="[TASK=]METRIC",
                     help="generative models: label, first-word, exact, rouge-l, bertscore or auto (default: label "
                     "for short answers, else rouge-l with BERTScore-F1 beside it); repeatable, TASK= for one task")
@@ -600,6 +676,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="demo-results.json", help="where to write the results JSON")
     demo.add_argument("--train", type=int, default=200, help="training rows per task")
     demo.add_argument("--test", type=int, default=80, help="test rows per task")
+    demo.add_argument("--write-data", metavar="DIR", help="only write the demo's three tasks as DIR/<task>/train.jsonl "
+                      "and test.jsonl (text, label), to try `slm learn` on, and exit")
+    demo.add_argument("--instructions", action="store_true", help="with --write-data: instruction rows (instruction, "
+                      "input, output) that make a generative model, instead of labelled rows")
     _add_placement(demo)
     demo.set_defaults(func=cmd_demo)
     return parser

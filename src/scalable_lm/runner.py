@@ -24,6 +24,9 @@ class RunResult:
     retrieval_accuracy: list[list[float | None]]
     learn_reports: list[dict] = field(default_factory=list)
     timings: dict = field(default_factory=dict)
+    # the label-only score: right label whatever task answered (tasks sharing label names, such as two review
+    # tasks rated 1-5, count a right rating given by the other task's head); R stays the strict score
+    label_R: list[list[float | None]] = field(default_factory=list)
 
     @property
     def metrics(self) -> dict:
@@ -37,6 +40,8 @@ class RunResult:
             "bwt": metrics.backward_transfer(self.R) if every_row else None,
             "retrieval_accuracy": sum(retrieval) / len(retrieval) if retrieval else None,
             "task_choice_accuracy": metrics.average_accuracy(self.task_choice_accuracy),
+            "label_only_average_accuracy": metrics.average_accuracy(self.label_R) if self.label_R else None,
+            "label_only_forgetting": metrics.forgetting(self.label_R) if self.label_R and every_row else None,
         }
 
     def to_dict(self) -> dict:
@@ -44,17 +49,22 @@ class RunResult:
 
 
 def evaluate(method: ContinualMethod, tasks: list[Task], batch_size: int = 32, seed: int = 0,
-             progress: bool = False, task_id: bool = False) -> dict[str, dict[str, float | None]]:
+             progress: bool = False, task_id: bool = False, abstain: float | None = None) -> dict[str, dict[str, float | None]]:
     """Score ``method`` on the test rows of ``tasks`` in mixed, shuffled batches, without task-ID.
 
     With ``task_id=True`` (SLM-TI, reported separately) each task's rows are predicted with its name given.
+    ``abstain=z`` (SLM classifiers): inputs far from every task are answered "unknown" (``SLM.predict``); an
+    abstained row counts as wrong, and ``abstained`` gives their share.
 
-    Returns per task: ``accuracy`` (right task and right label), ``task_choice`` (the answering head is the
-    input's own task), ``retrieval`` (paper Eq. 13; ``None`` for methods that do not retrieve).
+    Returns per task: ``accuracy`` (right task and right label), ``label_accuracy`` (right label, whichever
+    task answered: the label-only score), ``task_choice`` (the answering head is the input's own task),
+    ``retrieval`` (paper Eq. 13; ``None`` for methods that do not retrieve) and, with ``abstain``,
+    ``abstained``.
     """
     rows = [(task.name, text, task.label_names[label]) for task in tasks for text, label in task.test]
     random.Random(seed).shuffle(rows)
-    preds = _predict_rows(method, rows, tasks, batch_size, progress, task_id)
+    preds = _predict_rows(method, rows, tasks, batch_size, progress, task_id,
+                          {} if abstain is None else {"abstain": abstain})
     scores = {}
     for task in tasks:
         mine = [(p, gold) for (name, _, gold), p in zip(rows, preds) if name == task.name]
@@ -63,19 +73,25 @@ def evaluate(method: ContinualMethod, tasks: list[Task], batch_size: int = 32, s
         retrieving = all(p.entry_tasks for p, _ in mine)
         scores[task.name] = {
             "accuracy": sum(p.task == task.name and p.label == gold for p, gold in mine) / len(mine),
+            "label_accuracy": sum(p.label == gold for p, gold in mine) / len(mine),
             "task_choice": sum(p.task == task.name for p, _ in mine) / len(mine),
             "retrieval": metrics.retrieval_accuracy([p.entry_tasks for p, _ in mine], [task.name] * len(mine))
             if retrieving else None,
         }
+        if abstain is not None:
+            scores[task.name]["abstained"] = sum(p.abstained for p, _ in mine) / len(mine)
     return scores
 
 
-def _predict_rows(method, rows: list[tuple[str, str, str]], tasks, batch_size: int, progress: bool, task_id: bool):
+def _predict_rows(method, rows: list[tuple[str, str, str]], tasks, batch_size: int, progress: bool, task_id: bool,
+                  extra: dict | None = None):
     """Predictions for ``rows`` (``(task, input, gold)``, in their order): one mixed pass without task-ID, or
-    each task's inputs with its name given (SLM-TI)."""
+    each task's inputs with its name given (SLM-TI). ``extra``: more keyword arguments of ``predict``."""
+    extra = extra or {}
     if not task_id:
-        return method.predict([x for _, x, _ in rows], batch_size=batch_size, progress=progress)
-    by_task = {t.name: iter(method.predict([x for n, x, _ in rows if n == t.name], batch_size, progress, task=t.name))
+        return method.predict([x for _, x, _ in rows], batch_size=batch_size, progress=progress, **extra)
+    by_task = {t.name: iter(method.predict([x for n, x, _ in rows if n == t.name], batch_size, progress, task=t.name,
+                                           **extra))
                for t in tasks}
     return [next(by_task[name]) for name, _, _ in rows]
 
@@ -148,7 +164,8 @@ def run_stream(method: ContinualMethod, stream: list[Task], batch_size: int = 32
     """
     n = len(stream)
     result = RunResult(method.name, [t.name for t in stream], task_id, [[None] * n for _ in range(n)],
-                       [[None] * n for _ in range(n)], [[None] * n for _ in range(n)])
+                       [[None] * n for _ in range(n)], [[None] * n for _ in range(n)],
+                       label_R=[[None] * n for _ in range(n)])
     for i, task in enumerate(stream):
         start = time.perf_counter()
         result.learn_reports.append(method.learn(task, progress=progress))
@@ -159,6 +176,7 @@ def run_stream(method: ContinualMethod, stream: list[Task], batch_size: int = 32
         scores = evaluate(method, stream[: i + 1], batch_size, seed, task_id=task_id)
         for j, seen in enumerate(stream[: i + 1]):
             result.R[i][j] = scores[seen.name]["accuracy"]
+            result.label_R[i][j] = scores[seen.name]["label_accuracy"]
             result.task_choice_accuracy[i][j] = scores[seen.name]["task_choice"]
             result.retrieval_accuracy[i][j] = scores[seen.name]["retrieval"]
         result.timings[task.name] = {"learn_s": learned - start, "eval_s": time.perf_counter() - learned}

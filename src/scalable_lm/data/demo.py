@@ -151,3 +151,31 @@ def demo_stream(n_train: int = 200, n_test: int = 80, seed: int = 0) -> list[Tas
         _task("review-sentiment", _SENTIMENT, n_train, n_test, rng),
         _task("headline-topic", _TOPIC, n_train, n_test, rng),
     ]
+
+
+_QUESTIONS = {"support-intent": "What is this support ticket about? Answer with one word.",
+              "review-sentiment": "Is this review positive or negative? Answer with one word.",
+              "headline-topic": "What is the topic of this headline? Answer with one word."}
+
+
+def write_demo_data(directory, n_train: int = 200, n_test: int = 80, seed: int = 0,
+                    instructions: bool = False) -> list[Path]:
+    """Write the demo stream as ``DIR/<task>/train.jsonl`` and ``test.jsonl``, to try the CLI and the server
+    on; returns the files written. Rows are ``{"text", "label"}`` (a classifier), or with ``instructions``
+    ``{"instruction", "input", "output"}`` (a generative model: the question, the text, the label as answer)."""
+    import json
+    from pathlib import Path
+
+    written = []
+    for task in demo_stream(n_train, n_test, seed):
+        folder = Path(directory) / task.name
+        folder.mkdir(parents=True, exist_ok=True)
+        for split, rows in (("train", task.train), ("test", task.test)):
+            path = folder / f"{split}.jsonl"
+            if instructions:
+                lines = [{"instruction": _QUESTIONS[task.name], "input": x, "output": task.label_names[y]} for x, y in rows]
+            else:
+                lines = [{"text": x, "label": task.label_names[y]} for x, y in rows]
+            path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+            written.append(path)
+    return written

@@ -218,6 +218,31 @@ class GrowsByTask:
         self.add_task_state(name, label_names, state)
         return {"task": name, "inputs": len(inputs), "key_loss": key_loss[-1] if key_loss else None}
 
+    # ---- the transformers / PEFT names for saving and loading ----------------------------------------
+    # The store owns model directories and sits above this layer; these two names, which users look for on
+    # the class, import it when called (the only place methods/ reaches up), and do nothing but delegate.
+    def save_pretrained(self, directory, task_info: dict[str, dict] | None = None) -> list[str]:
+        """Save to a model directory (``scalable_lm.save``): a manifest plus one safetensors file per task,
+        written atomically; only tasks not yet in the directory are written. Returns their names."""
+        from scalable_lm import store
+
+        return store.save(self, directory, task_info)
+
+    @classmethod
+    def from_pretrained(cls, directory, backbone=None, encoder=None, device="auto", dtype="float32"):
+        """Load a model directory (``scalable_lm.load``) of this class's kind: ``SLM.from_pretrained`` for a
+        classifier, ``GenerativeSLM.from_pretrained`` for a generative model (the other kind is refused
+        before anything is loaded)."""
+        from scalable_lm import store
+
+        kind = store.read_manifest(directory).get("kind", "classifier")
+        expected = "classifier" if cls.__name__ == "SLM" else "generative" if cls.__name__ == "GenerativeSLM" else kind
+        if kind != expected:
+            other = "SLM" if kind == "classifier" else "GenerativeSLM"
+            raise store.ModelDirError(f"{directory} holds a {kind} model: load it with {other}.from_pretrained "
+                                      "(or scalable_lm.load, which takes either)")
+        return store.load(directory, backbone=backbone, encoder=encoder, device=device, dtype=dtype)
+
     def remove_task(self, name: str) -> None:
         """Forget one task: its keys, values, head and statistics leave the model.
 
