@@ -75,7 +75,7 @@ def main() -> None:
             if serve:
                 command = code.split("#")[0].strip()
                 port = int(re.search(r"--port (\d+)", command).group(1))
-                server = subprocess.Popen(command, shell=True, cwd=work, env=env, stdout=subprocess.PIPE,
+                server = subprocess.Popen("exec " + command, shell=True, cwd=work, env=env, stdout=subprocess.PIPE,
                                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
                 wait_healthy(port, server)
                 results.append({"section": section, "lang": lang, "code": code, "exit": None,
