@@ -85,8 +85,10 @@ def test_bfloat16_puts_each_tensor_in_its_dtype_and_learns(tokenizer, toy_stream
     ref = reference.predict(texts)
     ref_accuracy = sum(p.label == y and p.task == t for p, y, t in zip(ref, labels, tasks)) / len(ref)
     agreement = sum(a.label == b.label and a.task == b.task for a, b in zip(preds, ref)) / len(ref)
-    # measured: 0.875 both, 100% agreement; stated tolerance: within 10 points, 85% of answers the same
-    assert ref_accuracy >= 0.8 and accuracy >= ref_accuracy - 0.1 and agreement >= 0.85, (accuracy, ref_accuracy, agreement)
+    # measured: 0.75 both, 100% agreement (0.875 before the validation split was stratified: other training
+    # rows); the float32 model must have learned (>= 0.7, as the toy stream's test asks); stated tolerance:
+    # within 10 points, 85% of answers the same
+    assert ref_accuracy >= 0.7 and accuracy >= ref_accuracy - 0.1 and agreement >= 0.85, (accuracy, ref_accuracy, agreement)
 
 
 def test_directories_are_dtype_free(tokenizer, toy_stream, tmp_path):
