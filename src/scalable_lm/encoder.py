@@ -21,11 +21,13 @@ from safetensors.torch import save_file
 from torch import nn
 
 from scalable_lm.device import module_device
+from scalable_lm.fileio import atomic_write
+from scalable_lm.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
 MAX_SHARDS = 16
 DEFAULT_MAX_QUERIES = 200_000
-from scalable_lm.progress import progress as progress_bar
+
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Masked mean over tokens.
@@ -122,8 +124,6 @@ class QueryEncoder:
         """``$SLM_CACHE_DIR/queries-<fingerprint>[-<dtype>]/`` (default dir ``~/.cache/scalable_lm``): this
         encoder's on-disk query cache (``save_cache``); an encoder run in half precision has its own, as its
         queries differ slightly from float32's."""
-        import os
-
         from scalable_lm.backbones import fingerprint
 
         root = Path(os.environ.get("SLM_CACHE_DIR", Path.home() / ".cache" / "scalable_lm"))
@@ -141,18 +141,16 @@ class QueryEncoder:
         the newest ``max_queries`` (under a lock; a process that finds it taken leaves the work to the next).
         A ``path`` ending in ``.safetensors`` is one file holding the whole in-memory cache, rewritten.
         """
-        from scalable_lm.fileio import atomic_write
-
         path = Path(path)
         if path.suffix == ".safetensors":
             keys = list(self._cache)
-            _write_shard(path, keys, [self._cache[k] for k in keys], self.name, self.dim, atomic_write)
+            _write_shard(path, keys, [self._cache[k] for k in keys], self.name, self.dim)
             return len(keys)
         new = [k for k in self._cache if k not in self._on_disk]
         if new:
             path.mkdir(parents=True, exist_ok=True)
             shard = path / f"{time.time_ns():020d}-{os.getpid()}.safetensors"
-            _write_shard(shard, new, [self._cache[k] for k in new], self.name, self.dim, atomic_write)
+            _write_shard(shard, new, [self._cache[k] for k in new], self.name, self.dim)
             self._on_disk.update(new)
         legacy = _legacy_file(path)
         if legacy.is_file() and new:  # a cache from before shards: its queries are in the new shard now
@@ -215,40 +213,34 @@ def _shards(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.suffix == ".safetensors" and not p.name.startswith("."))
 
 
-def _write_shard(path: Path, keys: list[str], rows: list[torch.Tensor], name: str, dim: int, atomic_write) -> None:
+def _write_shard(path: Path, keys: list[str], rows: list[torch.Tensor], name: str, dim: int) -> None:
     tensor = torch.stack(rows) if rows else torch.empty(0, dim)
     meta = {"encoder": name, "keys": json.dumps(keys)}
     atomic_write(path, lambda tmp: save_file({"queries": tensor.contiguous()}, str(tmp), metadata=meta))
 
 
-def _read_shard(path: Path) -> tuple[list[str], list[torch.Tensor]]:
+def _read_shard(path: Path, rows: bool = True) -> tuple[list[str], list[torch.Tensor]]:
+    """A shard's keys and query rows (``rows=False``: its keys only, from the header)."""
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as f:
         keys = json.loads(f.metadata()["keys"])
+        if not rows:
+            return keys, []
         tensor = f.get_tensor("queries")
     if len(keys) != len(tensor):
         raise ValueError(f"{len(keys)} keys for {len(tensor)} queries")
     return keys, list(tensor)
 
 
-def _count(path: Path) -> int:
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        return len(json.loads(f.metadata()["keys"]))
-
-
 def _bound(directory: Path, max_queries: int, name: str, dim: int) -> None:
     """Merge the shards into one with the newest ``max_queries`` queries when there are too many of either."""
     from filelock import FileLock, Timeout
 
-    from scalable_lm.fileio import atomic_write
-
     shards = _shards(directory)
     if len(shards) <= MAX_SHARDS:
         try:
-            total = sum(_count(p) for p in shards)
+            total = sum(len(_read_shard(p, rows=False)[0]) for p in shards)
         except Exception:  # noqa: BLE001 - a damaged or vanished shard: merging sorts it out
             total = max_queries + 1
         if total <= max_queries:
@@ -266,7 +258,7 @@ def _bound(directory: Path, max_queries: int, name: str, dim: int) -> None:
             keep = list(merged)[-max_queries:] if max_queries else []
             if shards:  # named after the newest shard it replaces, so later shards stay newer
                 out = shards[-1].with_name(shards[-1].stem + "-merged.safetensors")
-                _write_shard(out, keep, [merged[k] for k in keep], name, dim, atomic_write)
+                _write_shard(out, keep, [merged[k] for k in keep], name, dim)
                 for shard in shards:
                     if shard != out:
                         shard.unlink(missing_ok=True)

@@ -334,9 +334,9 @@ def _free_file(used: set[str], index: int, name: str) -> str:
 def _write_task(directory: Path, rel: str, name: str, label_names: list[str], state: dict[str, torch.Tensor],
                 entries: int, info: dict) -> dict:
     """Write one task file (atomic) and return its manifest entry."""
-    meta = {"task": name, "label_names": json.dumps(label_names)}
     from safetensors.torch import save_file
 
+    meta = {"task": name, "label_names": json.dumps(label_names)}
     state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}  # device-free files
     _atomic(directory / rel, lambda tmp: save_file(state, str(tmp), metadata=meta))
     return {**info, "name": name, "file": rel, "sha256": sha256(directory / rel), "label_names": list(label_names),
@@ -363,8 +363,8 @@ def _atomic(path: Path, write) -> None:
 
 
 def kind_of(slm) -> str:
-    """``classifier`` (encoder + heads, ``SLM``) or ``generative`` (``GenerativeSLM``)."""
-    return "classifier" if hasattr(slm, "classifier") else "generative"
+    """``classifier`` (encoder + heads, ``SLM``) or ``generative`` (``GenerativeSLM``): the class's ``kind``."""
+    return slm.kind
 
 
 def check_identity(manifest: dict, identity: dict, directory: Path) -> None:

@@ -8,7 +8,9 @@ Train and test texts never overlap.
 
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 
 from scalable_lm.data.tasks import Task
 
@@ -163,9 +165,6 @@ def write_demo_data(directory, n_train: int = 200, n_test: int = 80, seed: int =
     """Write the demo stream as ``DIR/<task>/train.jsonl`` and ``test.jsonl``, to try the CLI and the server
     on; returns the files written. Rows are ``{"text", "label"}`` (a classifier), or with ``instructions``
     ``{"instruction", "input", "output"}`` (a generative model: the question, the text, the label as answer)."""
-    import json
-    from pathlib import Path
-
     written = []
     for task in demo_stream(n_train, n_test, seed):
         folder = Path(directory) / task.name

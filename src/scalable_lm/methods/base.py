@@ -83,6 +83,8 @@ class GrowsByTask:
     own entries), which is what makes ``remove_task`` and merging directories exact.
     """
 
+    kind: str  # "classifier" (SLM) or "generative" (GenerativeSLM): a model directory's "kind"
+
     # ---- placement ----------------------------------------------------------------------------------
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
@@ -236,9 +238,8 @@ class GrowsByTask:
         from scalable_lm import store
 
         kind = store.read_manifest(directory).get("kind", "classifier")
-        expected = "classifier" if cls.__name__ == "SLM" else "generative" if cls.__name__ == "GenerativeSLM" else kind
-        if kind != expected:
-            other = "SLM" if kind == "classifier" else "GenerativeSLM"
+        if kind != cls.kind:
+            other = {"classifier": "SLM", "generative": "GenerativeSLM"}[kind]
             raise store.ModelDirError(f"{directory} holds a {kind} model: load it with {other}.from_pretrained "
                                       "(or scalable_lm.load, which takes either)")
         return store.load(directory, backbone=backbone, encoder=encoder, device=device, dtype=dtype)

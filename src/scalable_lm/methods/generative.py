@@ -90,6 +90,7 @@ class GenerativeSLM(GrowsByTask):
     """
 
     name = "slm"
+    kind = "generative"
 
     def __init__(self, config: SLMConfig | None = None, backbone=None, encoder: QueryEncoder | None = None,
                  max_new_tokens: int = 64, device: str | torch.device | None = "auto",

@@ -44,6 +44,7 @@ class SLM(GrowsByTask):
     """
 
     name = "slm"
+    kind = "classifier"
 
     def __init__(self, config: SLMConfig | None = None, backbone=None, encoder: QueryEncoder | None = None,
                  accelerator=None, device: str | torch.device | None = "auto", dtype: str | torch.dtype = "float32"):
