@@ -5,7 +5,7 @@ Usage:
 
 A config (JSON) names the benchmark, the task order, the method and its options, and the data sizes:
     {"benchmark": "cl5", "order": ["agnews", ...], "method": "slm" | "sequential-finetune" | "replay" | "ewc" | "o-lora"
-     | "sequential-lora" | "multitask-lora" | "arrow",
+     | "sequential-lora" | "multitask-lora" | "arrow" | "gainlora" | "osf",
      "train_per_task": 500, "test_per_task": 500, "seed": 0, "task_id": false,
      ("train_per_class": 16 instead of train_per_task: the few-shot setting)
      "config": {"bank": {...}, "keys": {...}, "train": {...}}}     # overrides of SLMConfig
@@ -37,7 +37,8 @@ from scalable_lm.data.tasks import Task, load_task
 from scalable_lm.runner import evaluate, evaluate_paper_protocol, run_stream
 
 ROOT = Path(__file__).resolve().parent
-METHODS = ("slm", "sequential-finetune", "replay", "ewc", "o-lora", "sequential-lora", "multitask-lora", "arrow")
+METHODS = ("slm", "sequential-finetune", "replay", "ewc", "o-lora", "sequential-lora", "multitask-lora", "arrow",
+           "gainlora", "osf")
 
 
 def build_stream(cfg: dict, data_dir: Path) -> list[Task]:
@@ -86,6 +87,17 @@ def build_method(cfg: dict, device: str = "auto", dtype: str = "float32"):
     if cfg["method"] == "arrow":
         return Arrow(backbone, config.train, config.bank, top_k=cfg.get("arrow_top_k", 3),
                      temperature=cfg.get("arrow_temperature", 1.0), device=device), config
+    if cfg["method"] == "gainlora":
+        from scalable_lm.baselines.gainlora import GainLoRA
+
+        return GainLoRA(backbone, config.train, config.bank, orth_lambda=cfg.get("orth_lambda", 0.5),
+                        gate_hidden=cfg.get("gate_hidden", 128), threshold=cfg.get("gate_threshold", 0.97),
+                        device=device), config
+    if cfg["method"] == "osf":
+        from scalable_lm.baselines.osf import OSF
+
+        return OSF(backbone, config.train, lr=cfg.get("osf_lr", 5e-5), targets=cfg.get("osf_targets"),
+                   expected_tasks=len(cfg["order"]), device=device), config
     raise ValueError(f"unknown method {cfg['method']!r}")
 
 

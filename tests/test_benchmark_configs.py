@@ -18,7 +18,7 @@ def test_config_parses(path):
     from run import METHODS
 
     cfg = json.loads(path.read_text())
-    methods = ("slm", "oracle", "base", "sequential-lora", "replay", "o-lora", "arrow") if cfg["benchmark"].startswith(("instruct3", "fewshot_smollm2", "mmlu_check")) else METHODS
+    methods = ("slm", "oracle", "base", "sequential-lora", "replay", "o-lora", "arrow", "gainlora", "osf") if cfg["benchmark"].startswith(("instruct3", "fewshot_smollm2", "mmlu_check")) else METHODS
     assert cfg["method"] in methods and cfg["order"] and (cfg.get("train_per_class") or cfg["train_per_task"] > 0)
     base = SLMConfig().to_dict()
     for section, values in cfg.get("config", {}).items():

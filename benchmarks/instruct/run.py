@@ -5,7 +5,7 @@ Usage:
     python benchmarks/instruct/run.py benchmarks/configs/instruct3/slm_order8.json [--data-dir ../shared/datasets]
 
 Config: {"benchmark": "instruct3", "order": ["medical", "mmlu", "finance"],
-         "method": "slm" | "oracle" | "base" | "sequential-lora" | "replay" | "o-lora" | "arrow",
+         "method": "slm" | "oracle" | "base" | "sequential-lora" | "replay" | "o-lora" | "arrow" | "gainlora" | "osf",
          "train_per_task": 200, "test_per_task": 60, "seed": 0, "batch_size": 8, "config": {...SLMConfig overrides}}
 - slm: GenerativeSLM, no task-ID; test prompts of all tasks learned so far are shuffled into mixed batches.
 - oracle: one LoRA per task (P=1, K=1) used WITH the task named: the per-task upper bound.
@@ -135,6 +135,16 @@ def main(argv: list[str] | None = None) -> None:
             slm = OLoRAGenerator(config, orth_lambda=cfg.get("orth_lambda", 0.5))
         else:
             slm = SequentialLoRAGenerator(config, replay_fraction=cfg.get("replay_fraction", 0.01 if method == "replay" else 0.0))
+    elif method == "gainlora":
+        from scalable_lm.baselines.gainlora import GainLoRAGenerator
+
+        slm = GainLoRAGenerator(config, orth_lambda=cfg.get("orth_lambda", 0.5), gate_hidden=cfg.get("gate_hidden", 128),
+                                threshold=cfg.get("gate_threshold", 0.97))
+    elif method == "osf":
+        from scalable_lm.baselines.osf import OSFGenerator
+
+        slm = OSFGenerator(config, lr=cfg.get("osf_lr", 5e-6), targets=cfg.get("osf_targets"),
+                           expected_tasks=len(cfg["order"]))
     else:
         slm = GenerativeSLM(config)
     n = len(tasks)
@@ -148,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     if method == "base":
         from scalable_lm.adapters.causal import CausalLM
 
-        lm = CausalLM(slm.lm.model, slm.lm.tokenizer, config.train.max_length)
+        lm = CausalLM(slm.lm.model, slm.lm.tokenizer, config.train.max_length, prompt_format=slm.lm.prompt_format)
         rows = []
         for t in tasks:
             answers = []

