@@ -101,6 +101,15 @@ def build_method(cfg: dict, device: str = "auto", dtype: str = "float32"):
     raise ValueError(f"unknown method {cfg['method']!r}")
 
 
+def shown_path(path: Path) -> str:
+    """``path`` relative to the repository when it lies inside it (a config elsewhere is shown as given: a
+    run must never fail at the end over how its command is written down)."""
+    try:
+        return str(path.resolve().relative_to(ROOT.parent))
+    except ValueError:
+        return str(path)
+
+
 def provenance() -> dict:
     import transformers
 
@@ -152,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
         after["paper_protocol"] = evaluate_paper_protocol(method, stream)
         after["seconds"] = time.perf_counter() - t0
     record = {
-        "command": f"python benchmarks/run.py {args.config.relative_to(ROOT.parent) if args.config.is_absolute() else args.config}"
+        "command": f"python benchmarks/run.py {shown_path(args.config)}"
                    + (f" --device {args.device}" if args.device else "") + (f" --dtype {args.dtype}" if args.dtype else ""),
         "benchmark_config": cfg, "method_config": config.to_dict(),
         "placement": {"device": str(device), "dtype": str(dtype).removeprefix("torch."),
