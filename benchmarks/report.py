@@ -29,6 +29,8 @@ def _label(record: dict) -> str:
     if label == "slm":
         encoder = record.get("method_config", {}).get("model", {}).get("encoder", "minilm")
         label += f" ({bank.get('router', '')}, P={bank.get('entries_per_task')}, K={bank.get('top_k')}"
+        if bank.get("entries_per_task") == 1 and bank.get("rank", 12) != 12:  # an oracle of another capacity
+            label += f", rank {bank['rank']}"
         label += ")" if encoder == "minilm" else f", {encoder} queries)"
     return label + (" WITH task-ID" if record.get("task_id") else "")
 
@@ -69,6 +71,56 @@ def summary(records: list[tuple[Path, dict]], oracle: dict | None) -> str:
                      f"{f'{100 * mean / ref:.1f}' if ref else '–'} | {_pct(sum(forg) / len(forg)) if forg else '–'} | "
                      f"{_pct(sum(ret) / len(ret)) if ret else '–'} |")
     return "\n".join(lines)
+
+
+def _seed(record: dict) -> int:
+    return int(record.get("benchmark_config", {}).get("seed", 0))
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+    return mean, std
+
+
+def seeds_summary(records: list[tuple[Path, dict]]) -> str:
+    """Per method: the mean over orders for each seed, then mean ± sample std over the seeds; flags every pair
+    of methods whose difference is inside the spread (|difference| <= the sum of their stds)."""
+    groups: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    label_only: dict[str, list[float]] = defaultdict(list)
+    forgetting: dict[str, list[float]] = defaultdict(list)
+    for _, r in records:
+        groups[_label(r)][_seed(r)].append(r["metrics"]["average_accuracy"])
+        if r["metrics"].get("label_only_average_accuracy") is not None:
+            label_only[_label(r)].append(r["metrics"]["label_only_average_accuracy"])
+        if r["metrics"].get("forgetting") is not None:
+            forgetting[_label(r)].append(r["metrics"]["forgetting"])
+    rows = {}
+    for label, by_seed in groups.items():
+        per_seed = {seed: sum(v) / len(v) for seed, v in sorted(by_seed.items())}
+        rows[label] = (*_mean_std(list(per_seed.values())), per_seed, max(len(v) for v in by_seed.values()))
+    lines = ["| method | seeds | orders | avg acc % (mean ± std over seeds) | per seed | forgetting pts (mean) | "
+             "label-only avg % (mean) |", "|---|---|---|---|---|---|---|"]
+    for label, (mean, std, per_seed, orders) in sorted(rows.items(), key=lambda kv: -kv[1][0]):
+        seeds = ", ".join(f"{seed}: {_pct(v)}" for seed, v in per_seed.items())
+        forg = forgetting.get(label)
+        lo = label_only.get(label)
+        lines.append(f"| {label} | {len(per_seed)} | {orders} | {_pct(mean)} ± {_pct(std)} | {seeds} | "
+                     f"{_pct(sum(forg) / len(forg)) if forg else '–'} | {_pct(sum(lo) / len(lo)) if lo else '–'} |")
+    several = {k: v for k, v in rows.items() if len(v[2]) > 1}
+    flags = []
+    names = sorted(several, key=lambda k: -several[k][0])
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            diff, spread = several[a][0] - several[b][0], several[a][1] + several[b][1]
+            if abs(diff) <= spread:
+                flags.append(f"- {a} vs {b}: {_pct(diff, True)} points, inside the spread (± {_pct(spread)})")
+    text = "\n".join(lines)
+    if flags:
+        text += "\n\nDifferences inside the spread over seeds (not evidence of a difference):\n\n" + "\n".join(flags)
+    elif several:
+        text += "\n\nEvery difference between methods with several seeds is larger than their summed spread."
+    return text
 
 
 def per_task(records: list[tuple[Path, dict]], oracle: dict | None) -> str:
@@ -242,7 +294,7 @@ def instruct_report(out: Path) -> str:
 
     oracle = mean_final("oracle")
     lines = ["| method | orders | " + " | ".join(f"{t} % (of oracle)" for t in tasks) + " |", "|---|---|" + "---|" * len(tasks)]
-    for method in ("base", "sequential-lora", "replay", "o-lora", "arrow", "oracle", "slm"):
+    for method in ("base", "sequential-lora", "replay", "o-lora", "arrow", "gainlora", "osf", "oracle", "slm"):
         if method not in by_method:
             continue
         m = mean_final(method)
@@ -250,7 +302,7 @@ def instruct_report(out: Path) -> str:
         cells = [f"{_pct(m.get(t))} ({100 * m[t] / oracle[t]:.0f}%)" if t in m and oracle.get(t) else _pct(m.get(t)) for t in tasks]
         lines.append(f"| {method} | {orders} | " + " | ".join(cells) + " |")
     first = ["| order | method | first-learned task | its final score % | right after learning it % |", "|---|---|---|---|---|"]
-    for method in ("sequential-lora", "replay", "o-lora", "arrow", "slm"):
+    for method in ("sequential-lora", "replay", "o-lora", "arrow", "gainlora", "osf", "slm"):
         for r in by_method.get(method, []):
             t0 = r["tasks"][0]
             first.append(f"| {'→'.join(r['tasks'])} | {method} | {t0} | {_pct(r['R'][-1][0])} | {_pct(r['R'][0][0])} |")
@@ -688,8 +740,9 @@ def main(argv: list[str] | None = None) -> None:
     few = out.name == "fewshot"
     first = "order1" if few else "order4"  # the reference order: baselines run on it
     records.sort(key=lambda pr: (not pr[0].stem.endswith(first), pr[0].stem))
-    oracles = [r for p, r in records if p.stem.startswith("oracle")]
-    oracle = oracles[0] if oracles else None
+    oracles = [r for p, r in records if p.stem.startswith("oracle") and _seed(r) == 0]
+    # the equal-capacity oracle (rank P*r) when there is one, else the rank-12 one: the highest rank, seed 0
+    oracle = max(oracles, key=lambda r: r.get("method_config", {}).get("bank", {}).get("rank", 12), default=None)
     paper = ("its T5-large few-shot benchmark: SLM 73.1 vs LFPT5 52.7 (a different backbone and, for SLM, the "
              "leaking protocol)" if few else "SLM 79.1 vs separate fine-tune 79.8")
     intro = ("The few-shot setting (paper's \"T5 benchmark\"): 16 training rows per class (a 10% validation split is "
@@ -697,8 +750,9 @@ def main(argv: list[str] | None = None) -> None:
     text = (f"# {out.name} results\n\n{intro}Generated by `python benchmarks/report.py {out.name}` from the JSON files "
             "here. Accuracy counts an answer right only when both the task (head) and the label are right; test "
             "batches mix all tasks (no task-ID) unless marked WITH task-ID.\n\n"
-            f"## Summary over orders\n\n% of oracle divides by the per-task-LoRA oracle's average ({first.replace('order', 'order ')}; "
-            "the oracle learns each task alone, so its average does not depend on the order up to seed noise).\n\n"
+            f"## Summary over orders\n\n% of oracle divides by the per-task-LoRA oracle's average ({first.replace('order', 'order ')}, "
+            "seed 0; the oracle learns each task alone, so its average does not depend on the order up to seed noise; "
+            "where a rank-48 oracle (SLM's capacity: P x r) was run it is the one used).\n\n"
             f"{summary(records, oracle)}\n\n## Final accuracy per task (gap to the oracle explained by retrieval)\n\n"
             "For SLM: ret = retrieval accuracy (paper Eq. 13), head = share of inputs answered by their own "
             f"task's head.\n\n{per_task(records, oracle)}\n\n## After the stream: SLM-TI and the paper's protocol\n\n"
@@ -706,6 +760,9 @@ def main(argv: list[str] | None = None) -> None:
             "query, head chosen by the number of classes); it is shown only to set our figures beside the paper's "
             f"({paper}).\n\n{after_stream(records, oracle)}\n\n"
             + ("" if few else f"## Ablations (paper Tab. 11 and 14, order 4)\n\n{ablations(ablation, reference)}\n\n")
+            + (f"## Over seeds\n\nSeed 0, 1, 2 draw other training and test rows and another initialisation. "
+               f"Accuracy here is the strict score (right task and right label); label-only counts the label "
+               f"alone.\n\n{seeds_summary(records)}\n\n" if len({_seed(r) for _, r in records}) > 1 else "")
             + f"## Every result\n\n{table(records)}\n")
     (out / "README.md").write_text(text)
     plots(records + ablation, out)

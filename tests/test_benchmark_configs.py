@@ -66,6 +66,27 @@ def test_report_writes_table_and_plots_from_json(tmp_path):
     assert (tmp_path / "forgetting.png").exists()
 
 
+def test_report_over_seeds_gives_mean_and_std_and_flags_differences_inside_the_spread(tmp_path):
+    sys.path.insert(0, str(ROOT))
+    import report
+
+    def record(method, seed, avg, rank=12):
+        return {"method": method, "tasks": ["a"], "task_id": method == "oracle", "R": [[avg]], "seconds": 60,
+                "command": "x", "metrics": {"average_accuracy": avg, "forgetting": 0.01, "bwt": 0.0,
+                                            "retrieval_accuracy": None, "task_choice_accuracy": None,
+                                            "label_only_average_accuracy": avg + 0.02},
+                "benchmark_config": {"seed": seed}, "method_config": {"bank": {"router": "gaussian", "rank": rank}}}
+
+    records = [(tmp_path / f"{m}_{s}.json", record(m, s, a)) for m, s, a in [
+        ("slm", 0, 0.60), ("slm", 1, 0.62), ("slm", 2, 0.64),  # mean 62.0, std 2.0
+        ("arrow", 0, 0.61), ("arrow", 1, 0.61), ("arrow", 2, 0.61),  # 61.0 ± 0.0: inside SLM's spread
+        ("finetune", 0, 0.40), ("finetune", 1, 0.42)]]  # 41.0 ± 1.4: far below
+    text = report.seeds_summary(records)
+    assert "| slm (gaussian, P=None, K=None) | 3 | 1 | 62.0 ± 2.0 | 0: 60.0, 1: 62.0, 2: 64.0 | 1.0 | 64.0 |" in text
+    assert "- slm (gaussian, P=None, K=None) vs arrow: +1.0 points, inside the spread (± 2.0)" in text
+    assert "finetune" not in text.split("Differences inside")[1]  # 21 points apart: not flagged
+
+
 def test_generative_stream_report_from_json(tmp_path):
     sys.path.insert(0, str(ROOT))
     import report
