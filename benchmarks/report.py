@@ -738,7 +738,7 @@ def main(argv: list[str] | None = None) -> None:
     records = [(p, r) for p, r in records if not p.stem.startswith("ablation_")]
     reference = next((r for p, r in records if p.stem == "slm_gaussian_l4_order4"), None)
     few = out.name == "fewshot"
-    first = "order1" if few else "order4"  # the reference order: baselines run on it
+    first = "order1" if few else "long4" if out.name.startswith("long10") else "order4"  # baselines run on it
     records.sort(key=lambda pr: (not pr[0].stem.endswith(first), pr[0].stem))
     oracles = [r for p, r in records if p.stem.startswith("oracle") and _seed(r) == 0]
     # the equal-capacity oracle (rank P*r) when there is one, else the rank-12 one: the highest rank, seed 0

@@ -179,5 +179,15 @@ def run_stream(method: ContinualMethod, stream: list[Task], batch_size: int = 32
             result.label_R[i][j] = scores[seen.name]["label_accuracy"]
             result.task_choice_accuracy[i][j] = scores[seen.name]["task_choice"]
             result.retrieval_accuracy[i][j] = scores[seen.name]["retrieval"]
-        result.timings[task.name] = {"learn_s": learned - start, "eval_s": time.perf_counter() - learned}
+        result.timings[task.name] = {"learn_s": learned - start, "eval_s": time.perf_counter() - learned,
+                                     "eval_rows": sum(len(t.test) for t in stream[: i + 1]),
+                                     "state_bytes": state_bytes(method)}
     return result
+
+
+def state_bytes(method) -> int | None:
+    """Bytes of everything a growing method keeps per learned task (its ``task_state`` of every task: keys,
+    increments, head, router statistics); ``None`` for methods without a per-task state."""
+    if not hasattr(method, "task_state") or not getattr(method, "task_names", None):
+        return None
+    return sum(v.numel() * v.element_size() for t in range(len(method.task_names)) for v in method.task_state(t).values())

@@ -46,6 +46,9 @@ def test_stream_learns_without_forgetting(make_slm, toy_stream):
     assert m["average_accuracy"] >= 0.7, result.R
     assert result.R[1][0] is not None and result.R[0][1] is None
     assert len(result.learn_reports) == 3 and all("key_s" in r for r in result.learn_reports)
+    sizes = [result.timings[t.name]["state_bytes"] for t in toy_stream]  # the bank grows by one task's state
+    assert sizes[0] > 0 and sizes[1] - sizes[0] == sizes[2] - sizes[1] == sizes[0]
+    assert [result.timings[t.name]["eval_rows"] for t in toy_stream] == [12, 24, 36]
 
 
 def test_duplicate_task_and_empty_inputs_refused(make_slm, toy_stream):
