@@ -9,6 +9,8 @@ scored by its total log-probability. Plain text, no chat template: this measures
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
@@ -62,8 +64,6 @@ def choose(scores: list[tuple[float, int]], normalise: bool) -> int:
 def answer_rows(lm, task: str, rows: list[dict], route=None) -> list[int]:
     """Zero-shot answers of ``lm`` (a ``CausalLM``) to ``rows`` of a multiple-choice ``task``; ``route(pairs)``,
     if given, is the routing context (``routed(...)``) each question's choices are scored under."""
-    import contextlib
-
     lm.eval()
     answers = []
     for row in rows:
