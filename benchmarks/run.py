@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> None:
         # the query encoder is frozen: reuse embeddings cached by earlier runs ($SLM_CACHE_DIR)
         cache = method.encoder.default_cache_path()
         method.encoder.load_cache(cache)
+    prov = provenance()  # the code that runs: taken before, so a commit made during a long run is not recorded
     start = time.perf_counter()
     result = run_stream(method, stream, progress=sys.stderr.isatty(), task_id=cfg.get("task_id", False),
                         score_every_task=cfg.get("score_every_task", True))
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
         "placement": {"device": str(device), "dtype": str(dtype).removeprefix("torch."),
                       "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()},
         "sizes": {t.name: {"train": len(t.train), "test": len(t.test)} for t in stream},
-        "seconds": time.perf_counter() - start, "provenance": provenance(), **result.to_dict(),
+        "seconds": time.perf_counter() - start, "provenance": prov, **result.to_dict(),
         "after_stream": after,
     }
     out.write_text(json.dumps(record, indent=2))
