@@ -118,8 +118,5 @@ class SequentialFineTune:
     @torch.no_grad()
     def predict(self, texts: list[str], batch_size: int = 32, progress: bool = False) -> list[Prediction]:
         self.classifier.eval()
-        out: list[Prediction] = []
-        for idx in training.batches(len(texts), batch_size):
-            out += self.head.predictions(self.classifier.features(
-                self.classifier.tokenize([texts[i] for i in idx], self.cfg.max_length)))
-        return out
+        return self.head.answer(texts, lambda chunk: self.classifier.features(
+            self.classifier.tokenize(chunk, self.cfg.max_length)), batch_size)

@@ -29,20 +29,25 @@ from scalable_lm.methods.generative import answer_epoch
 
 
 @torch.no_grad()
+def mean_input_embedding(model: torch.nn.Module, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``[B, d]`` float32 mean of the input token embeddings ``input_ids [B, T]`` where ``mask [B, T]`` is 1
+    (the model's embedding table, frozen)."""
+    emb = model.get_input_embeddings()(input_ids).float()
+    m = mask[..., None].float()
+    return (emb * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+@torch.no_grad()
 def pooled_embeddings(model: torch.nn.Module, tokenizer, texts: list[str], max_length: int,
                       batch_size: int = 64) -> torch.Tensor:
-    """``[N, d]`` float32 mean of each text's input token embeddings (the model's embedding table, frozen)."""
-    table = model.get_input_embeddings()
-    device = table.weight.device
+    """``[N, d]`` ``mean_input_embedding`` of each text, tokenised here in batches."""
+    device = model.get_input_embeddings().weight.device
     out = []
     for start in range(0, len(texts), batch_size):
         enc = tokenizer(texts[start: start + batch_size], padding=True, truncation=True, max_length=max_length,
                         return_tensors="pt")
-        ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
-        emb = table(ids).float()
-        m = mask[..., None].float()
-        out.append((emb * m).sum(1) / m.sum(1).clamp_min(1.0))
-    return torch.cat(out) if out else torch.zeros(0, table.weight.shape[1], device=device)
+        out.append(mean_input_embedding(model, enc["input_ids"].to(device), enc["attention_mask"].to(device)))
+    return torch.cat(out) if out else torch.zeros(0, model.get_input_embeddings().weight.shape[1], device=device)
 
 
 def project_each_step(optimizer: torch.optim.Optimizer, gates: TaskGates) -> None:
@@ -86,7 +91,8 @@ class GainLoRA(OLoRA):
         batch = self.classifier.tokenize(texts, self.cfg.max_length)
         if n == 0:
             return self.classifier.features(batch)
-        weights = self.gates(self._pooled(texts))  # (B, n), differentiable in the newest gate
+        # the gate input from the batch already tokenised; (B, n), differentiable in the newest gate
+        weights = self.gates(mean_input_embedding(self.classifier.backbone, batch["input_ids"], batch["attention_mask"]))
         with routed(self.layers, torch.arange(n, device=self.device).expand(len(texts), n), weights):
             return self.classifier.features(batch)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from scalable_lm import training
 from scalable_lm.data.tasks import Task
 from scalable_lm.methods.base import Prediction
 
@@ -46,4 +47,12 @@ class UnionHead(nn.Module):
         for p in probs:
             k = int(p.argmax())
             out.append(Prediction(label=self.outputs[k][1], task=self.outputs[k][0], confidence=float(p[k])))
+        return out
+
+    @torch.no_grad()
+    def answer(self, texts: list[str], features_fn, batch_size: int = 32) -> list[Prediction]:
+        """``predictions`` for ``texts`` in batches; ``features_fn(batch_texts)`` gives their ``[B, H]`` features."""
+        out: list[Prediction] = []
+        for idx in training.batches(len(texts), batch_size):
+            out += self.predictions(features_fn([texts[i] for i in idx]))
         return out

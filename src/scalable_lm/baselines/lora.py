@@ -96,10 +96,7 @@ class UnionLoRA:
         if not self.learned:
             raise RuntimeError("no task learned yet")
         self.classifier.eval()
-        out: list[Prediction] = []
-        for idx in training.batches(len(texts), batch_size):
-            out += self.head.predictions(self._features([texts[i] for i in idx]))
-        return out
+        return self.head.answer(texts, self._features, batch_size)
 
 
 class SequentialLoRA(UnionLoRA):

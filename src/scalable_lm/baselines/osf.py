@@ -98,8 +98,7 @@ class OSF(_OSFStream):
             texts, labels = [x for x, _ in rows], torch.tensor([y + offset for _, y in rows], device=self.device)
 
             def logits_fn(idx):
-                batch = self.classifier.tokenize([texts[i] for i in idx], self.cfg.max_length)
-                return self.head(self.classifier.features(batch)), labels[idx]
+                return self.head(self._features([texts[i] for i in idx])), labels[idx]
 
             self.classifier.train()
             params = osf_params + list(self.head.parameters())
@@ -119,11 +118,10 @@ class OSF(_OSFStream):
         if not self.learned:
             raise RuntimeError("no task learned yet")
         self.classifier.eval()
-        out: list[Prediction] = []
-        for idx in training.batches(len(texts), batch_size):
-            batch = self.classifier.tokenize([texts[i] for i in idx], self.cfg.max_length)
-            out += self.head.predictions(self.classifier.features(batch))
-        return out
+        return self.head.answer(texts, self._features, batch_size)
+
+    def _features(self, texts: list[str]) -> torch.Tensor:
+        return self.classifier.features(self.classifier.tokenize(texts, self.cfg.max_length))
 
 
 class OSFGenerator(_OSFStream):

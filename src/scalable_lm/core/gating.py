@@ -99,15 +99,13 @@ class TaskGates(nn.Module):
         direction of the new task's features outside the old tasks' feature subspace, scaled so that the mean
         ``|k . h(u)|`` on ``u`` is 3 (gate ~0.9)."""
         device = self.basis_in.device
+        mlp = nn.Sequential(nn.Linear(self.dim, self.hidden, bias=False), nn.SiLU(),
+                            nn.Linear(self.hidden, self.hidden, bias=False)).to(device)
         if self.num_tasks:
-            mlp = nn.Sequential(nn.Linear(self.dim, self.hidden, bias=False), nn.SiLU(),
-                                nn.Linear(self.hidden, self.hidden, bias=False)).to(device)
             mlp.load_state_dict(self.mlps[-1].state_dict())
         else:
             w1 = torch.randn(self.hidden, self.dim, generator=generator) / self.dim ** 0.5
             w2 = torch.randn(self.hidden, self.hidden, generator=generator) / self.hidden ** 0.5
-            mlp = nn.Sequential(nn.Linear(self.dim, self.hidden, bias=False), nn.SiLU(),
-                                nn.Linear(self.hidden, self.hidden, bias=False)).to(device)
             with torch.no_grad():
                 mlp[0].weight.copy_(w1)
                 mlp[2].weight.copy_(w2)
