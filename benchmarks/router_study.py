@@ -101,6 +101,27 @@ def staged_accuracy(train_q: list[torch.Tensor], eval_q: list[torch.Tensor] | No
     return [[right[s][i] / totals[i] if i <= s else None for i in range(T)] for s in range(T)]
 
 
+def misroutes(train_q: list[torch.Tensor], eval_q: list[torch.Tensor], candidate: tuple) -> dict:
+    """Where the forgotten inputs go: each task's ``eval_q`` rows routed when the task was learned and at the end.
+
+    Returns ``confusion[i][j]`` (rows of task i routed to task j at the end of the stream) and the counts of rows
+    routed right when their task was learned but wrong at the end, split by whether they went to a task learned
+    *later* (competition from new statistics) or *earlier* (the old tasks' boundaries moving, e.g. through the
+    shared covariance), with the rows that went the other way (wrong when learned, right at the end)."""
+    T = len(train_q)
+    stats = [routers.task_statistics(q) for q in train_q]
+    end = [scorer(stats, *candidate)(q).argmax(-1) for q in eval_q]
+    out = {"confusion": [[int((end[i] == j).sum()) for j in range(T)] for i in range(T)],
+           "to_later": 0, "to_earlier": 0, "recovered": 0, "rows": sum(len(q) for q in eval_q[:-1])}
+    for i in range(T - 1):
+        at_learning = scorer(stats[: i + 1], *candidate)(eval_q[i]).argmax(-1)
+        lost = (at_learning == i) & (end[i] != i)
+        out["to_later"] += int((lost & (end[i] > i)).sum())
+        out["to_earlier"] += int((lost & (end[i] < i)).sum())
+        out["recovered"] += int(((at_learning != i) & (end[i] == i)).sum())
+    return out
+
+
 def summary(acc: list[list[float]]) -> dict:
     """Final mean routing accuracy and routing forgetting (max earlier minus final, over all but the last task)."""
     T = len(acc)
@@ -149,7 +170,8 @@ def main(argv: list[str] | None = None) -> None:
     for r in runs:
         for name in dict.fromkeys([CURRENT, chosen]):
             acc = staged_accuracy(r["_train_q"], r["_test_q"], 1, CANDIDATES[name])
-            r["test"][name] = {"accuracy": acc, **summary(acc)}
+            r["test"][name] = {"accuracy": acc, **summary(acc),
+                               "misroutes": misroutes(r["_train_q"], r["_test_q"], CANDIDATES[name])}
         del r["_test_q"], r["_train_q"]
     test_mean = {name: {key: sum(r["test"][name][key] for r in runs) / len(runs) for key in ("final", "forgetting")}
                  for name in dict.fromkeys([CURRENT, chosen])}
@@ -158,6 +180,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name:<16} {100 * m['final']:9.2f} {100 * m['forgetting']:14.2f}")
     for name, m in test_mean.items():
         print(f"test rows, {name}: final {100 * m['final']:.2f}, forgetting {100 * m['forgetting']:.2f}")
+        moved = {key: sum(r["test"][name]["misroutes"][key] for r in runs) for key in ("to_later", "to_earlier",
+                                                                                      "recovered", "rows")}
+        print(f"  of {moved['rows']} test rows of not-last tasks: right when learned, wrong at the end: "
+              f"{moved['to_later']} to a later task, {moved['to_earlier']} to an earlier one; "
+              f"{moved['recovered']} went the other way")
+        test_mean[name]["misroutes"] = moved
     record = {
         "command": "python benchmarks/router_study.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "config": {"encoder": args.encoder, "seeds": args.seeds, "folds": args.folds, "orders": ORDERS,
