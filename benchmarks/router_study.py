@@ -9,7 +9,8 @@ measures it without training any increment: for every order (4-7) and seed, afte
 the share of each seen task's inputs routed to their own task. Candidates are scored by k-fold
 cross-validation over each task's training rows (statistics from the other folds; the stream's order and
 rows as in benchmarks/run.py), so the choice of router uses no test row. The test rows are then routed
-once by the current and the chosen router, as a check reported apart.
+once by the current and the chosen router, as a check reported apart. With them, where the forgotten test rows
+go (``misroutes``: to a task learned later or earlier, and the final routing confusion).
 
 Candidates (all built from what the bank already stores per task: mean, scatter, count):
   - lda_a: the current router: one shared covariance (pooled scatter), shrunk by a towards a scaled identity;
