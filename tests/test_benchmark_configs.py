@@ -87,6 +87,27 @@ def test_report_over_seeds_gives_mean_and_std_and_flags_differences_inside_the_s
     assert "finetune" not in text.split("Differences inside")[1]  # 21 points apart: not flagged
 
 
+def test_instruct_seeds_table_gives_mean_and_std_per_task_and_flags_overlaps():
+    sys.path.insert(0, str(ROOT))
+    import report
+
+    def record(method, seed, final):
+        return {"tasks": ["medical", "mmlu", "finance"], "R": [final],
+                "benchmark_config": {"method": method, "seed": seed}}
+
+    tasks = ["medical", "mmlu", "finance"]
+    records = [(None, record("slm", s, f)) for s, f in [(0, [0.5, 0.3, 0.7]), (1, [0.6, 0.3, 0.8]), (2, [0.55, 0.3, 0.9])]]
+    records += [(None, record("gainlora", s, f)) for s, f in [(0, [0.5, 0.3, 0.6]), (1, [0.5, 0.2, 0.7])]]
+    records += [(None, record("base", 0, [0.1, 0.2, 0.1])), (None, record("oracle", 0, [0.6, 0.3, 0.8]))]
+    text = report.instruct_seeds(records, tasks)
+    assert "| slm | medical→mmlu→finance | 0, 1, 2 | 55.0 ± 5.0 | 30.0 ± 0.0 | 80.0 ± 10.0 | 55.0 ± 4.4 |" in text
+    assert "| gainlora | medical→mmlu→finance | 0, 1 | 50.0 ± 0.0 | 25.0 ± 7.1 | 65.0 ± 7.1 | 46.7 ± 0.0 |" in text
+    assert "oracle" not in text and "base" not in text  # one seed only / untrained: not in the seed table
+    assert "slm vs gainlora (medical→mmlu→finance): +8.3 points, inside the spread" not in text  # 8.3 > 4.4
+    assert "larger than their summed spread" in text
+    assert "no method" in report.instruct_seeds(records[-2:], tasks)
+
+
 def test_generative_stream_report_from_json(tmp_path):
     sys.path.insert(0, str(ROOT))
     import report
