@@ -40,3 +40,31 @@ def test_a_packaged_model_that_is_not_installed_is_a_clear_error(tmp_path, monke
     code = cli.main(["learn", "--model", str(tmp_path / "m"), "--task", "t", "--data", str(data)])
     err = capsys.readouterr().err
     assert code == cli.EXIT_ERROR and err.count("\n") == 1 and "pip install" in err, err
+
+
+def test_models_we_convert_ourselves_are_loaded_without_the_spurious_mistral_regex_warning(tmp_path, monkeypatch):
+    """transformers 4.57.3+ warns "incorrect regex pattern" for any local tokenizer folder it saved itself; the
+    GGUF models we convert (smollm2, gemma3) are not Mistral tokenizers, so they are loaded saying so."""
+    import transformers
+
+    from scalable_lm import backbones
+
+    calls = []
+
+    class Tokenizer:
+        pad_token_id = 0
+
+    class Model:
+        def eval(self):
+            return self
+
+        def requires_grad_(self, flag):
+            return self
+
+    monkeypatch.setattr(backbones, "resolve", lambda name: str(tmp_path))
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained",
+                        lambda path, **kw: calls.append(kw) or Tokenizer())
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda path, **kw: Model())
+    backbones.load_causal("gemma3")
+    backbones.load_causal(str(tmp_path))  # someone else's folder: transformers decides
+    assert calls == [{"fix_mistral_regex": False}, {}]

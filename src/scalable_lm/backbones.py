@@ -216,8 +216,11 @@ def load_causal(name: str) -> tuple[nn.Module, object]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve(name)
+    # transformers 4.57.3+ warns "incorrect regex pattern ... fix_mistral_regex" for every local folder saved by
+    # a 4.57.3+ version, Mistral or not; the folders we convert ourselves are not Mistral tokenizers, so say so.
+    quiet = {"fix_mistral_regex": False} if name in GGUF else {}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, **quiet)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     except OSError as err:
         raise RuntimeError(f"cannot load model '{name}' ({path}): {err}") from err
