@@ -163,7 +163,8 @@ def main(argv: list[str] | None = None) -> None:
         after["seconds"] = time.perf_counter() - t0
     record = {
         "command": f"python benchmarks/run.py {shown_path(args.config)}"
-                   + (f" --device {args.device}" if args.device else "") + (f" --dtype {args.dtype}" if args.dtype else ""),
+                   + (f" --device {args.device}" if args.device else "") + (f" --dtype {args.dtype}" if args.dtype else "")
+                   + (f" --out {shown_path(args.out)}" if args.out else ""),
         "benchmark_config": cfg, "method_config": config.to_dict(),
         "placement": {"device": str(device), "dtype": str(dtype).removeprefix("torch."),
                       "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()},

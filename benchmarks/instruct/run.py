@@ -149,7 +149,8 @@ def main(argv: list[str] | None = None) -> None:
         slm = GenerativeSLM(config)
     n = len(tasks)
     R: list[list[float | None]] = [[None] * n for _ in range(n)]
-    record = {"command": f"python benchmarks/instruct/run.py {args.config}", "benchmark_config": cfg,
+    command = f"python benchmarks/instruct/run.py {args.config}" + (f" --out {args.out}" if args.out else "")
+    record = {"command": command, "benchmark_config": cfg,
               "method_config": slm.config.to_dict(), "tasks": [t.name for t in tasks],
               "sizes": {t.name: {"train": len(t.train), "test": len(t.test)} for t in tasks},
               "rows": [], "learn_reports": [], "provenance": provenance()}
