@@ -83,6 +83,14 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def _inside_spread(stats: dict) -> list[tuple]:
+    """(a, b, difference, summed std) for every pair of ``stats`` (key -> (mean, std)), higher mean first, whose
+    difference is inside the spread: |difference| <= the sum of their stds."""
+    names = sorted(stats, key=lambda k: -stats[k][0])
+    pairs = [(a, b, stats[a][0] - stats[b][0], stats[a][1] + stats[b][1]) for i, a in enumerate(names) for b in names[i + 1:]]
+    return [(a, b, diff, spread) for a, b, diff, spread in pairs if abs(diff) <= spread]
+
+
 def seeds_summary(records: list[tuple[Path, dict]]) -> str:
     """Per method: the mean over orders for each seed, then mean ± sample std over the seeds; flags every pair
     of methods whose difference is inside the spread (|difference| <= the sum of their stds)."""
@@ -108,13 +116,8 @@ def seeds_summary(records: list[tuple[Path, dict]]) -> str:
         lines.append(f"| {label} | {len(per_seed)} | {orders} | {_pct(mean)} ± {_pct(std)} | {seeds} | "
                      f"{_pct(sum(forg) / len(forg)) if forg else '–'} | {_pct(sum(lo) / len(lo)) if lo else '–'} |")
     several = {k: v for k, v in rows.items() if len(v[2]) > 1}
-    flags = []
-    names = sorted(several, key=lambda k: -several[k][0])
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            diff, spread = several[a][0] - several[b][0], several[a][1] + several[b][1]
-            if abs(diff) <= spread:
-                flags.append(f"- {a} vs {b}: {_pct(diff, True)} points, inside the spread (± {_pct(spread)})")
+    flags = [f"- {a} vs {b}: {_pct(diff, True)} points, inside the spread (± {_pct(spread)})"
+             for a, b, diff, spread in _inside_spread({k: v[:2] for k, v in several.items()})]
     text = "\n".join(lines)
     if flags:
         text += "\n\nDifferences inside the spread over seeds (not evidence of a difference):\n\n" + "\n".join(flags)
@@ -301,13 +304,8 @@ def instruct_seeds(records: list[tuple[Path, dict]], tasks: list[str]) -> str:
         cells = [f"{_pct(m)} ± {_pct(sd)}" for m, sd in (_mean_std(list(c)) for c in cols)]
         lines.append(f"| {method} | {order} | {', '.join(map(str, sorted(by_seed)))} | " + " | ".join(cells)
                      + f" | {_pct(averages[(method, order)][0])} ± {_pct(averages[(method, order)][1])} |")
-    flags = []
-    keys = sorted(averages, key=lambda k: -averages[k][0])
-    for i, a in enumerate(keys):
-        for b in keys[i + 1:]:
-            diff, spread = averages[a][0] - averages[b][0], averages[a][1] + averages[b][1]
-            if a[1] == b[1] and abs(diff) <= spread:
-                flags.append(f"- {a[0]} vs {b[0]} ({a[1]}): {_pct(diff, True)} points, inside the spread (± {_pct(spread)})")
+    flags = [f"- {a[0]} vs {b[0]} ({a[1]}): {_pct(diff, True)} points, inside the spread (± {_pct(spread)})"
+             for a, b, diff, spread in _inside_spread(averages) if a[1] == b[1]]
     text = "\n".join(lines)
     if flags:
         text += "\n\nDifferences inside the spread over seeds (not evidence of a difference):\n\n" + "\n".join(flags)
