@@ -16,7 +16,11 @@ Candidates (all built from what the bank already stores per task: mean, scatter,
   - lda_a: the current router: one shared covariance (pooled scatter), shrunk by a towards a scaled identity;
   - qda_l_a: each task its own covariance, blended with the pooled one by l (regularised discriminant
     analysis, Friedman 1989), shrunk by a towards a scaled identity, scored by the Gaussian log-likelihood
-    (Mahalanobis distance plus log-determinant).
+    (Mahalanobis distance plus log-determinant);
+  - lda_a_rc: the current router with a recency prior: task t's score is lowered by c*t (t = its place in
+    the stream), so a newer task takes an input only when it is closer than the older ones by c per step
+    (in squared-Mahalanobis units; c = 2 log of the prior ratio). A stability knob: old tasks keep inputs
+    that sit between them and a newer task, and a new task gives up its own inputs that sit there.
 Output: benchmarks/results/router/router_study.json (and a table on standard output).
 """
 
@@ -47,16 +51,19 @@ ORDERS = {
 CANDIDATES = {
     **{f"lda_{a}": ("lda", 0.0, a) for a in (0.02, 0.05, 0.1, 0.2, 0.4)},
     **{f"qda_{lam}_{a}": ("qda", lam, a) for lam in (0.3, 0.5, 0.7, 0.9) for a in (0.02, 0.1)},
+    **{f"lda_0.1_r{c}": ("lda", 0.0, 0.1, c) for c in (1, 2, 4, 8, 16)},
 }
 CURRENT = "lda_0.1"
 
 
-def scorer(stats: list[tuple], kind: str, blend: float, shrinkage: float):
-    """A function ``queries [B, d] -> scores [B, T]`` (higher = more likely) from per-task statistics."""
+def scorer(stats: list[tuple], kind: str, blend: float, shrinkage: float, recency: float = 0.0):
+    """A function ``queries [B, d] -> scores [B, T]`` (higher = more likely) from per-task statistics,
+    task t's score lowered by ``recency * t``."""
     if kind == "lda":
         precision = routers.shared_precision([s[1] for s in stats], [s[2] for s in stats], shrinkage)
         means = torch.stack([s[0] for s in stats])
-        return lambda q: routers.mahalanobis_scores(q.double(), means, precision)
+        prior = recency * torch.arange(len(stats), dtype=torch.float64)
+        return lambda q: routers.mahalanobis_scores(q.double(), means, precision) - prior
     pooled = torch.stack([s[1] for s in stats]).sum(0) / torch.stack([s[2] for s in stats]).sum()
     d = pooled.shape[0]
     parts = []
