@@ -38,7 +38,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))  # first: `run` is benchmarks/run.py, `tasks` is found in HERE
-from run import provenance  # noqa: E402
+from run import provenance, shown_path  # noqa: E402
 from tasks import BUILDERS, LABEL_TASKS, SKIPPED, read_jsonl  # noqa: E402
 
 from scalable_lm import metrics  # noqa: E402
@@ -149,7 +149,8 @@ def main(argv: list[str] | None = None) -> None:
         slm = GenerativeSLM(config)
     n = len(tasks)
     R: list[list[float | None]] = [[None] * n for _ in range(n)]
-    command = f"python benchmarks/instruct/run.py {args.config}" + (f" --out {args.out}" if args.out else "")
+    command = f"python benchmarks/instruct/run.py {shown_path(args.config)}" + (
+        f" --out {shown_path(args.out)}" if args.out else "")
     record = {"command": command, "benchmark_config": cfg,
               "method_config": slm.config.to_dict(), "tasks": [t.name for t in tasks],
               "sizes": {t.name: {"train": len(t.train), "test": len(t.test)} for t in tasks},
