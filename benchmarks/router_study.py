@@ -59,10 +59,10 @@ CURRENT = "lda_0.1"
 def scorer(stats: list[tuple], kind: str, blend: float, shrinkage: float, recency: float = 0.0):
     """A function ``queries [B, d] -> scores [B, T]`` (higher = more likely) from per-task statistics,
     task t's score lowered by ``recency * t``."""
+    prior = recency * torch.arange(len(stats), dtype=torch.float64)
     if kind == "lda":
         precision = routers.shared_precision([s[1] for s in stats], [s[2] for s in stats], shrinkage)
         means = torch.stack([s[0] for s in stats])
-        prior = recency * torch.arange(len(stats), dtype=torch.float64)
         return lambda q: routers.mahalanobis_scores(q.double(), means, precision) - prior
     pooled = torch.stack([s[1] for s in stats]).sum(0) / torch.stack([s[2] for s in stats]).sum()
     d = pooled.shape[0]
@@ -79,7 +79,7 @@ def scorer(stats: list[tuple], kind: str, blend: float, shrinkage: float, recenc
         for mean, chol, logdet in parts:
             z = torch.linalg.solve_triangular(chol, (q - mean).T, upper=False)
             out.append(-(z * z).sum(0) - logdet)
-        return torch.stack(out, dim=1)
+        return torch.stack(out, dim=1) - prior
 
     return score
 
