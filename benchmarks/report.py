@@ -91,6 +91,31 @@ def _inside_spread(stats: dict) -> list[tuple]:
     return [(a, b, diff, spread) for a, b, diff, spread in pairs if abs(diff) <= spread]
 
 
+def paired_differences(runs: dict) -> list[str]:
+    """Lines for every pair of methods that share at least two runs (the same order and seed, so the same
+    training and test rows): the difference a − b on each shared run and its mean ± sample std, the method
+    with the higher mean first. ``runs``: method -> {run id -> score}. Pairing removes the part of the spread
+    that comes from which rows a seed draws, which the unpaired mean ± std above keeps."""
+    lines = []
+    names = sorted(runs)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            shared = sorted(set(runs[a]) & set(runs[b]), key=str)
+            if len(shared) < 2:
+                continue
+            diffs = [runs[a][k] - runs[b][k] for k in shared]
+            if statistics.fmean(diffs) < 0:
+                a_, b_, diffs = b, a, [-d for d in diffs]
+            else:
+                a_, b_ = a, b
+            mean, std = _mean_std(diffs)
+            sign = ("every run the same sign" if all(d > 0 for d in diffs) or all(d < 0 for d in diffs)
+                    else "the sign changes between runs")
+            lines.append(f"- {a_} − {b_}: {_pct(mean, True)} ± {_pct(std)} points over {len(shared)} shared runs "
+                         f"({', '.join(_pct(d, True) for d in diffs)}; {sign})")
+    return lines
+
+
 def seeds_summary(records: list[tuple[Path, dict]]) -> str:
     """Per method: the mean over orders for each seed, then mean ± sample std over the seeds; flags every pair
     of methods whose difference is inside the spread (|difference| <= the sum of their stds)."""
@@ -123,6 +148,13 @@ def seeds_summary(records: list[tuple[Path, dict]]) -> str:
         text += "\n\nDifferences inside the spread over seeds (not evidence of a difference):\n\n" + "\n".join(flags)
     elif several:
         text += "\n\nEvery difference between methods with several seeds is larger than their summed spread."
+    runs: dict[str, dict] = defaultdict(dict)
+    for _, r in records:
+        runs[_label(r)][(_order(r), _seed(r))] = r["metrics"]["average_accuracy"]
+    paired = paired_differences(runs)
+    if paired:
+        text += ("\n\nPaired by run (same order and seed, so the same rows), average accuracy a − b, mean ± std over "
+                 "the shared runs:\n\n" + "\n".join(paired))
     return text
 
 
@@ -311,6 +343,14 @@ def instruct_seeds(records: list[tuple[Path, dict]], tasks: list[str]) -> str:
         text += "\n\nDifferences inside the spread over seeds (not evidence of a difference):\n\n" + "\n".join(flags)
     elif len(averages) > 1:
         text += "\n\nEvery difference between methods on the same order is larger than their summed spread."
+    runs: dict[str, dict] = defaultdict(dict)
+    for (method, order), by_seed in several.items():
+        for seed, scores in by_seed.items():
+            runs[method][(order, seed)] = statistics.fmean(scores)
+    paired = paired_differences(runs)
+    if paired:
+        text += ("\n\nPaired by seed (same order and seed, so the same rows), average a − b, mean ± std over the "
+                 "shared runs:\n\n" + "\n".join(paired))
     return text
 
 

@@ -84,7 +84,11 @@ def test_report_over_seeds_gives_mean_and_std_and_flags_differences_inside_the_s
     text = report.seeds_summary(records)
     assert "| slm (gaussian, P=None, K=None) | 3 | 1 | 62.0 ± 2.0 | 0: 60.0, 1: 62.0, 2: 64.0 | 1.0 | 64.0 |" in text
     assert "- slm (gaussian, P=None, K=None) vs arrow: +1.0 points, inside the spread (± 2.0)" in text
-    assert "finetune" not in text.split("Differences inside")[1]  # 21 points apart: not flagged
+    assert "finetune" not in text.split("Differences inside")[1].split("Paired")[0]  # 21 points apart: not flagged
+    paired = text.split("Paired by run")[1]
+    assert ("- slm (gaussian, P=None, K=None) − arrow: +1.0 ± 2.0 points over 3 shared runs (-1.0, +1.0, +3.0; "
+            "the sign changes between runs)") in paired
+    assert "− finetune: +20.0 ± 0.0 points over 2 shared runs (+20.0, +20.0; every run the same sign)" in paired
 
 
 def test_instruct_seeds_table_gives_mean_and_std_per_task_and_flags_overlaps():
@@ -105,6 +109,7 @@ def test_instruct_seeds_table_gives_mean_and_std_per_task_and_flags_overlaps():
     assert "oracle" not in text and "base" not in text  # one seed only / untrained: not in the seed table
     assert "slm vs gainlora (medical→mmlu→finance): +8.3 points, inside the spread" not in text  # 8.3 > 4.4
     assert "larger than their summed spread" in text
+    assert "- slm − gainlora: +6.7 ± 4.7 points over 2 shared runs (+3.3, +10.0; every run the same sign)" in text
     assert "no method" in report.instruct_seeds(records[-2:], tasks)
 
 
