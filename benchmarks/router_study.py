@@ -21,6 +21,11 @@ Candidates (all built from what the bank already stores per task: mean, scatter,
     the stream), so a newer task takes an input only when it is closer than the older ones by c per step
     (in squared-Mahalanobis units; c = 2 log of the prior ratio). A stability knob: old tasks keep inputs
     that sit between them and a newer task, and a new task gives up its own inputs that sit there.
+  - mix_m_a: each task a mixture of m Gaussians (k-means on its queries when it is learned; the bank would
+    store m means and counts per task instead of one), all components sharing one covariance (the pooled
+    within-component scatter), shrunk by a; a task's score is the log of its mixture density. A broad task
+    (amazon: reviews of every kind of product; yahoo: questions on every topic) gets several narrow modes
+    instead of one wide mean that sits near a narrower task's inputs.
 Output: benchmarks/results/router/router_study.json (and a table on standard output).
 """
 
@@ -52,13 +57,55 @@ CANDIDATES = {
     **{f"lda_{a}": ("lda", 0.0, a) for a in (0.02, 0.05, 0.1, 0.2, 0.4)},
     **{f"qda_{lam}_{a}": ("qda", lam, a) for lam in (0.3, 0.5, 0.7, 0.9) for a in (0.02, 0.1)},
     **{f"lda_0.1_r{c}": ("lda", 0.0, 0.1, c) for c in (1, 2, 4, 8, 16)},
+    **{f"mix_{m}_{a}": ("mix", float(m), a) for m in (2, 4, 8) for a in (0.02, 0.1)},
 }
 CURRENT = "lda_0.1"
 
 
+def kmeans(queries: torch.Tensor, m: int, iters: int = 25) -> torch.Tensor:
+    """``[N]`` component of each of one task's queries ``[N, d]``: Lloyd's k-means with m centres, started
+    deterministically from farthest points (the first centre is the query nearest the mean). Written here
+    because scikit-learn's KMeans would add a random-state dependency to a 20-line loop on tensors."""
+    q = queries.double()
+    centres = [q[((q - q.mean(0)) ** 2).sum(-1).argmin()]]
+    for _ in range(1, m):
+        dist = torch.cdist(q, torch.stack(centres)).min(-1).values
+        centres.append(q[dist.argmax()])
+    centres = torch.stack(centres)
+    for _ in range(iters):
+        assign = torch.cdist(q, centres).argmin(-1)
+        centres = torch.stack([q[assign == k].mean(0) if (assign == k).any() else centres[k] for k in range(m)])
+    return torch.cdist(q, centres).argmin(-1)
+
+
+def mixture_scorer(queries: list[torch.Tensor], m: int, shrinkage: float):
+    """``queries [B, d] -> scores [B, T]``: task t's log mixture density (m components per task, one shared
+    covariance), from each task's training queries ``queries[t] [N_t, d]``."""
+    comps = []  # (task, mean, scatter, count)
+    for t, q in enumerate(queries):
+        assign = kmeans(q, m)
+        for k in range(m):
+            if int((assign == k).sum()) > 0:
+                comps.append((t, *routers.task_statistics(q[assign == k])))
+    precision = routers.shared_precision([c[2] for c in comps], [c[3] for c in comps], shrinkage)
+    means = torch.stack([c[1] for c in comps])
+    task = torch.tensor([c[0] for c in comps])
+    log_weight = torch.stack([torch.log(c[3] / len(queries[c[0]])) for c in comps])
+    T = len(queries)
+
+    def score(q):
+        per_comp = 0.5 * routers.mahalanobis_scores(q.double(), means, precision) + log_weight  # [B, C]
+        return torch.stack([torch.logsumexp(per_comp[:, task == t], dim=-1) for t in range(T)], dim=1)
+
+    return score
+
+
 def scorer(stats: list[tuple], kind: str, blend: float, shrinkage: float, recency: float = 0.0):
     """A function ``queries [B, d] -> scores [B, T]`` (higher = more likely) from per-task statistics,
-    task t's score lowered by ``recency * t``."""
+    task t's score lowered by ``recency * t``. For ``kind == "mix"`` ``stats`` are the tasks' queries
+    themselves (the mixture is fitted from them when each task is learned) and ``blend`` is m."""
+    if kind == "mix":
+        return mixture_scorer(stats, int(blend), shrinkage)
     prior = recency * torch.arange(len(stats), dtype=torch.float64)
     if kind == "lda":
         precision = routers.shared_precision([s[1] for s in stats], [s[2] for s in stats], shrinkage)
@@ -100,7 +147,7 @@ def staged_accuracy(train_q: list[torch.Tensor], eval_q: list[torch.Tensor] | No
             masks = [torch.arange(len(q)) % folds == k for q in train_q]
             fit = [q[~m] for q, m in zip(train_q, masks)]
             held = [q[m] for q, m in zip(train_q, masks)]
-        stats = [routers.task_statistics(q) for q in fit]
+        stats = fit if candidate[0] == "mix" else [routers.task_statistics(q) for q in fit]
         for s in range(T):
             score = scorer(stats[: s + 1], *candidate)
             for i in range(s + 1):
@@ -117,7 +164,7 @@ def misroutes(train_q: list[torch.Tensor], eval_q: list[torch.Tensor], candidate
     *later* (competition from new statistics) or *earlier* (the old tasks' boundaries moving, e.g. through the
     shared covariance), with the rows that went the other way (wrong when learned, right at the end)."""
     T = len(train_q)
-    stats = [routers.task_statistics(q) for q in train_q]
+    stats = train_q if candidate[0] == "mix" else [routers.task_statistics(q) for q in train_q]
     end = [scorer(stats, *candidate)(q).argmax(-1) for q in eval_q]
     out = {"confusion": [[int((end[i] == j).sum()) for j in range(T)] for i in range(T)],
            "to_later": 0, "to_earlier": 0, "recovered": 0, "rows": sum(len(q) for q in eval_q[:-1])}
