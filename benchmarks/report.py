@@ -146,7 +146,7 @@ def seeds_summary(records: list[tuple[Path, dict]]) -> str:
     text = "\n".join(lines)
     if flags:
         text += "\n\nDifferences inside the spread over seeds (not evidence of a difference):\n\n" + "\n".join(flags)
-    elif several:
+    elif len(several) > 1:
         text += "\n\nEvery difference between methods with several seeds is larger than their summed spread."
     runs: dict[str, dict] = defaultdict(dict)
     for _, r in records:
