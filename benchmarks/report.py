@@ -56,12 +56,12 @@ def table(records: list[tuple[Path, dict]]) -> str:
 
 
 def summary(records: list[tuple[Path, dict]], oracle: dict | None) -> str:
-    """One row per method: mean over the orders run, with the spread (min–max)."""
+    """One row per method: mean over its runs (every order and seed run), with the spread (min–max)."""
     groups: dict[str, list[dict]] = defaultdict(list)
     for _, r in records:
         groups[_label(r)].append(r)
     ref = oracle["metrics"]["average_accuracy"] if oracle else None
-    lines = ["| method | orders | avg acc % (mean) | min–max | % of oracle | forgetting pts (mean) | retrieval % |",
+    lines = ["| method | runs (orders × seeds) | avg acc % (mean) | min–max | % of oracle | forgetting pts (mean) | retrieval % |",
              "|---|---|---|---|---|---|---|"]
     for label, rs in sorted(groups.items(), key=lambda kv: -sum(r["metrics"]["average_accuracy"] for r in kv[1]) / len(kv[1])):
         acc = [r["metrics"]["average_accuracy"] for r in rs]
