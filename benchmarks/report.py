@@ -118,28 +118,29 @@ def paired_differences(runs: dict) -> list[str]:
 
 def seeds_summary(records: list[tuple[Path, dict]]) -> str:
     """Per method: the mean over orders for each seed, then mean ± sample std over the seeds; flags every pair
-    of methods whose difference is inside the spread (|difference| <= the sum of their stds)."""
-    groups: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
-    label_only: dict[str, list[float]] = defaultdict(list)
-    forgetting: dict[str, list[float]] = defaultdict(list)
+    of methods whose difference is inside the spread (|difference| <= the sum of their stds). Only the orders
+    that every seed of a method has run enter its row, so a seed that has run more orders than the others does
+    not mix another order into the comparison (the other runs still appear in the tables above)."""
+    runs: dict[str, dict[tuple[str, int], dict]] = defaultdict(dict)
     for _, r in records:
-        groups[_label(r)][_seed(r)].append(r["metrics"]["average_accuracy"])
-        if r["metrics"].get("label_only_average_accuracy") is not None:
-            label_only[_label(r)].append(r["metrics"]["label_only_average_accuracy"])
-        if r["metrics"].get("forgetting") is not None:
-            forgetting[_label(r)].append(r["metrics"]["forgetting"])
+        runs[_label(r)][(_order(r), _seed(r))] = r["metrics"]
     rows = {}
-    for label, by_seed in groups.items():
-        per_seed = {seed: sum(v) / len(v) for seed, v in sorted(by_seed.items())}
-        rows[label] = (*_mean_std(list(per_seed.values())), per_seed, max(len(v) for v in by_seed.values()))
+    for label, by_run in runs.items():
+        seeds = sorted({seed for _, seed in by_run})
+        orders = set.intersection(*({o for o, s in by_run if s == seed} for seed in seeds))
+        used = {k: m for k, m in by_run.items() if k[0] in orders} if orders else by_run
+        per_seed = {seed: statistics.fmean(m["average_accuracy"] for (o, s), m in used.items() if s == seed)
+                    for seed in seeds}
+        forg = [m["forgetting"] for m in used.values() if m.get("forgetting") is not None]
+        lo = [m["label_only_average_accuracy"] for m in used.values()
+              if m.get("label_only_average_accuracy") is not None]
+        rows[label] = (*_mean_std(list(per_seed.values())), per_seed, len(orders) if orders else "differ", forg, lo)
     lines = ["| method | seeds | orders | avg acc % (mean ± std over seeds) | per seed | forgetting pts (mean) | "
              "label-only avg % (mean) |", "|---|---|---|---|---|---|---|"]
-    for label, (mean, std, per_seed, orders) in sorted(rows.items(), key=lambda kv: -kv[1][0]):
+    for label, (mean, std, per_seed, orders, forg, lo) in sorted(rows.items(), key=lambda kv: -kv[1][0]):
         seeds = ", ".join(f"{seed}: {_pct(v)}" for seed, v in per_seed.items())
-        forg = forgetting.get(label)
-        lo = label_only.get(label)
         lines.append(f"| {label} | {len(per_seed)} | {orders} | {_pct(mean)} ± {_pct(std)} | {seeds} | "
-                     f"{_pct(sum(forg) / len(forg)) if forg else '–'} | {_pct(sum(lo) / len(lo)) if lo else '–'} |")
+                     f"{_pct(statistics.fmean(forg)) if forg else '–'} | {_pct(statistics.fmean(lo)) if lo else '–'} |")
     several = {k: v for k, v in rows.items() if len(v[2]) > 1}
     flags = [f"- {a} vs {b}: {_pct(diff, True)} points, inside the spread (± {_pct(spread)})"
              for a, b, diff, spread in _inside_spread({k: v[:2] for k, v in several.items()})]
@@ -148,10 +149,8 @@ def seeds_summary(records: list[tuple[Path, dict]]) -> str:
         text += "\n\nDifferences inside the spread over seeds (not evidence of a difference):\n\n" + "\n".join(flags)
     elif len(several) > 1:
         text += "\n\nEvery difference between methods with several seeds is larger than their summed spread."
-    runs: dict[str, dict] = defaultdict(dict)
-    for _, r in records:
-        runs[_label(r)][(_order(r), _seed(r))] = r["metrics"]["average_accuracy"]
-    paired = paired_differences(runs)
+    paired = paired_differences({label: {k: m["average_accuracy"] for k, m in by_run.items()}
+                                 for label, by_run in runs.items()})
     if paired:
         text += ("\n\nPaired by run (same order and seed, so the same rows), average accuracy a − b, mean ± std over "
                  "the shared runs:\n\n" + "\n".join(paired))

@@ -89,6 +89,11 @@ def test_report_over_seeds_gives_mean_and_std_and_flags_differences_inside_the_s
     assert ("- slm (gaussian, P=None, K=None) − arrow: +1.0 ± 2.0 points over 3 shared runs (-1.0, +1.0, +3.0; "
             "the sign changes between runs)") in paired
     assert "− finetune: +20.0 ± 0.0 points over 2 shared runs (+20.0, +20.0; every run the same sign)" in paired
+    # a seed that has run one more order than the others: that order stays out of the seed row
+    extra = record("slm", 1, 0.90)
+    extra["tasks"] = ["b"]
+    text = report.seeds_summary(records + [(tmp_path / "slm_b_1.json", extra)])
+    assert "| slm (gaussian, P=None, K=None) | 3 | 1 | 62.0 ± 2.0 | 0: 60.0, 1: 62.0, 2: 64.0 | 1.0 | 64.0 |" in text
 
 
 def test_instruct_seeds_table_gives_mean_and_std_per_task_and_flags_overlaps():
