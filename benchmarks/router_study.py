@@ -78,34 +78,44 @@ def kmeans(queries: torch.Tensor, m: int, iters: int = 25) -> torch.Tensor:
     return torch.cdist(q, centres).argmin(-1)
 
 
-def mixture_scorer(queries: list[torch.Tensor], m: int, shrinkage: float):
-    """``queries [B, d] -> scores [B, T]``: task t's log mixture density (m components per task, one shared
-    covariance), from each task's training queries ``queries[t] [N_t, d]``."""
-    comps = []  # (task, mean, scatter, count)
-    for t, q in enumerate(queries):
-        assign = kmeans(q, m)
-        for k in range(m):
-            if int((assign == k).sum()) > 0:
-                comps.append((t, *routers.task_statistics(q[assign == k])))
+def components(queries: torch.Tensor, m: int) -> list[tuple]:
+    """One task's mixture, fitted once when it is learned: ``(mean, scatter, count)`` of each non-empty
+    k-means component of its queries ``[N, d]``."""
+    assign = kmeans(queries, m)
+    return [routers.task_statistics(queries[assign == k]) for k in range(m) if bool((assign == k).any())]
+
+
+def task_stats(queries: list[torch.Tensor], candidate: tuple) -> list:
+    """What the bank would store per task for ``candidate``: ``(mean, scatter, count)``, or for a mixture
+    (``kind == "mix"``, m in the blend slot) the list of its components' statistics."""
+    if candidate[0] == "mix":
+        return [components(q, int(candidate[1])) for q in queries]
+    return [routers.task_statistics(q) for q in queries]
+
+
+def mixture_scorer(stats: list[list[tuple]], shrinkage: float):
+    """``queries [B, d] -> scores [B, T]``: task t's log mixture density, its components ``stats[t]``
+    (``components``) all sharing one covariance."""
+    comps = [(t, *c) for t, task in enumerate(stats) for c in task]  # (task, mean, scatter, count)
     precision = routers.shared_precision([c[2] for c in comps], [c[3] for c in comps], shrinkage)
     means = torch.stack([c[1] for c in comps])
     task = torch.tensor([c[0] for c in comps])
-    log_weight = torch.stack([torch.log(c[3] / len(queries[c[0]])) for c in comps])
-    T = len(queries)
+    totals = [sum(c[2] for c in t) for t in stats]
+    log_weight = torch.stack([torch.log(c[3] / totals[c[0]]) for c in comps])
 
     def score(q):
         per_comp = 0.5 * routers.mahalanobis_scores(q.double(), means, precision) + log_weight  # [B, C]
-        return torch.stack([torch.logsumexp(per_comp[:, task == t], dim=-1) for t in range(T)], dim=1)
+        return torch.stack([torch.logsumexp(per_comp[:, task == t], dim=-1) for t in range(len(stats))], dim=1)
 
     return score
 
 
 def scorer(stats: list[tuple], kind: str, blend: float, shrinkage: float, recency: float = 0.0):
     """A function ``queries [B, d] -> scores [B, T]`` (higher = more likely) from per-task statistics,
-    task t's score lowered by ``recency * t``. For ``kind == "mix"`` ``stats`` are the tasks' queries
-    themselves (the mixture is fitted from them when each task is learned) and ``blend`` is m."""
+    task t's score lowered by ``recency * t``. For ``kind == "mix"`` ``stats`` are each task's components
+    (``task_stats``)."""
     if kind == "mix":
-        return mixture_scorer(stats, int(blend), shrinkage)
+        return mixture_scorer(stats, shrinkage)
     prior = recency * torch.arange(len(stats), dtype=torch.float64)
     if kind == "lda":
         precision = routers.shared_precision([s[1] for s in stats], [s[2] for s in stats], shrinkage)
@@ -147,7 +157,7 @@ def staged_accuracy(train_q: list[torch.Tensor], eval_q: list[torch.Tensor] | No
             masks = [torch.arange(len(q)) % folds == k for q in train_q]
             fit = [q[~m] for q, m in zip(train_q, masks)]
             held = [q[m] for q, m in zip(train_q, masks)]
-        stats = fit if candidate[0] == "mix" else [routers.task_statistics(q) for q in fit]
+        stats = task_stats(fit, candidate)
         for s in range(T):
             score = scorer(stats[: s + 1], *candidate)
             for i in range(s + 1):
@@ -164,7 +174,7 @@ def misroutes(train_q: list[torch.Tensor], eval_q: list[torch.Tensor], candidate
     *later* (competition from new statistics) or *earlier* (the old tasks' boundaries moving, e.g. through the
     shared covariance), with the rows that went the other way (wrong when learned, right at the end)."""
     T = len(train_q)
-    stats = train_q if candidate[0] == "mix" else [routers.task_statistics(q) for q in train_q]
+    stats = task_stats(train_q, candidate)
     end = [scorer(stats, *candidate)(q).argmax(-1) for q in eval_q]
     out = {"confusion": [[int((end[i] == j).sum()) for j in range(T)] for i in range(T)],
            "to_later": 0, "to_earlier": 0, "recovered": 0, "rows": sum(len(q) for q in eval_q[:-1])}
