@@ -17,6 +17,12 @@ authors' leaking protocol (single-task batches, head by number of classes) under
 --device / --dtype override them.
 Test rows are a seeded random subset of each task's local test file (sizes are in the result). The result
 file holds the config, the accuracy matrix, metrics, timings, git commit and package versions.
+
+Runs of SLM (and its per-task oracles) keep a checkpoint after every task in <results dir>/checkpoints/<stem>/
+(the learned tasks as a model directory, and the scores so far). A run that is cut short (a session's end, a
+kill) goes on from its last finished task when the same command is run again; the result then lists each
+part's code version and seconds under "parts". The checkpoint is deleted once the result file is written.
+--restart drops it and starts over; "checkpoint": false in the config turns it off.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import argparse
 import json
 import platform
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -34,7 +41,7 @@ import torch
 
 from scalable_lm.config import SLMConfig
 from scalable_lm.data.tasks import Task, load_task
-from scalable_lm.runner import evaluate, evaluate_paper_protocol, run_stream
+from scalable_lm.runner import RunResult, evaluate, evaluate_paper_protocol, run_stream
 
 ROOT = Path(__file__).resolve().parent
 METHODS = ("slm", "sequential-finetune", "replay", "ewc", "o-lora", "sequential-lora", "multitask-lora", "arrow",
@@ -124,6 +131,74 @@ def provenance() -> dict:
             "scalable_lm": scalable_lm.__version__, "threads": torch.get_num_threads()}
 
 
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux; ``platform`` elsewhere): timings are only comparable
+    between runs on the same kind of host."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+class Checkpoint:
+    """A run's progress after each finished task, so that a run cut short goes on where it stopped.
+
+    ``directory`` holds ``model/`` (the learned tasks, a model directory written through the method's own
+    ``save_pretrained``, one safetensors file per task, atomically) and ``progress.json`` (the config, the
+    scores so far and each part's code version and seconds). The model is written before the scores, so
+    the scores never name a task the model lacks; a task saved in ``model/`` whose scores were not is
+    dropped on restore and learned again. For methods with a per-task state (SLM and its oracles).
+    """
+
+    def __init__(self, directory: Path, cfg: dict):
+        self.directory, self.cfg = directory, cfg
+        self.model_dir, self.progress = directory / "model", directory / "progress.json"
+
+    def restore(self, method) -> tuple[RunResult | None, list[dict]]:
+        """Put the finished tasks back into ``method`` (freshly built from the same config); returns the
+        scores so far and the earlier parts, or ``(None, [])`` when there is nothing to go on from."""
+        from scalable_lm import store
+
+        if not self.progress.is_file():
+            return None, []
+        saved = json.loads(self.progress.read_text())
+        if saved["benchmark_config"] != self.cfg:
+            raise SystemExit(f"{self.directory} holds a cut-short run of a different config; run with --restart "
+                             "to drop it and start this one afresh")
+        result = RunResult.from_dict(saved["result"])
+        done = result.tasks[: result.tasks_done]
+        held = [t["name"] for t in store.read_manifest(self.model_dir)["tasks"]]
+        if held[: len(done)] != done:
+            raise SystemExit(f"{self.model_dir} holds tasks {held}, its scores say {done}: run with --restart")
+        for extra in reversed(held[len(done):]):  # saved, then cut before its scores were
+            store.remove(self.model_dir, extra, force=True)
+        labels = {t["name"]: t["label_names"] for t in store.read_manifest(self.model_dir)["tasks"]}
+        for name in done:
+            method.add_task_state(name, labels[name], store.read_task(self.model_dir, name))
+        return result, saved["parts"]
+
+    def save(self, method, result: RunResult, parts: list[dict]) -> None:
+        from scalable_lm.fileio import atomic_write
+
+        method.save_pretrained(self.model_dir)
+        record = {"benchmark_config": self.cfg, "result": result.to_dict(), "parts": parts}
+        atomic_write(self.progress, lambda tmp: tmp.write_text(json.dumps(record)))
+
+    def remove(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+        try:
+            self.directory.parent.rmdir()  # checkpoints/ itself, once empty
+        except OSError:
+            pass
+
+
+def supports_checkpoint(method) -> bool:
+    return hasattr(method, "add_task_state") and hasattr(method, "save_pretrained")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", type=Path)
@@ -131,6 +206,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="result file (default benchmarks/results/<benchmark>/<config>.json)")
     parser.add_argument("--device", help="overrides the config's device (default auto: CUDA, then MPS, then CPU)")
     parser.add_argument("--dtype", help="overrides the config's dtype (float32, bfloat16, float16; SLM only)")
+    parser.add_argument("--restart", action="store_true",
+                        help="drop the checkpoint of a cut-short run of this config and start over")
     args = parser.parse_args(argv)
     cfg = json.loads(args.config.read_text())
     out = args.out or ROOT / "results" / cfg["benchmark"] / f"{args.config.stem}.json"
@@ -148,9 +225,27 @@ def main(argv: list[str] | None = None) -> None:
         cache = method.encoder.default_cache_path()
         method.encoder.load_cache(cache)
     prov = provenance()  # the code that runs: taken before, so a commit made during a long run is not recorded
+    checkpoint = resume = after_task = None
+    parts: list[dict] = []
+    if cfg.get("checkpoint", True) and supports_checkpoint(method):
+        checkpoint = Checkpoint(out.parent / "checkpoints" / out.stem, cfg)
+        if args.restart:
+            checkpoint.remove()
+        resume, parts = checkpoint.restore(method)
+        if resume is not None:
+            print(f"resuming after {resume.tasks_done} of {len(stream)} tasks from {shown_path(checkpoint.directory)}",
+                  file=sys.stderr)
     start = time.perf_counter()
+    part = {"provenance": prov, "tasks": [], "seconds": 0.0}
+    parts.append(part)
+    if checkpoint is not None:
+        def after_task(i, result):
+            part["tasks"].append(stream[i].name)
+            part["seconds"] = time.perf_counter() - start
+            checkpoint.save(method, result, parts)
+
     result = run_stream(method, stream, progress=sys.stderr.isatty(), task_id=cfg.get("task_id", False),
-                        score_every_task=cfg.get("score_every_task", True))
+                        score_every_task=cfg.get("score_every_task", True), resume=resume, after_task=after_task)
     if cache is not None:
         method.encoder.save_cache(cache)
     after = {}
@@ -167,12 +262,17 @@ def main(argv: list[str] | None = None) -> None:
                    + (f" --out {shown_path(args.out)}" if args.out else ""),
         "benchmark_config": cfg, "method_config": config.to_dict(),
         "placement": {"device": str(device), "dtype": str(dtype).removeprefix("torch."),
-                      "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()},
+                      "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()},
         "sizes": {t.name: {"train": len(t.train), "test": len(t.test)} for t in stream},
-        "seconds": time.perf_counter() - start, "provenance": prov, **result.to_dict(),
-        "after_stream": after,
+        "seconds": sum(p["seconds"] for p in parts[:-1]) + time.perf_counter() - start, "provenance": prov,
+        **result.to_dict(), "after_stream": after,
     }
+    if len(parts) > 1:  # resumed: each part's code version, the tasks it learned and its seconds
+        part["seconds"] = time.perf_counter() - start
+        record["parts"] = parts
     out.write_text(json.dumps(record, indent=2))
+    if checkpoint is not None:
+        checkpoint.remove()
     m = result.metrics
     forgot = "n/a" if m["forgetting"] is None else f"{100 * m['forgetting']:.1f}"
     print(f"{cfg['method']} {cfg['order']}: average {100 * m['average_accuracy']:.1f}, forgetting {forgot}, retrieval {m['retrieval_accuracy']}; {record['seconds']:.0f}s -> {out}")

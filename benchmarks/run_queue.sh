@@ -5,6 +5,7 @@
 #   CONFIG_STEM names benchmarks/configs/<bench>/<stem>.json; the default bench is cl5.
 #   --results NAME writes benchmarks/results/NAME/<stem>.json instead of results/<bench>/, skips every config
 #   whose result file is already there (a queue cut short resumes where it stopped), and reports on NAME.
+#   Within a config, an SLM run cut short goes on from its last finished task (benchmarks/run.py checkpoints).
 # Logs go to benchmarks/results/<bench or NAME>/logs/ (not committed).
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -189,3 +189,43 @@ def test_serve_report_from_json(tmp_path):
     text = (out / "README.md").read_text()
     assert "| slm serve (routing per request) | 1 | 10 | 0 | 5.00 | 0.0 | 0.100 | 0.200 | 0.300 | 600 |" in text
     assert "| routed_over_plain_c1 | 0.500 |" in text and "| a | 50.0 | 50.0 |" in text and "hand-written" in text
+
+
+def test_checkpoint_lets_a_cut_run_go_on_where_it_stopped(make_slm, toy_stream, tmp_path):
+    sys.path.insert(0, str(ROOT))
+    from run import Checkpoint, supports_checkpoint
+
+    from scalable_lm.runner import run_stream
+
+    full = run_stream(make_slm(), toy_stream, progress=False)
+    cfg = {"benchmark": "toy", "order": [t.name for t in toy_stream], "method": "slm"}
+    checkpoint = Checkpoint(tmp_path / "checkpoints" / "toy_run", cfg)
+    slm, parts = make_slm(), [{"tasks": [], "seconds": 0.0}]
+    assert supports_checkpoint(slm)
+
+    class Cut(Exception):
+        pass
+
+    def save(i, result):
+        if i == 1:  # killed after the model was written, before the scores were
+            slm.save_pretrained(checkpoint.model_dir)
+            raise Cut
+        parts[0]["tasks"].append(toy_stream[i].name)
+        checkpoint.save(slm, result, parts)
+
+    with pytest.raises(Cut):
+        run_stream(slm, toy_stream, progress=False, after_task=save)
+    with pytest.raises(SystemExit, match="a different config"):
+        Checkpoint(checkpoint.directory, {**cfg, "seed": 1}).restore(make_slm())
+    slm = make_slm()
+    resume, earlier = checkpoint.restore(slm)
+    assert resume.tasks_done == 1 and slm.task_names == ["fruit"] and earlier == parts
+    from scalable_lm import store
+
+    assert [t["name"] for t in store.read_manifest(checkpoint.model_dir)["tasks"]] == ["fruit"]  # the extra one dropped
+    resumed = run_stream(slm, toy_stream, progress=False, resume=resume,
+                         after_task=lambda i, result: checkpoint.save(slm, result, parts))
+    assert resumed.R == full.R
+    checkpoint.remove()
+    assert not (tmp_path / "checkpoints").exists()
+    assert Checkpoint(checkpoint.directory, cfg).restore(make_slm()) == (None, [])

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
 
 from scalable_lm import metrics
 from scalable_lm.data.tasks import Task
@@ -45,7 +46,19 @@ class RunResult:
         }
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "metrics": self.metrics}
+        """Every field, and ``metrics`` once the last row of ``R`` is scored (``None`` for a run cut short)."""
+        finished = bool(self.R) and all(x is not None for x in self.R[-1])
+        return {**asdict(self), "metrics": self.metrics if finished else None}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RunResult:
+        """The inverse of ``to_dict`` (derived ``metrics`` and unknown keys are ignored)."""
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+    @property
+    def tasks_done(self) -> int:
+        """How many tasks of the stream have been learned (and scored, where scored)."""
+        return len(self.learn_reports)
 
 
 def evaluate(method: ContinualMethod, tasks: list[Task], batch_size: int = 32, seed: int = 0,
@@ -155,23 +168,39 @@ def evaluate_paper_protocol(method, tasks: list[Task], batch_size: int = 32) -> 
 
 
 def run_stream(method: ContinualMethod, stream: list[Task], batch_size: int = 32, seed: int = 0,
-               progress: bool = True, task_id: bool = False, score_every_task: bool = True) -> RunResult:
+               progress: bool = True, task_id: bool = False, score_every_task: bool = True,
+               resume: RunResult | None = None,
+               after_task: Callable[[int, RunResult], None] | None = None) -> RunResult:
     """Learn ``stream`` in order; after each task fill row ``i`` of ``R`` (tasks ``0..i``).
 
     ``task_id=True`` scores with the task named (SLM-TI / oracle upper bounds); report such runs apart.
     ``score_every_task=False`` scores only after the last task (upper bounds such as joint multitask
     training, whose intermediate rows mean nothing); forgetting is then not defined and reported as ``None``.
+
+    ``after_task(i, result)`` is called once task ``i`` is learned and scored (a checkpoint hook).
+    ``resume``: the result of a run of this same stream cut short after ``resume.tasks_done`` tasks, with
+    ``method`` already holding exactly those tasks (restored from a checkpoint): the loop goes on from the
+    next task. Each task's training is seeded by its place in the stream, so a resumed run learns what an
+    uninterrupted one would.
     """
     n = len(stream)
-    result = RunResult(method.name, [t.name for t in stream], task_id, [[None] * n for _ in range(n)],
-                       [[None] * n for _ in range(n)], [[None] * n for _ in range(n)],
-                       label_R=[[None] * n for _ in range(n)])
+    if resume is None:
+        result = RunResult(method.name, [t.name for t in stream], task_id, [[None] * n for _ in range(n)],
+                           [[None] * n for _ in range(n)], [[None] * n for _ in range(n)],
+                           label_R=[[None] * n for _ in range(n)])
+    else:
+        result = resume
+        _check_resumable(method, stream, task_id, resume)
     for i, task in enumerate(stream):
+        if i < result.tasks_done:
+            continue
         start = time.perf_counter()
         result.learn_reports.append(method.learn(task, progress=progress))
         learned = time.perf_counter()
         if not score_every_task and i < n - 1:
             result.timings[task.name] = {"learn_s": learned - start, "eval_s": 0.0}
+            if after_task is not None:
+                after_task(i, result)
             continue
         scores = evaluate(method, stream[: i + 1], batch_size, seed, task_id=task_id)
         for j, seen in enumerate(stream[: i + 1]):
@@ -182,7 +211,21 @@ def run_stream(method: ContinualMethod, stream: list[Task], batch_size: int = 32
         result.timings[task.name] = {"learn_s": learned - start, "eval_s": time.perf_counter() - learned,
                                      "eval_rows": sum(len(t.test) for t in stream[: i + 1]),
                                      "state_bytes": state_bytes(method)}
+        if after_task is not None:
+            after_task(i, result)
     return result
+
+
+def _check_resumable(method, stream: list[Task], task_id: bool, resume: RunResult) -> None:
+    """Refuse to go on from ``resume`` unless it is a cut-short run of this stream and ``method`` holds its tasks."""
+    names = [t.name for t in stream]
+    if resume.tasks != names or resume.task_id != task_id or len(resume.R) != len(names):
+        raise ValueError(f"cannot resume: the earlier run was of the stream {resume.tasks} (task_id={resume.task_id}), "
+                         f"this one is {names} (task_id={task_id})")
+    done = names[: resume.tasks_done]
+    held = getattr(method, "task_names", None)
+    if held is not None and list(held) != done:
+        raise ValueError(f"cannot resume after {len(done)} tasks: the method holds {list(held)}, expected {done}")
 
 
 def state_bytes(method) -> int | None:
