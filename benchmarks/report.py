@@ -55,12 +55,12 @@ def table(records: list[tuple[Path, dict]]) -> str:
     return "\n".join(lines)
 
 
-def summary(records: list[tuple[Path, dict]], oracle: dict | None) -> str:
-    """One row per method: mean over its runs (every order and seed run), with the spread (min–max)."""
+def summary(records: list[tuple[Path, dict]], ref: float | None) -> str:
+    """One row per method: mean over its runs (every order and seed run), with the spread (min–max); "% of
+    oracle" divides that mean by ``ref`` (the oracle's average)."""
     groups: dict[str, list[dict]] = defaultdict(list)
     for _, r in records:
         groups[_label(r)].append(r)
-    ref = oracle["metrics"]["average_accuracy"] if oracle else None
     lines = ["| method | runs (orders × seeds) | avg acc % (mean) | min–max | % of oracle | forgetting pts (mean) | retrieval % |",
              "|---|---|---|---|---|---|---|"]
     for label, rs in sorted(groups.items(), key=lambda kv: -sum(r["metrics"]["average_accuracy"] for r in kv[1]) / len(kv[1])):
@@ -116,7 +116,26 @@ def paired_differences(runs: dict) -> list[str]:
     return lines
 
 
-def seeds_summary(records: list[tuple[Path, dict]]) -> str:
+def oracle_shares(runs: dict, oracle: str) -> list[str]:
+    """Lines for every method that shares at least one run (the same order and seed, so the same rows) with
+    ``oracle``: its average accuracy as a share of the oracle's on each shared run, and their mean ± sample
+    std. ``runs``: method -> {run id -> score}."""
+    lines = []
+    for label in sorted(runs):
+        shared = sorted(set(runs[label]) & set(runs.get(oracle, {})), key=str)
+        if label == oracle or not shared:
+            continue
+        shares = [runs[label][k] / runs[oracle][k] for k in shared]
+        mean, std = _mean_std(shares)
+        if len(shared) == 1:
+            lines.append(f"- {label}: {_pct(mean)}% of the oracle on its one shared run")
+        else:
+            lines.append(f"- {label}: {_pct(mean)}% ± {_pct(std)} of the oracle over {len(shared)} shared runs "
+                         f"({', '.join(_pct(x) for x in shares)})")
+    return lines
+
+
+def seeds_summary(records: list[tuple[Path, dict]], oracle: str | None = None) -> str:
     """Per method: the mean over orders for each seed, then mean ± sample std over the seeds; flags every pair
     of methods whose difference is inside the spread (|difference| <= the sum of their stds). Only the orders
     that every seed of a method has run enter its row, so a seed that has run more orders than the others does
@@ -154,6 +173,11 @@ def seeds_summary(records: list[tuple[Path, dict]]) -> str:
     if paired:
         text += ("\n\nPaired by run (same order and seed, so the same rows), average accuracy a − b, mean ± std over "
                  "the shared runs:\n\n" + "\n".join(paired))
+    shares = oracle_shares({label: {k: m["average_accuracy"] for k, m in by_run.items()} for label, by_run in runs.items()},
+                           oracle) if oracle in runs else []
+    if shares:
+        text += (f"\n\nShare of the oracle ({oracle}), paired by run, mean ± std over the shared runs:\n\n"
+                 + "\n".join(shares))
     return text
 
 
@@ -837,6 +861,11 @@ def main(argv: list[str] | None = None) -> None:
     oracles = [r for p, r in records if p.stem.startswith("oracle") and _seed(r) == 0]
     # the equal-capacity oracle (rank P*r) when there is one, else the rank-12 one: the highest rank, seed 0
     oracle = max(oracles, key=lambda r: r.get("method_config", {}).get("bank", {}).get("rank", 12), default=None)
+    # its average for "% of oracle": the mean over every seed it has run (on the first order)
+    oracle_runs = [r for p, r in records if oracle and p.stem.startswith("oracle") and _label(r) == _label(oracle)
+                   and _order(r) == _order(oracle)]
+    oracle_ref = statistics.fmean(r["metrics"]["average_accuracy"] for r in oracle_runs) if oracle_runs else None
+    oracle_seeds = ", ".join(str(x) for x in sorted({_seed(r) for r in oracle_runs}))
     paper = ("its T5-large few-shot benchmark: SLM 73.1 vs LFPT5 52.7 (a different backbone and, for SLM, the "
              "leaking protocol)" if few else "SLM 79.1 vs separate fine-tune 79.8")
     intro = ("The few-shot setting (paper's \"T5 benchmark\"): 16 training rows per class (a 10% validation split is "
@@ -845,9 +874,10 @@ def main(argv: list[str] | None = None) -> None:
             "here. Accuracy counts an answer right only when both the task (head) and the label are right; test "
             "batches mix all tasks (no task-ID) unless marked WITH task-ID.\n\n"
             f"## Summary over orders\n\n% of oracle divides by the per-task-LoRA oracle's average ({first.replace('order', 'order ')}, "
-            "seed 0; the oracle learns each task alone, so its average does not depend on the order up to seed noise; "
-            "where a rank-48 oracle (SLM's capacity: P x r) was run it is the one used).\n\n"
-            f"{summary(records, oracle)}\n\n## Final accuracy per task (gap to the oracle explained by retrieval)\n\n"
+            f"{'mean over its seeds ' if ',' in oracle_seeds else 'seed '}{oracle_seeds or '–'}; the oracle learns each task "
+            "alone, so its average does not depend on the order up to seed noise; where a rank-48 oracle (SLM's "
+            "capacity: P x r) was run it is the one used). The table below lists its seed-0 scores per task.\n\n"
+            f"{summary(records, oracle_ref)}\n\n## Final accuracy per task (gap to the oracle explained by retrieval)\n\n"
             "For SLM: ret = retrieval accuracy (paper Eq. 13), head = share of inputs answered by their own "
             f"task's head.\n\n{per_task(records, oracle)}\n\n## After the stream: SLM-TI and the paper's protocol\n\n"
             "The paper's protocol LEAKS the task (single-task test batches, one retrieval per batch on the mean "
@@ -856,7 +886,8 @@ def main(argv: list[str] | None = None) -> None:
             + ("" if few else f"## Ablations (paper Tab. 11 and 14, order 4)\n\n{ablations(ablation, reference)}\n\n")
             + (f"## Over seeds\n\nSeed 0, 1, 2 draw other training and test rows and another initialisation. "
                f"Accuracy here is the strict score (right task and right label); label-only counts the label "
-               f"alone.\n\n{seeds_summary(records)}\n\n" if len({_seed(r) for _, r in records}) > 1 else "")
+               f"alone.\n\n{seeds_summary(records, _label(oracle) if oracle else None)}\n\n"
+               if len({_seed(r) for _, r in records}) > 1 else "")
             + f"## Every result\n\n{table(records)}\n")
     (out / "README.md").write_text(text)
     plots(records + ablation, out)

@@ -94,6 +94,12 @@ def test_report_over_seeds_gives_mean_and_std_and_flags_differences_inside_the_s
     extra["tasks"] = ["b"]
     text = report.seeds_summary(records + [(tmp_path / "slm_b_1.json", extra)])
     assert "| slm (gaussian, P=None, K=None) | 3 | 1 | 62.0 ± 2.0 | 0: 60.0, 1: 62.0, 2: 64.0 | 1.0 | 64.0 |" in text
+    # the share of the oracle, paired by run: only the runs both have
+    oracle = [(tmp_path / f"oracle_{s}.json", record("oracle", s, a, rank=48)) for s, a in [(0, 0.64), (1, 0.62)]]
+    text = report.seeds_summary(records + oracle, report._label(oracle[0][1]))
+    shares = text.split("Share of the oracle")[1]
+    assert "- slm (gaussian, P=None, K=None): 96.9% ± 4.4 of the oracle over 2 shared runs (93.8, 100.0)" in shares
+    assert "- finetune: 65.1% ± 3.7 of the oracle over 2 shared runs (62.5, 67.7)" in shares
 
 
 def test_instruct_seeds_table_gives_mean_and_std_per_task_and_flags_overlaps():
