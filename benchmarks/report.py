@@ -110,6 +110,7 @@ def paired_differences(runs: dict) -> list[str]:
                 a_, b_ = a, b
             mean, std = _mean_std(diffs)
             sign = ("every run the same sign" if all(d > 0 for d in diffs) or all(d < 0 for d in diffs)
+                    else "no difference on any run" if all(d == 0 for d in diffs)
                     else "the sign changes between runs")
             lines.append(f"- {a_} − {b_}: {_pct(mean, True)} ± {_pct(std)} points over {len(shared)} shared runs "
                          f"({', '.join(_pct(d, True) for d in diffs)}; {sign})")

@@ -94,6 +94,8 @@ def test_report_over_seeds_gives_mean_and_std_and_flags_differences_inside_the_s
     extra["tasks"] = ["b"]
     text = report.seeds_summary(records + [(tmp_path / "slm_b_1.json", extra)])
     assert "| slm (gaussian, P=None, K=None) | 3 | 1 | 62.0 ± 2.0 | 0: 60.0, 1: 62.0, 2: 64.0 | 1.0 | 64.0 |" in text
+    tie = report.paired_differences({"a": {0: 0.5, 1: 0.6}, "b": {0: 0.5, 1: 0.6}})
+    assert tie == ["- a − b: +0.0 ± 0.0 points over 2 shared runs (+0.0, +0.0; no difference on any run)"]
     # the share of the oracle, paired by run: only the runs both have
     oracle = [(tmp_path / f"oracle_{s}.json", record("oracle", s, a, rank=48)) for s, a in [(0, 0.64), (1, 0.62)]]
     text = report.seeds_summary(records + oracle, report._label(oracle[0][1]))
