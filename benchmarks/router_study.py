@@ -26,6 +26,11 @@ Candidates (all built from what the bank already stores per task: mean, scatter,
     within-component scatter), shrunk by a; a task's score is the log of its mixture density. A broad task
     (amazon: reviews of every kind of product; yahoo: questions on every topic) gets several narrow modes
     instead of one wide mean that sits near a narrower task's inputs.
+  - scaled_a: the current router with one spread per task: task t's covariance is s_t times the shared one,
+    s_t the mean squared Mahalanobis distance of its own queries (under the shared covariance) over d, and
+    the score is the Gaussian log-likelihood (-D^2 / s_t - d log s_t). A one-number-per-task middle way between
+    one shared covariance (a broad task's inputs look as tight as a narrow one's) and a full covariance per
+    task (which 450 queries cannot estimate).
 Output: benchmarks/results/router/router_study.json (and a table on standard output).
 """
 
@@ -58,6 +63,7 @@ CANDIDATES = {
     **{f"qda_{lam}_{a}": ("qda", lam, a) for lam in (0.3, 0.5, 0.7, 0.9) for a in (0.02, 0.1)},
     **{f"lda_0.1_r{c}": ("lda", 0.0, 0.1, c) for c in (1, 2, 4, 8, 16)},
     **{f"mix_{m}_{a}": ("mix", float(m), a) for m in (2, 4, 8) for a in (0.02, 0.1)},
+    **{f"scaled_{a}": ("scaled", 0.0, a) for a in (0.02, 0.1)},
 }
 CURRENT = "lda_0.1"
 
@@ -117,10 +123,15 @@ def scorer(stats: list[tuple], kind: str, blend: float, shrinkage: float, recenc
     if kind == "mix":
         return mixture_scorer(stats, shrinkage)
     prior = recency * torch.arange(len(stats), dtype=torch.float64)
-    if kind == "lda":
+    if kind in ("lda", "scaled"):
         precision = routers.shared_precision([s[1] for s in stats], [s[2] for s in stats], shrinkage)
         means = torch.stack([s[0] for s in stats])
-        return lambda q: routers.mahalanobis_scores(q.double(), means, precision) - prior
+        if kind == "lda":
+            return lambda q: routers.mahalanobis_scores(q.double(), means, precision) - prior
+        d = means.shape[1]
+        # each task's mean squared Mahalanobis distance to its own mean, over d: tr(P S_t) / n_t / d
+        spread = torch.stack([torch.trace(precision @ s[1]) / s[2] / d for s in stats])
+        return lambda q: routers.mahalanobis_scores(q.double(), means, precision) / spread - d * torch.log(spread) - prior
     pooled = torch.stack([s[1] for s in stats]).sum(0) / torch.stack([s[2] for s in stats]).sum()
     d = pooled.shape[0]
     parts = []
