@@ -169,13 +169,12 @@ def seeds_summary(records: list[tuple[Path, dict]], oracle: str | None = None) -
         text += "\n\nDifferences inside the spread over seeds (not evidence of a difference):\n\n" + "\n".join(flags)
     elif len(several) > 1:
         text += "\n\nEvery difference between methods with several seeds is larger than their summed spread."
-    paired = paired_differences({label: {k: m["average_accuracy"] for k, m in by_run.items()}
-                                 for label, by_run in runs.items()})
+    accuracy = {label: {k: m["average_accuracy"] for k, m in by_run.items()} for label, by_run in runs.items()}
+    paired = paired_differences(accuracy)
     if paired:
         text += ("\n\nPaired by run (same order and seed, so the same rows), average accuracy a − b, mean ± std over "
                  "the shared runs:\n\n" + "\n".join(paired))
-    shares = oracle_shares({label: {k: m["average_accuracy"] for k, m in by_run.items()} for label, by_run in runs.items()},
-                           oracle) if oracle in runs else []
+    shares = oracle_shares(accuracy, oracle) if oracle in runs else []
     if shares:
         text += (f"\n\nShare of the oracle ({oracle}), paired by run, mean ± std over the shared runs:\n\n"
                  + "\n".join(shares))

@@ -170,12 +170,12 @@ class Checkpoint:
                              "to drop it and start this one afresh")
         result = RunResult.from_dict(saved["result"])
         done = result.tasks[: result.tasks_done]
-        held = [t["name"] for t in store.read_manifest(self.model_dir)["tasks"]]
+        labels = {t["name"]: t["label_names"] for t in store.read_manifest(self.model_dir)["tasks"]}
+        held = list(labels)
         if held[: len(done)] != done:
             raise SystemExit(f"{self.model_dir} holds tasks {held}, its scores say {done}: run with --restart")
         for extra in reversed(held[len(done):]):  # saved, then cut before its scores were
             store.remove(self.model_dir, extra, force=True)
-        labels = {t["name"]: t["label_names"] for t in store.read_manifest(self.model_dir)["tasks"]}
         for name in done:
             method.add_task_state(name, labels[name], store.read_task(self.model_dir, name))
         return result, saved["parts"]
