@@ -77,7 +77,7 @@ def build_method(cfg: dict, device: str = "auto", dtype: str = "float32"):
     base = SLMConfig().to_dict()
     for section, values in cfg.get("config", {}).items():
         base[section].update(values)
-    config = SLMConfig.from_dict(base)
+    config = SLMConfig.from_dict(base).validate()  # a bad config fails here, not when a checkpoint is read back
     if cfg["method"] == "slm":
         return SLM(config, device=device, dtype=dtype), config
     backbone = load_encoder(config.model.backbone)

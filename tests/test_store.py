@@ -48,6 +48,24 @@ def test_save_load_predict_identical(make_slm, toy_stream, tokenizer, tmp_path, 
     assert [t["name"] for t in manifest["tasks"]] == ["fruit", "vehicle"] and manifest["versions"]["torch"]
 
 
+def test_single_entry_gaussian_bank_with_default_k_prep_loads_again(make_slm, toy_stream, tokenizer, tmp_path):
+    # The per-task oracle (one entry per task, top-1) keeps the default k_prep = 2: harmless under the Gaussian
+    # router (the key loss takes min(k_prep, entries)), so its saved directory must load; under DTKR it is refused.
+    from tests.conftest import tiny_config
+
+    config = tiny_config(entries_per_task=1, top_k=1)
+    assert config.keys.k_prep == 2 and config.bank.router == "gaussian"
+    slm = make_slm(config.validate())
+    slm.learn(toy_stream[0], progress=False)
+    store.save(slm, tmp_path / "m")
+    again = _load(tmp_path / "m", tokenizer)
+    texts = [x for x, _ in toy_stream[0].test]
+    assert [p.label for p in again.predict(texts)] == [p.label for p in slm.predict(texts)]
+    config.bank.router = "dtkr"
+    with pytest.raises(ValueError, match="--k-prep must be at most --entries-per-task \\(1\\) with the dtkr router"):
+        config.validate()
+
+
 def test_save_pretrained_and_from_pretrained_are_save_and_load(saved, toy_stream, tokenizer, tmp_path):
     from scalable_lm import GenerativeSLM, SLM
 

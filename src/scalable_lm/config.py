@@ -124,7 +124,12 @@ class SLMConfig:
         for name in ("key_epochs", "key_batch_size", "k_prep"):
             need(whole(getattr(k, name)) and getattr(k, name) >= 1, name, "a whole number >= 1", getattr(k, name))
         need(finite(k.key_lr) and k.key_lr > 0, "key_lr", "a finite number > 0", k.key_lr)
-        need(k.k_prep <= b.entries_per_task, "k_prep", f"at most --entries-per-task ({b.entries_per_task})", k.k_prep)
+        # The key loss only steers routing under DTKR; under the Gaussian router the keys are trained but unused,
+        # and the loss takes min(k_prep, entries) anyway, so a single-entry bank (the per-task oracle) with the
+        # default k_prep = 2 is a valid model there and must load again.
+        if b.router == "dtkr":
+            need(k.k_prep <= b.entries_per_task, "k_prep", f"at most --entries-per-task ({b.entries_per_task}) "
+                 "with the dtkr router", k.k_prep)
         need(finite(k.mask_prob) and 0 <= k.mask_prob < 1, "mask_prob", "at least 0 and below 1", k.mask_prob)
         for name in ("epochs", "batch_size", "max_length"):
             need(whole(getattr(t, name)) and getattr(t, name) >= 1, name, "a whole number >= 1", getattr(t, name))
