@@ -66,6 +66,28 @@ def test_report_writes_table_and_plots_from_json(tmp_path):
     assert (tmp_path / "forgetting.png").exists()
 
 
+def test_long_stream_report_shows_growth_per_stage_and_no_oracle_share_without_an_oracle(tmp_path):
+    sys.path.insert(0, str(ROOT))
+    import report
+
+    from scalable_lm.runner import RunResult
+
+    result = RunResult("slm", ["a", "b"], False, [[0.9, None], [0.8, 0.7]], [[0.9, None], [0.8, 0.7]],
+                       [[1.0, None], [0.9, 0.9]])
+    timings = {"a": {"learn_s": 1.0, "eval_s": 0.5, "eval_rows": 100, "state_bytes": 2_000_000},
+               "b": {"learn_s": 1.0, "eval_s": 2.0, "eval_rows": 200, "state_bytes": 4_000_000}}
+    out = tmp_path / "long10"
+    out.mkdir()
+    (out / "slm_long4.json").write_text(json.dumps({**result.to_dict(), "seconds": 60, "command": "x",
+                                                    "method_config": {"bank": {"router": "gaussian"}},
+                                                    "timings": timings}))
+    report.main([str(out)])
+    text = (out / "README.md").read_text()
+    assert "| 1 | a | 90.0 | 0.0 | 5.0 | 2.0 |" in text and "| 2 | b | 75.0 | 10.0 | 10.0 | 4.0 |" in text
+    assert "| b | 80.0 | 70.0 |" in text  # the accuracy matrix's last row
+    assert "No per-task oracle has run here yet" in text and "Ablations" not in text
+
+
 def test_report_over_seeds_gives_mean_and_std_and_flags_differences_inside_the_spread(tmp_path):
     sys.path.insert(0, str(ROOT))
     import report
