@@ -170,14 +170,12 @@ class Checkpoint:
                              "to drop it and start this one afresh")
         result = RunResult.from_dict(saved["result"])
         done = result.tasks[: result.tasks_done]
-        labels = {t["name"]: t["label_names"] for t in store.read_manifest(self.model_dir)["tasks"]}
-        held = list(labels)
+        held = [t["name"] for t in store.read_manifest(self.model_dir)["tasks"]]
         if held[: len(done)] != done:
             raise SystemExit(f"{self.model_dir} holds tasks {held}, its scores say {done}: run with --restart")
         for extra in reversed(held[len(done):]):  # saved, then cut before its scores were
             store.remove(self.model_dir, extra, force=True)
-        for name in done:
-            method.add_task_state(name, labels[name], store.read_task(self.model_dir, name))
+        store.add_tasks(method, self.model_dir, done)
         return result, saved["parts"]
 
     def save(self, method, result: RunResult, parts: list[dict]) -> None:

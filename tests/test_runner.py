@@ -44,9 +44,7 @@ def _restore(make_slm, directory, names):
     from scalable_lm import store
 
     slm = make_slm()
-    labels = {t["name"]: t["label_names"] for t in store.read_manifest(directory)["tasks"]}
-    for name in names:
-        slm.add_task_state(name, labels[name], store.read_task(directory, name))
+    store.add_tasks(slm, directory, names)
     return slm
 
 

@@ -130,6 +130,26 @@ def test_other_backbone_refused(saved, tokenizer):
         _load(directory, tokenizer, backbone_seed=7)
 
 
+def test_add_tasks_puts_named_tasks_into_an_existing_model(make_slm, toy_stream, tokenizer, tmp_path):
+    full = _learn_into(make_slm, toy_stream, tmp_path / "m")
+    texts = [x for t in toy_stream[:2] for x, _ in t.test]
+    slm = make_slm()
+    assert store.add_tasks(slm, tmp_path / "m", ["fruit", "vehicle"]) == ["fruit", "vehicle"]
+    assert slm.task_names == ["fruit", "vehicle"]
+    two = _learn_into(make_slm, toy_stream[:2], tmp_path / "two")
+    assert [p.label for p in slm.predict(texts)] == [p.label for p in two.predict(texts)]
+    assert store.add_tasks(slm, tmp_path / "m", ["weather"]) == ["weather"] and slm.task_names == full.task_names
+    with pytest.raises(ModelDirError, match="has no task 'snow'"):
+        store.add_tasks(make_slm(), tmp_path / "m", ["snow"])
+    with pytest.raises(ModelDirError, match="backbone"):
+        store.add_tasks(make_slm(backbone_seed=7), tmp_path / "m")
+    other = make_slm()
+    (tmp_path / "m" / store.read_manifest(tmp_path / "m")["tasks"][1]["file"]).write_bytes(b"edited")
+    with pytest.raises(ModelDirError, match="checksum"):
+        store.add_tasks(other, tmp_path / "m")
+    assert other.task_names == []  # every file is checked before any task is added
+
+
 def test_interrupted_save_keeps_directory_loadable(saved, toy_stream, tokenizer, monkeypatch):
     slm, directory = saved
     before = _snapshot(directory)

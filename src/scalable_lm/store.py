@@ -383,7 +383,6 @@ def load(directory: str | Path, backbone=None, encoder=None, device="auto", dtyp
     (``scalable_lm.device``), whatever it was trained on.
     """
     from scalable_lm.config import SLMConfig
-    from scalable_lm.methods.base import TaskStateError
     from scalable_lm.methods.slm import SLM
 
     directory = Path(directory)
@@ -403,12 +402,33 @@ def load(directory: str | Path, backbone=None, encoder=None, device="auto", dtyp
     except ValueError as err:  # bank options the encoder cannot hold (groups, entries per task)
         raise ModelDirError(f"{directory / MANIFEST}: its options do not fit this query encoder: {err}") from err
     check_identity(manifest, _identity(slm), directory)
-    for entry, path in zip(manifest["tasks"], files):
+    _add_entries(slm, manifest["tasks"], files)
+    return slm
+
+
+def add_tasks(slm, directory: str | Path, names: list[str] | None = None) -> list[str]:
+    """Add tasks saved in a model directory (all, or ``names`` in that order) to an existing model ``slm``.
+
+    The directory must have been trained with the same backbone and query encoder; every chosen task file's
+    checksum is verified before any is added. Returns the names added. ``load`` is this on a fresh model; a
+    benchmark resuming a cut-short stream uses it to put the finished tasks back.
+    """
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    check_identity(manifest, _identity(slm), directory)
+    entries = manifest["tasks"] if names is None else [task_entry(manifest, n, directory) for n in names]
+    _add_entries(slm, entries, [_checked_file(directory, entry) for entry in entries])
+    return [entry["name"] for entry in entries]
+
+
+def _add_entries(slm, entries: list[dict], files: list[Path]) -> None:
+    from scalable_lm.methods.base import TaskStateError
+
+    for entry, path in zip(entries, files):
         try:
             slm.add_task_state(entry["name"], entry["label_names"], _read_tensors(path))
         except TaskStateError as err:
             raise ModelDirError(f"task file {path} does not match this model: {err}") from err
-    return slm
 
 
 def _checked_file(directory: Path, entry: dict) -> Path:
