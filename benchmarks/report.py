@@ -10,6 +10,7 @@ tasks), the last two for the results on the reference order (the first order fou
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import sys
 from collections import defaultdict
@@ -229,7 +230,14 @@ def stream_growth(records: list[tuple[Path, dict]]) -> str:
         if r["method"] != "slm" or r.get("task_id") or not r.get("timings") or r.get("metrics") is None:
             continue
         tasks, R, forgetting = r["tasks"], r["R"], r["metrics"]["forgetting_after"]
+        twin = next((o for p, o in records if p.stem.startswith("oracle") and o["tasks"] == tasks
+                     and _seed(o) == _seed(r) and o.get("metrics")), None)
+        share = (f" Its oracle on the same order and seed ({_label(twin)}): "
+                 f"{_pct(twin['metrics']['average_accuracy'])}%; SLM = "
+                 f"{100 * r['metrics']['average_accuracy'] / twin['metrics']['average_accuracy']:.1f}% of it."
+                 if twin else " No oracle on the same order and seed yet.")
         lines = [f"### [{path.stem}]({path.name}) ({_order(r)}, seed {_seed(r)})", "",
+                 f"Average after the stream {_pct(r['metrics']['average_accuracy'])}%.{share}", "",
                  "| after task | learned | average so far % | forgetting so far pts | ms per test row | bank MB |",
                  "|---|---|---|---|---|---|"]
         for s, name in enumerate(tasks):
@@ -885,11 +893,13 @@ def main(argv: list[str] | None = None) -> None:
     oracles = [r for p, r in records if p.stem.startswith("oracle") and _seed(r) == 0]
     # the equal-capacity oracle (rank P*r) when there is one, else the rank-12 one: the highest rank, seed 0
     oracle = max(oracles, key=lambda r: r.get("method_config", {}).get("bank", {}).get("rank", 12), default=None)
-    # its average for "% of oracle": the mean over every seed it has run (on the first order)
-    oracle_runs = [r for p, r in records if oracle and p.stem.startswith("oracle") and _label(r) == _label(oracle)
-                   and _order(r) == _order(oracle)]
+    # its average for "% of oracle": the mean over every order and seed it has run
+    oracle_paths = [p for p, r in records if oracle and p.stem.startswith("oracle") and _label(r) == _label(oracle)]
+    oracle_runs = [r for p, r in records if p in oracle_paths]
     oracle_ref = statistics.fmean(r["metrics"]["average_accuracy"] for r in oracle_runs) if oracle_runs else None
     oracle_seeds = ", ".join(str(x) for x in sorted({_seed(r) for r in oracle_runs}))
+    oracle_orders = " and ".join(sorted({m.group(0).replace("order", "order ") if (m := re.search(r"(order|long)\d+", p.stem))
+                                         else p.stem for p in oracle_paths}))
     paper = ("its T5-large few-shot benchmark: SLM 73.1 vs LFPT5 52.7 (a different backbone and, for SLM, the "
              "leaking protocol)" if few else "SLM 79.1 vs separate fine-tune 79.8")
     intro = ("The few-shot setting (paper's \"T5 benchmark\"): 16 training rows per class (a 10% validation split is "
@@ -898,8 +908,9 @@ def main(argv: list[str] | None = None) -> None:
             "here. Accuracy counts an answer right only when both the task (head) and the label are right; test "
             "batches mix all tasks (no task-ID) unless marked WITH task-ID.\n\n"
             f"## Summary over orders\n\n"
-            + (f"% of oracle divides by the per-task-LoRA oracle's average ({first.replace('order', 'order ')}, "
-               f"{'mean over its seeds ' if ',' in oracle_seeds else 'seed '}{oracle_seeds}; the oracle learns each task "
+            + (f"% of oracle divides by the per-task-LoRA oracle's average ({oracle_orders}, "
+               f"{'seeds ' if ',' in oracle_seeds else 'seed '}{oracle_seeds}"
+               f"{f'; the mean over these {len(oracle_runs)} runs' if len(oracle_runs) > 1 else ''}; the oracle learns each task "
                "alone, so its average does not depend on the order up to seed noise; where a rank-48 oracle (SLM's "
                "capacity: P x r) was run it is the one used). The table below lists its seed-0 scores per task.\n\n"
                if oracle_runs else "No per-task oracle has run here yet, so there is no \"% of oracle\".\n\n")

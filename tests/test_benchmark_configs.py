@@ -86,6 +86,7 @@ def test_long_stream_report_shows_growth_per_stage_and_no_oracle_share_without_a
     assert "| 1 | a | 90.0 | 0.0 | 5.0 | 2.0 |" in text and "| 2 | b | 75.0 | 10.0 | 10.0 | 4.0 |" in text
     assert "| b | 80.0 | 70.0 |" in text  # the accuracy matrix's last row
     assert "No per-task oracle has run here yet" in text and "Ablations" not in text
+    assert "No oracle on the same order and seed yet." in text
 
 
 def test_report_over_seeds_gives_mean_and_std_and_flags_differences_inside_the_spread(tmp_path):
