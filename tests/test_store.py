@@ -139,6 +139,8 @@ def test_add_tasks_puts_named_tasks_into_an_existing_model(make_slm, toy_stream,
     two = _learn_into(make_slm, toy_stream[:2], tmp_path / "two")
     assert [p.label for p in slm.predict(texts)] == [p.label for p in two.predict(texts)]
     assert store.add_tasks(slm, tmp_path / "m", ["weather"]) == ["weather"] and slm.task_names == full.task_names
+    with pytest.raises(ModelDirError, match="'fruit' is already in the bank"):
+        store.add_tasks(slm, tmp_path / "m", ["fruit"])
     with pytest.raises(ModelDirError, match="has no task 'snow'"):
         store.add_tasks(make_slm(), tmp_path / "m", ["snow"])
     with pytest.raises(ModelDirError, match="backbone"):

@@ -410,8 +410,9 @@ def add_tasks(slm, directory: str | Path, names: list[str] | None = None) -> lis
     """Add tasks saved in a model directory (all, or ``names`` in that order) to an existing model ``slm``.
 
     The directory must have been trained with the same backbone and query encoder; every chosen task file's
-    checksum is verified before any is added. Returns the names added. ``load`` is this on a fresh model; a
-    benchmark resuming a cut-short stream uses it to put the finished tasks back.
+    checksum is verified before any is added. Returns the names added. A task already in ``slm``, or whose
+    tensors do not fit its bank, raises ``ModelDirError`` with the tasks before it left added. ``load`` is this
+    on a fresh model; a benchmark resuming a cut-short stream uses it to put the finished tasks back.
     """
     directory = Path(directory)
     manifest = read_manifest(directory)
