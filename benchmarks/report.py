@@ -241,7 +241,7 @@ def stream_growth(records: list[tuple[Path, dict]]) -> str:
                  "| after task | learned | average so far % | forgetting so far pts | ms per test row | bank MB |",
                  "|---|---|---|---|---|---|"]
         for s, name in enumerate(tasks):
-            seen = [x for x in R[s][: s + 1]]
+            seen = R[s][: s + 1]
             t = r["timings"][name]
             lines.append(f"| {s + 1} | {name} | {_pct(sum(seen) / len(seen))} | {_pct(forgetting[s])} | "
                          f"{1000 * t['eval_s'] / t['eval_rows']:.1f} | {t['state_bytes'] / 1e6:.1f} |")
@@ -894,12 +894,12 @@ def main(argv: list[str] | None = None) -> None:
     # the equal-capacity oracle (rank P*r) when there is one, else the rank-12 one: the highest rank, seed 0
     oracle = max(oracles, key=lambda r: r.get("method_config", {}).get("bank", {}).get("rank", 12), default=None)
     # its average for "% of oracle": the mean over every order and seed it has run
-    oracle_paths = [p for p, r in records if oracle and p.stem.startswith("oracle") and _label(r) == _label(oracle)]
-    oracle_runs = [r for p, r in records if p in oracle_paths]
+    oracle_pairs = [(p, r) for p, r in records if oracle and p.stem.startswith("oracle") and _label(r) == _label(oracle)]
+    oracle_runs = [r for _, r in oracle_pairs]
     oracle_ref = statistics.fmean(r["metrics"]["average_accuracy"] for r in oracle_runs) if oracle_runs else None
     oracle_seeds = ", ".join(str(x) for x in sorted({_seed(r) for r in oracle_runs}))
     oracle_orders = " and ".join(sorted({m.group(0).replace("order", "order ") if (m := re.search(r"(order|long)\d+", p.stem))
-                                         else p.stem for p in oracle_paths}))
+                                         else p.stem for p, _ in oracle_pairs}))
     paper = ("its T5-large few-shot benchmark: SLM 73.1 vs LFPT5 52.7 (a different backbone and, for SLM, the "
              "leaking protocol)" if few else "SLM 79.1 vs separate fine-tune 79.8")
     intro = ("The few-shot setting (paper's \"T5 benchmark\"): 16 training rows per class (a 10% validation split is "
