@@ -40,10 +40,13 @@ def test_gainlora_generator_learns_two_tasks_without_task_id(lm_tokenizer):
     config.train.epochs = 2
     method = GainLoRAGenerator(config, backbone=(tiny_llama(), lm_tokenizer), max_new_tokens=2, gate_hidden=16)
     fruit, vehicle = instruction_task("fruit", "sweet"), instruction_task("vehicle", "fast", seed=1)
-    method.learn(fruit, progress=False)
+    report = method.learn(fruit, progress=False)
+    assert report["penalties"] == [0.0, 0.0] and report["old_gates"] == []  # nothing to be orthogonal to yet
     layer = next(iter(method.layers.values()))
     first = layer.lora_A[0].clone()
-    method.learn(vehicle, progress=False)
+    report = method.learn(vehicle, progress=False)
+    assert len(report["old_gates"]) == 1 and 0.0 <= report["old_gates"][0] <= 1.0
+    assert all(0.0 < p <= loss for p, loss in zip(report["penalties"], report["losses"]))
     assert method.num_slots == 2 and torch.equal(layer.lora_A[0], first) and method.gates.num_tasks == 2
     assert len(method.predict([p for p, _ in fruit.test[:3]], batch_size=2)) == 3
     rows = [{"question": "What is red?", "choices": ["apple", "a car"]}]

@@ -167,9 +167,11 @@ class GainLoRAGenerator(OLoRAGenerator):
             penalty = self._penalty if self.num_slots > 1 else None
             optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
             project_each_step(optimizer, self.gates)
+            stats = [{} for _ in range(cfg.epochs)]
             losses = [answer_epoch(self.lm, rows, params, optimizer, cfg.batch_size, generator,
                                    f"gainlora {task.name} epoch {epoch + 1}", progress,
-                                   route=lambda idx: self._gated([rows[i][0] for i in idx]), penalty_fn=penalty)
+                                   route=lambda idx: self._gated([rows[i][0] for i in idx]), penalty_fn=penalty,
+                                   stats=stats[epoch])
                       for epoch in range(cfg.epochs)]
             self.lm.eval()
         for layer in self.layers.values():
@@ -177,8 +179,13 @@ class GainLoRAGenerator(OLoRAGenerator):
                 p.requires_grad_(False)
         self.gates.finish_task(u)
         self.task_names.append(task.name)
-        return {"task": task.name, "losses": losses, "train_rows": len(rows),
-                "own_gate": float(self.gates(u)[:, -1].mean()), "total_s": time.perf_counter() - start}
+        with torch.no_grad():
+            gates = self.gates(u).mean(0)
+        # losses include the orthogonality penalty; "penalties" is its share, "old_gates" how far the earlier
+        # tasks' (frozen) branches stay open on this task's own inputs
+        return {"task": task.name, "losses": losses, "penalties": [s.get("penalty", 0.0) for s in stats],
+                "train_rows": len(rows), "own_gate": float(gates[-1]),
+                "old_gates": [float(g) for g in gates[:-1]], "total_s": time.perf_counter() - start}
 
     @torch.no_grad()
     def predict(self, prompts: list[str], batch_size: int = 8, progress: bool = False,

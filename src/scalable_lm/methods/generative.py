@@ -58,26 +58,31 @@ def generative_backbone(config: SLMConfig | None, backbone=None) -> tuple[SLMCon
 
 
 def answer_epoch(lm, rows: list[tuple[str, str]], params, optimizer, batch_size: int, generator: torch.Generator,
-                 desc: str, progress: bool, route=None, penalty_fn=None) -> float:
-    """One shuffled epoch of the answer-token loss; returns its mean.
+                 desc: str, progress: bool, route=None, penalty_fn=None, stats: dict | None = None) -> float:
+    """One shuffled epoch of the answer-token loss; returns its mean (with the penalty, if any).
 
     ``route(idx)``, if given, returns the context (``routed(...)``) each batch's forward runs in;
-    ``penalty_fn()``, if given, is added to every step's loss.
+    ``penalty_fn()``, if given, is added to every step's loss; ``stats``, if given, receives the epoch's mean
+    ``penalty`` apart (so a report can tell how much of the loss is the answer and how much the penalty).
     """
     lm.train()
-    total, steps = 0.0, 0
+    total, steps, penalty_total = 0.0, 0, 0.0
     for idx in progress_bar(training.batches(len(rows), batch_size, generator), desc, progress):
         chunk = [rows[i] for i in idx]
         batch = lm.training_batch([p for p, _ in chunk], [a for _, a in chunk])
         with route(idx) if route is not None else contextlib.nullcontext():
             loss = lm.loss(batch)
         if penalty_fn is not None:
-            loss = loss + penalty_fn()
+            penalty = penalty_fn()
+            penalty_total += penalty.item()
+            loss = loss + penalty
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         total, steps = total + loss.item(), steps + 1
+    if stats is not None:
+        stats["penalty"] = penalty_total / max(steps, 1)
     return total / max(steps, 1)
 
 
