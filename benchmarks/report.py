@@ -420,6 +420,23 @@ def instruct_seeds(records: list[tuple[Path, dict]], tasks: list[str]) -> str:
     return text
 
 
+def gainlora_gates(records: list[tuple[Path, dict]]) -> str:
+    """Per GainLoRA run that recorded them (``old_gates``, ``penalties``): for each task, its own gate and the
+    earlier tasks' gates on its training inputs, and how the last epoch's loss splits into answer loss and the
+    orthogonality penalty; ``""`` when no run has them."""
+    lines = ["| result | task | own gate | earlier tasks' gates on its inputs | last epoch: answer loss | penalty |",
+             "|---|---|---|---|---|---|"]
+    for p, r in records:
+        for rep in r.get("learn_reports", []):
+            if "old_gates" not in rep:
+                continue
+            earlier = ", ".join(f"{t} {g:.2f}" for t, g in zip(r["tasks"], rep["old_gates"])) or "–"
+            loss, penalty = rep["losses"][-1], rep["penalties"][-1]
+            lines.append(f"| {p.stem} | {rep['task']} | {rep['own_gate']:.2f} | {earlier} | {loss - penalty:.2f} | "
+                         f"{penalty:.2f} ({100 * penalty / loss:.0f}% of the loss) |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def instruct_report(out: Path) -> str:
     """Instruct-3: per-task final scores by method (mean over orders), % of the oracle, the first-learned
     task, zero-shot retention, retrieval vs generation time; five answers per task go to examples.md."""
@@ -507,6 +524,9 @@ def instruct_report(out: Path) -> str:
             + "\n\n## Seeds (final scores, mean ± sample std over seeds, per order)\n\n" + instruct_seeds(records, tasks)
             + "\n\n## The first-learned task after the whole stream\n\n" + "\n".join(first)
             + "\n\n## Retrieval accuracy after the stream (SLM)\n\n" + "\n".join(retrieval)
+            + (("\n\n## GainLoRA's gates and losses (at the end of learning each task)\n\nA gate is 0 to 1; every "
+                "branch is applied to every input with its gate. The loss GainLoRA trains is the answer loss plus "
+                "the orthogonality penalty against the earlier branches.\n\n" + gates) if (gates := gainlora_gates(records)) else "")
             + "\n\n## Zero-shot retention (log-likelihood multiple choice, after the stream)\n\n"
             "For SLM, \"to base\" is the share of questions answered by the frozen base model (bank.fallback: the "
             "question is unfamiliar to the task it was routed to).\n\n" + "\n".join(zs)

@@ -149,6 +149,20 @@ def test_instruct_seeds_table_gives_mean_and_std_per_task_and_flags_overlaps():
     assert "no method" in report.instruct_seeds(records[-2:], tasks)
 
 
+def test_gainlora_gates_table_splits_the_loss_and_names_the_earlier_tasks():
+    sys.path.insert(0, str(ROOT))
+    import report
+
+    reports = [{"task": "medical", "losses": [2.0], "penalties": [0.0], "own_gate": 1.0, "old_gates": []},
+               {"task": "mmlu", "losses": [4.0], "penalties": [3.0], "own_gate": 0.99, "old_gates": [0.5]}]
+    run = {"tasks": ["medical", "mmlu"], "learn_reports": reports}
+    text = report.gainlora_gates([(Path("gainlora_x.json"), run)])
+    assert "| gainlora_x | medical | 1.00 | – | 2.00 | 0.00 (0% of the loss) |" in text
+    assert "| gainlora_x | mmlu | 0.99 | medical 0.50 | 1.00 | 3.00 (75% of the loss) |" in text
+    older = {"tasks": ["medical"], "learn_reports": [{"task": "medical", "losses": [2.0], "own_gate": 1.0}]}
+    assert report.gainlora_gates([(Path("old.json"), older)]) == ""  # runs from before the diagnostics: no table
+
+
 def test_generative_stream_report_from_json(tmp_path):
     sys.path.insert(0, str(ROOT))
     import report
