@@ -149,6 +149,23 @@ def test_instruct_seeds_table_gives_mean_and_std_per_task_and_flags_overlaps():
     assert "no method" in report.instruct_seeds(records[-2:], tasks)
 
 
+def test_instruct_ablation_sits_beside_its_reference_and_names_the_changed_setting():
+    sys.path.insert(0, str(ROOT))
+    import report
+
+    def record(seed, final, **extra):
+        return {"tasks": ["medical", "mmlu", "finance"], "R": [final],
+                "benchmark_config": {"method": "gainlora", "seed": seed, "_comment": "x", **extra}}
+
+    reference = [(Path("gainlora_s2.json"), record(2, [0.5, 0.3, 0.5])), (Path("gainlora_s1.json"), record(1, [0.1, 0.1, 0.1]))]
+    ablation = [(Path("ablation_l0.json"), record(2, [0.5, 0.3, 0.8], orth_lambda=0.0)),
+                (Path("ablation_lonely.json"), record(5, [0.5, 0.3, 0.8], orth_lambda=0.0))]
+    text = report.instruct_ablations(ablation, reference, ["medical", "mmlu", "finance"])
+    assert ("| ablation_l0 | orth_lambda 0.0 (was default) | 50.0 | 30.0 | 80.0 | 53.3 | gainlora_s2 | 50.0, 30.0, 50.0 "
+            "| 43.3 |") in text
+    assert "| ablation_lonely | ? |" in text and "no run on the same method, order and seed" in text
+
+
 def test_gainlora_gates_table_splits_the_loss_and_names_the_earlier_tasks():
     sys.path.insert(0, str(ROOT))
     import report
