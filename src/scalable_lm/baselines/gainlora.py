@@ -181,8 +181,8 @@ class GainLoRAGenerator(OLoRAGenerator):
         self.task_names.append(task.name)
         with torch.no_grad():
             gates = self.gates(u).mean(0)
-        # losses include the orthogonality penalty; "penalties" is its share, "old_gates" how far the earlier
-        # tasks' (frozen) branches stay open on this task's own inputs
+        # "losses" include the orthogonality penalty and "penalties" are its part of each epoch's mean; "old_gates"
+        # say how far the earlier tasks' (frozen) branches stay open on this task's own inputs
         return {"task": task.name, "losses": losses, "penalties": [s.get("penalty", 0.0) for s in stats],
                 "train_rows": len(rows), "own_gate": float(gates[-1]),
                 "old_gates": [float(g) for g in gates[:-1]], "total_s": time.perf_counter() - start}
