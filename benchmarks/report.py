@@ -379,6 +379,12 @@ def retrieval_report(out: Path) -> str:
 BACKBONES = {"smollm2": "SmolLM2-135M-Instruct", "gemma3": "Gemma 3 270M base"}
 
 
+def _final_scores(r: dict, tasks: list[str]) -> list[float]:
+    """The run's score on each of ``tasks`` after the whole stream (the last row of ``R``)."""
+    final = dict(zip(r["tasks"], r["R"][-1]))
+    return [final[t] for t in tasks]
+
+
 def instruct_seeds(records: list[tuple[Path, dict]], tasks: list[str]) -> str:
     """Per method and order with more than one seed: each task's final score and the average as mean ± sample
     std over seeds; flags every pair of methods on the same order whose average difference is inside the
@@ -387,8 +393,7 @@ def instruct_seeds(records: list[tuple[Path, dict]], tasks: list[str]) -> str:
     for _, r in records:
         if r["benchmark_config"]["method"] == "base":
             continue
-        final = dict(zip(r["tasks"], r["R"][-1]))
-        runs[(r["benchmark_config"]["method"], "→".join(r["tasks"]))][_seed(r)] = [final[t] for t in tasks]
+        runs[(r["benchmark_config"]["method"], "→".join(r["tasks"]))][_seed(r)] = _final_scores(r, tasks)
     several = {k: v for k, v in runs.items() if len(v) > 1}
     if not several:
         return "(no method has run on more than one seed yet)"
@@ -426,28 +431,24 @@ def instruct_ablations(ablation: list[tuple[Path, dict]], records: list[tuple[Pa
     def key(r: dict) -> tuple:
         return r["benchmark_config"]["method"], tuple(r["tasks"]), _seed(r)
 
-    def scores(r: dict) -> list[float]:
-        final = dict(zip(r["tasks"], r["R"][-1]))
-        return [final[t] for t in tasks]
+    def scores(r: dict) -> str:
+        final = _final_scores(r, tasks)
+        return " | ".join(_pct(x) for x in final) + f" | {_pct(statistics.fmean(final))}"
 
     reference = {key(r): (p, r) for p, r in records}
     lines = ["| result | changed | " + " | ".join(tasks) + " | average | reference | its scores | its average |",
              "|---|---|" + "---|" * len(tasks) + "---|---|---|---|"]
     for p, r in ablation:
-        a = scores(r)
-        cells = [f"| {p.stem} | ", "", " | ".join(_pct(x) for x in a), f" | {_pct(statistics.fmean(a))} | "]
-        if key(r) in reference:
-            ref_path, ref = reference[key(r)]
-            cfg, ref_cfg = r["benchmark_config"], ref["benchmark_config"]
-            changed = [f"{k} {cfg.get(k)} (was {ref_cfg.get(k, 'default')})" for k in sorted(set(cfg) | set(ref_cfg))
-                       if not k.startswith("_") and k != "name" and cfg.get(k) != ref_cfg.get(k)]
-            b = scores(ref)
-            cells[1] = ", ".join(changed) or "–"
-            cells.append(f"{ref_path.stem} | {', '.join(_pct(x) for x in b)} | {_pct(statistics.fmean(b))} |")
-        else:
-            cells[1] = "?"
-            cells.append("no run on the same method, order and seed | – | – |")
-        lines.append(cells[0] + cells[1] + " | " + cells[2] + cells[3] + cells[4])
+        if key(r) not in reference:
+            lines.append(f"| {p.stem} | ? | {scores(r)} | no run on the same method, order and seed | – | – |")
+            continue
+        ref_path, ref = reference[key(r)]
+        cfg, ref_cfg = r["benchmark_config"], ref["benchmark_config"]
+        changed = [f"{k} {cfg.get(k)} (was {ref_cfg.get(k, 'default')})" for k in sorted(set(cfg) | set(ref_cfg))
+                   if not k.startswith("_") and k != "name" and cfg.get(k) != ref_cfg.get(k)]
+        ref_scores = _final_scores(ref, tasks)
+        lines.append(f"| {p.stem} | {', '.join(changed) or '–'} | {scores(r)} | {ref_path.stem} | "
+                     f"{', '.join(_pct(x) for x in ref_scores)} | {_pct(statistics.fmean(ref_scores))} |")
     return "\n".join(lines)
 
 
