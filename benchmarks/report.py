@@ -385,15 +385,22 @@ def _final_scores(r: dict, tasks: list[str]) -> list[float]:
     return [final[t] for t in tasks]
 
 
+def _instruct_method(r: dict) -> str:
+    """The method's name, with the rank for an oracle of another capacity than the rank-12 one."""
+    method, rank = r["benchmark_config"]["method"], r.get("method_config", {}).get("bank", {}).get("rank", 12)
+    return f"{method} (rank {rank})" if method == "oracle" and rank != 12 else method
+
+
 def instruct_seeds(records: list[tuple[Path, dict]], tasks: list[str]) -> str:
     """Per method and order with more than one seed: each task's final score and the average as mean ± sample
     std over seeds; flags every pair of methods on the same order whose average difference is inside the
-    spread (|difference| <= the sum of their stds)."""
+    spread (|difference| <= the sum of their stds); paired differences and, where an oracle ran, each method's
+    share of it."""
     runs: dict[tuple[str, str], dict[int, list[float]]] = defaultdict(dict)
     for _, r in records:
         if r["benchmark_config"]["method"] == "base":
             continue
-        runs[(r["benchmark_config"]["method"], "→".join(r["tasks"]))][_seed(r)] = _final_scores(r, tasks)
+        runs[(_instruct_method(r), "→".join(r["tasks"]))][_seed(r)] = _final_scores(r, tasks)
     several = {k: v for k, v in runs.items() if len(v) > 1}
     if not several:
         return "(no method has run on more than one seed yet)"
@@ -422,6 +429,9 @@ def instruct_seeds(records: list[tuple[Path, dict]], tasks: list[str]) -> str:
     if paired:
         text += ("\n\nPaired by seed (same order and seed, so the same rows), average a − b, mean ± std over the "
                  "shared runs:\n\n" + "\n".join(paired))
+    for oracle in sorted(m for m in runs if m.startswith("oracle")):
+        text += (f"\n\nShare of the {oracle}, paired by run (same order and seed), mean ± std over the shared "
+                 "runs:\n\n" + "\n".join(oracle_shares(runs, oracle)))
     return text
 
 
@@ -498,7 +508,7 @@ def instruct_report(out: Path) -> str:
         m = mean_final(method)
         orders = ", ".join(sorted(str(r["benchmark_config"].get("name", "→".join(r["tasks"]))) for r in by_method[method]))
         cells = [f"{_pct(m.get(t))} ({100 * m[t] / oracle[t]:.0f}%)" if t in m and oracle.get(t) else _pct(m.get(t)) for t in tasks]
-        lines.append(f"| {method} | {orders} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_instruct_method(by_method[method][0])} | {orders} | " + " | ".join(cells) + " |")
     first = ["| order | method | first-learned task | its final score % | right after learning it % |", "|---|---|---|---|---|"]
     for method in ("sequential-lora", "replay", "o-lora", "arrow", "gainlora", "osf", "slm"):
         for r in by_method.get(method, []):

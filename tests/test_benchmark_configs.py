@@ -147,6 +147,14 @@ def test_instruct_seeds_table_gives_mean_and_std_per_task_and_flags_overlaps():
     assert "larger than their summed spread" in text
     assert "- slm − gainlora: +6.7 ± 4.7 points over 2 shared runs (+3.3, +10.0; every run the same sign)" in text
     assert "no method" in report.instruct_seeds(records[-2:], tasks)
+    # an oracle at SLM's capacity over two seeds: named with its rank, and every method's share of it, paired
+    for s, f in [(0, [0.6, 0.3, 0.8]), (1, [0.6, 0.4, 0.8])]:
+        records.append((None, {**record("oracle", s, f), "method_config": {"bank": {"rank": 48}}}))
+    text = report.instruct_seeds(records, tasks)
+    assert "| oracle (rank 48) | medical→mmlu→finance | 0, 1 |" in text
+    shares = text.split("Share of the oracle (rank 48)")[1]
+    assert "- slm: 91.3% ± 4.4 of the oracle over 2 shared runs (88.2, 94.4)" in shares  # 0.5/0.567, 0.567/0.6
+    assert "- gainlora: 80.1% ± 3.2 of the oracle over 2 shared runs (82.4, 77.8)" in shares
 
 
 def test_instruct_ablation_sits_beside_its_reference_and_names_the_changed_setting():
