@@ -430,8 +430,9 @@ def instruct_seeds(records: list[tuple[Path, dict]], tasks: list[str]) -> str:
         text += ("\n\nPaired by seed (same order and seed, so the same rows), average a − b, mean ± std over the "
                  "shared runs:\n\n" + "\n".join(paired))
     for oracle in sorted(m for m in runs if m.startswith("oracle")):
-        text += (f"\n\nShare of the {oracle}, paired by run (same order and seed), mean ± std over the shared "
-                 "runs:\n\n" + "\n".join(oracle_shares(runs, oracle)))
+        if shares := oracle_shares(runs, oracle):  # no heading for an oracle that shares no run with a method
+            text += (f"\n\nShare of the {oracle}, paired by run (same order and seed), mean ± std over the shared "
+                     "runs:\n\n" + "\n".join(shares))
     return text
 
 

@@ -155,6 +155,7 @@ def test_instruct_seeds_table_gives_mean_and_std_per_task_and_flags_overlaps():
     shares = text.split("Share of the oracle (rank 48)")[1]
     assert "- slm: 91.3% ± 4.4 of the oracle over 2 shared runs (88.2, 94.4)" in shares  # 0.5/0.567, 0.567/0.6
     assert "- gainlora: 80.1% ± 3.2 of the oracle over 2 shared runs (82.4, 77.8)" in shares
+    assert "Share of" not in report.instruct_seeds(records[-2:], tasks)  # the oracle alone: no share to give
 
 
 def test_instruct_ablation_sits_beside_its_reference_and_names_the_changed_setting():
