@@ -381,7 +381,7 @@ BACKBONES = {"smollm2": "SmolLM2-135M-Instruct", "gemma3": "Gemma 3 270M base"}
 
 def _final_scores(r: dict, tasks: list[str]) -> list[float]:
     """The run's score on each of ``tasks`` after the whole stream (the last row of ``R``)."""
-    final = dict(zip(r["tasks"], r["R"][-1]))
+    final = _final(r)
     return [final[t] for t in tasks]
 
 
@@ -495,7 +495,7 @@ def instruct_report(out: Path) -> str:
             by_method[r["benchmark_config"]["method"]].append(r)
 
     def final(r: dict) -> dict[str, float]:
-        return {t: x for t, x in zip(r["tasks"], r["R"][-1]) if x is not None}
+        return {t: x for t, x in _final(r).items() if x is not None}
 
     def mean_final(method: str) -> dict[str, float]:
         runs = [final(r) for r in by_method.get(method, [])]
