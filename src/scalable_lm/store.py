@@ -262,12 +262,18 @@ def _versions() -> dict[str, str]:
 
 
 def _identity(slm) -> dict:
-    from scalable_lm.backbones import fingerprint
+    from scalable_lm.backbones import FINGERPRINT_VERSION, fingerprint
 
     return {
-        "backbone": {"name": slm.config.model.backbone, "fingerprint": fingerprint(slm.backbone_module)},
-        "encoder": {"name": slm.encoder.name, "fingerprint": fingerprint(slm.encoder.model)},
+        "backbone": {"name": slm.config.model.backbone, "fingerprint": fingerprint(slm.backbone_module),
+                     "fingerprint_version": FINGERPRINT_VERSION},
+        "encoder": {"name": slm.encoder.name, "fingerprint": fingerprint(slm.encoder.model),
+                    "fingerprint_version": FINGERPRINT_VERSION},
     }
+
+
+def _modules(slm) -> dict:
+    return {"backbone": slm.backbone_module, "encoder": slm.encoder.model}
 
 
 def _fixed(config_dict: dict) -> dict:
@@ -296,7 +302,8 @@ def _save(slm, directory: Path, task_info: dict[str, dict] | None) -> list[str]:
     identity = _identity(slm)
     if (directory / MANIFEST).exists():
         manifest = read_manifest(directory)
-        check_identity(manifest, identity, directory)
+        if check_identity(manifest, identity, directory, _modules(slm)):
+            manifest.update(identity)  # an older fingerprint version, checked: written anew
         if _fixed(manifest["config"]) != _fixed(slm.config.to_dict()):
             raise ModelDirError(f"{directory} was created with different model or bank options")
         known = [t["name"] for t in manifest["tasks"]]
@@ -367,13 +374,38 @@ def kind_of(slm) -> str:
     return slm.kind
 
 
-def check_identity(manifest: dict, identity: dict, directory: Path) -> None:
+def check_identity(manifest: dict, identity: dict, directory: Path, modules: dict | None = None) -> bool:
+    """Refuse a backbone or encoder other than the directory's; True when the manifest's identity is of an
+    older fingerprint version and should be rewritten with ``identity`` at the next save.
+
+    A fingerprint written by scalable-lm 0.1.0 (no ``fingerprint_version``) hashed the whole model config,
+    which another transformers line, or a converted folder rebuilt with a fixed eos, writes differently: it is
+    checked with the old hash (``modules``); when that differs but the model's name is the one the directory
+    names, the directory is used, with a warning (its tensors are checked by shape when loaded).
+    """
+    import logging
+
+    from scalable_lm.backbones import fingerprint
+
+    legacy = False
     for role in ("backbone", "encoder"):
         saved, current = manifest[role], identity[role]
-        if saved["fingerprint"] != current["fingerprint"]:
-            raise ModelDirError(
-                f"{directory} was trained with {role} '{saved['name']}' (fingerprint {saved['fingerprint']}), "
-                f"not '{current['name']}' (fingerprint {current['fingerprint']})")
+        if saved.get("fingerprint_version", 1) != current.get("fingerprint_version", 1):
+            legacy = True
+            old = fingerprint(modules[role], version=1) if modules is not None else None
+            if old == saved["fingerprint"]:
+                continue
+            if saved["name"] == current["name"]:
+                logging.getLogger(__name__).warning(
+                    "%s was written by an older scalable-lm: its %s fingerprint (%s) cannot be checked under this "
+                    "transformers version; trusting the name '%s'", directory, role, saved["fingerprint"], saved["name"])
+                continue
+        elif saved["fingerprint"] == current["fingerprint"]:
+            continue
+        raise ModelDirError(
+            f"{directory} was trained with {role} '{saved['name']}' (fingerprint {saved['fingerprint']}), "
+            f"not '{current['name']}' (fingerprint {current['fingerprint']})")
+    return legacy
 
 
 def load(directory: str | Path, backbone=None, encoder=None, device="auto", dtype="float32"):
@@ -401,7 +433,7 @@ def load(directory: str | Path, backbone=None, encoder=None, device="auto", dtyp
             slm = SLM(config, backbone=backbone, encoder=encoder, device=device, dtype=dtype)
     except ValueError as err:  # bank options the encoder cannot hold (groups, entries per task)
         raise ModelDirError(f"{directory / MANIFEST}: its options do not fit this query encoder: {err}") from err
-    check_identity(manifest, _identity(slm), directory)
+    check_identity(manifest, _identity(slm), directory, _modules(slm))
     _add_entries(slm, manifest["tasks"], files)
     return slm
 
@@ -416,7 +448,7 @@ def add_tasks(slm, directory: str | Path, names: list[str] | None = None) -> lis
     """
     directory = Path(directory)
     manifest = read_manifest(directory)
-    check_identity(manifest, _identity(slm), directory)
+    check_identity(manifest, _identity(slm), directory, _modules(slm))
     entries = manifest["tasks"] if names is None else [task_entry(manifest, n, directory) for n in names]
     _add_entries(slm, entries, [_checked_file(directory, entry) for entry in entries])
     return [entry["name"] for entry in entries]
@@ -503,6 +535,14 @@ def remove(directory: str | Path, name: str, force: bool = False, wait: float = 
         return {"removed": name, "file": entry["file"], "exact": exact}
 
 
+def _same_model(part: dict, other: dict) -> str:
+    """What ``merge`` compares of a backbone or encoder: its fingerprint, or its name when the two directories
+    hold fingerprints of different versions (one written by scalable-lm 0.1.0)."""
+    if part.get("fingerprint_version", 1) == other.get("fingerprint_version", 1):
+        return part["fingerprint"]
+    return part["name"]
+
+
 def merge(directories: list[str | Path], out: str | Path, rename: dict[str, str] | None = None,
           wait: float = 0.0) -> list[str]:
     """Write to ``out`` (new or empty) one directory holding the tasks of ``directories``, in that order.
@@ -523,8 +563,10 @@ def merge(directories: list[str | Path], out: str | Path, rename: dict[str, str]
     first_dir, first = sources[0]
     for d, m in sources[1:]:
         for what, a, b in (("kind", first.get("kind", "classifier"), m.get("kind", "classifier")),
-                           ("backbone", first["backbone"]["fingerprint"], m["backbone"]["fingerprint"]),
-                           ("encoder", first["encoder"]["fingerprint"], m["encoder"]["fingerprint"])):
+                           ("backbone", _same_model(first["backbone"], m["backbone"]),
+                            _same_model(m["backbone"], first["backbone"])),
+                           ("encoder", _same_model(first["encoder"], m["encoder"]),
+                            _same_model(m["encoder"], first["encoder"]))):
             if a != b:
                 raise ModelDirError(f"cannot merge {first_dir} and {d}: different {what} ({a} vs {b})")
         for section in FIXED_SECTIONS:

@@ -48,6 +48,13 @@ class CausalLM(nn.Module):
             raise ValueError("the tokenizer has no end-of-sequence token")
         bos = tokenizer.bos_token_id  # does the tokenizer put BOS first by itself? (asked once: not thread-safe)
         self._bos_first = bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
+        self.stop_ids = stop_ids(model, tokenizer)
+
+    @property
+    def end_id(self) -> int:
+        """The token training appends to every answer: the tokenizer's end-of-sequence, which for a chat model
+        is the token its template ends a turn with (SmolLM2: <|im_end|>)."""
+        return self.tokenizer.eos_token_id
 
     @property
     def device(self) -> torch.device:
@@ -86,7 +93,7 @@ class CausalLM(nn.Module):
         for prompt, answer in zip(prompts, answers):
             if not self.chat and self.prompt_format.endswith(":"):
                 answer = " " + answer  # "Answer: <answer>"
-            answer_ids = self._ids(answer)[: self.max_length // 2] + [self.tokenizer.eos_token_id]
+            answer_ids = self._ids(answer)[: self.max_length // 2] + [self.end_id]
             prompt_ids = self._prompt(prompt, self.max_length - len(answer_ids))
             rows.append(prompt_ids + answer_ids)
             labels.append([-100] * len(prompt_ids) + answer_ids)
@@ -113,7 +120,7 @@ class CausalLM(nn.Module):
         input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=self.device)
         mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=self.device)
         out = self.model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                  do_sample=False, pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id,
+                                  do_sample=False, pad_token_id=pad, eos_token_id=self.stop_ids,
                                   output_scores=True, return_dict_in_generate=True)
         new = out.sequences[:, width:]
         logprobs = torch.stack([torch.log_softmax(s.float(), dim=-1) for s in out.scores], dim=1)  # (B, T, V)
@@ -121,7 +128,7 @@ class CausalLM(nn.Module):
         answers = []
         for row in range(len(prompts)):
             tokens = new[row].tolist()
-            stop = tokens.index(self.tokenizer.eos_token_id) if self.tokenizer.eos_token_id in tokens else len(tokens)
+            stop = next((i for i, t in enumerate(tokens) if t in self.stop_ids), len(tokens))
             text = self.tokenizer.decode(tokens[:stop], skip_special_tokens=True).strip()
             answers.append((text, float(chosen[row, : max(stop, 1)].mean())))
         return answers
@@ -153,7 +160,7 @@ class CausalLM(nn.Module):
         batch, so a sampled row would depend on its batch-mates; here every row samples from its own
         ``torch.Generator`` and stops on its own. Rows are left-padded and never removed (the KV cache and
         the per-row routes keep their shape); a finished row keeps feeding end-of-sequence tokens whose
-        outputs are ignored. Temperature 0 is greedy (the same tokens as ``generate``).
+        outputs are ignored. A row ends at any of ``stop_ids``. Temperature 0 is greedy (the same tokens as ``generate``).
 
         Args:
             ids: prompt token ids per row (``prompt_ids``).
@@ -170,9 +177,12 @@ class CausalLM(nn.Module):
         ignore_eos = ignore_eos or [False] * n
         # only the last position's logits are needed: skips the LM head over the whole prompt when the
         # model's forward supports it (transformers' causal LMs do)
-        last_only = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(self.model.forward).parameters else {}
+        params = inspect.signature(self.model.forward).parameters
+        last_only = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+        # the KV cache argument is ``cache`` from transformers 5.2x (``past_key_values`` before, deprecated after)
+        cache_arg = "cache" if "cache" in params else "past_key_values"
         generators = generators or [None] * n
-        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        eos, pad, stops = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id, set(self.stop_ids)
         width = max(len(x) for x in ids)
         device = self.device
         input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=device)
@@ -183,8 +193,9 @@ class CausalLM(nn.Module):
         cache = None
         while not all(done):
             result = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                                past_key_values=cache, use_cache=True, **last_only)
-            cache, logits = result.past_key_values, result.logits[:, -1].float()
+                                use_cache=True, **{cache_arg: cache}, **last_only)
+            cache = getattr(result, "cache", None) if cache_arg == "cache" else result.past_key_values
+            logits = result.logits[:, -1].float()
             step = torch.full((n,), eos, dtype=torch.long, device=device)
             for row in range(n):
                 if done[row]:
@@ -192,7 +203,7 @@ class CausalLM(nn.Module):
                 token = _choose(logits[row], temperature[row], top_p[row], generators[row])
                 step[row] = token
                 keep = on_token(row, token) if on_token is not None else True
-                if token == eos and not ignore_eos[row]:
+                if token in stops and not ignore_eos[row]:
                     done[row] = True
                     continue
                 out[row].append(token)
@@ -201,6 +212,20 @@ class CausalLM(nn.Module):
             mask = torch.cat([mask, mask.new_ones(n, 1)], dim=1)
             positions = positions[:, -1:] + 1
         return out
+
+
+def stop_ids(model: nn.Module, tokenizer) -> list[int]:
+    """The ids that end an answer: the tokenizer's end-of-sequence and every end id of the model's generation
+    config (as ``generate`` and vLLM stop), and, for a chat model whose template opens each turn with the BOS
+    token (SmolLM2's <|im_start|>), that token: a new turn beginning means the answer ended. (Model directories
+    of scalable-lm 0.1.0 were trained to end SmolLM2 answers with <|im_start|>.)"""
+    ids = [tokenizer.eos_token_id]
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids += [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    template = getattr(tokenizer, "chat_template", None)
+    if template and tokenizer.bos_token_id is not None and isinstance(template, str) and tokenizer.bos_token in template:
+        ids.append(tokenizer.bos_token_id)
+    return list(dict.fromkeys(int(i) for i in ids if i is not None))
 
 
 def _choose(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> int:
