@@ -162,3 +162,86 @@ def test_ignore_eos_gives_fixed_length_answers(lm_tokenizer):
     lm = CausalLM(tiny_llama(), lm_tokenizer, max_length=32)
     ids = [lm.prompt_ids(p) for p in PROMPTS]
     assert [len(t) for t in lm.decode(ids, [7, 3, 5], [0.0] * 3, ignore_eos=[True] * 3)] == [7, 3, 5]
+
+
+class _FakeClassifier:
+    """Stands in for SLM in the engine: records every predict call; an input "poison" raises, as a tokenizer
+    does on input it cannot take."""
+
+    class classifier:
+        @staticmethod
+        def tokenizer(texts):
+            return {"input_ids": [[0] * 3 for _ in texts]}
+
+    class config:
+        class train:
+            max_length = 8
+
+    task_names = ["t"]
+
+    def __init__(self):
+        self.calls = []
+
+    def predict(self, texts, batch_size=32, task=None):
+        from scalable_lm.methods.base import Prediction
+
+        self.calls.append(list(texts))
+        if "poison" in texts:
+            raise ValueError("the tokenizer cannot take this input")
+        return [Prediction(label=t.upper(), task="t", confidence=1.0) for t in texts]
+
+
+def _run_engine(jobs, chunk_rows=64, before=None):
+    """Submit ``jobs`` at once to an Engine over ``_FakeClassifier``; returns (fake, results or errors)."""
+    import asyncio
+
+    from scalable_lm.serving import Engine, Loaded
+
+    fake = _FakeClassifier()
+
+    class Watcher:
+        pending = None
+        current = Loaded(fake, "classifier", ["t"], "sha", 1)
+
+        def take(self):
+            return self.current
+
+    async def main():
+        engine = Engine(Watcher(), max_batch=16, max_wait_ms=50, max_queue=64, chunk_rows=chunk_rows)
+        engine.start()
+        for job in jobs:
+            engine.submit(job)
+        if before is not None:
+            before(jobs)
+        out = []
+        for job in jobs:
+            try:
+                out.append(await job.future)
+            except Exception as err:  # noqa: BLE001
+                out.append(err)
+        await engine.stop()
+        return out
+
+    return fake, asyncio.run(main())
+
+
+def test_one_bad_request_in_a_batch_fails_alone_and_its_batch_mates_are_answered():
+    from scalable_lm.serving import ServeError
+
+    jobs = [Job("classify", "auto", [f"text{i}"] if i != 3 else ["ok", "poison"]) for i in range(6)]
+    fake, out = _run_engine(jobs)
+    assert isinstance(out[3], ServeError) and out[3].status == 500
+    assert [o["predictions"][0].label for i, o in enumerate(out) if i != 3] == [f"TEXT{i}" for i in range(6) if i != 3]
+    assert len(fake.calls[0]) == 7 and len(fake.calls) == 1 + 6  # the batch, then each request alone
+
+
+def test_a_long_request_runs_in_chunks_and_a_cancelled_one_stops_between_them():
+    from scalable_lm.serving import ServeError
+
+    big = Job("classify", "auto", [f"t{i}" for i in range(200)])
+    fake, out = _run_engine([big], chunk_rows=32)
+    assert [len(c) for c in fake.calls] == [32] * 6 + [8]  # peak memory: one chunk, whatever the request
+    assert [p.label for p in out[0]["predictions"]] == [f"T{i}" for i in range(200)]
+    gone = Job("classify", "auto", [f"t{i}" for i in range(200)])
+    fake, out = _run_engine([gone], chunk_rows=32, before=lambda jobs: jobs[0].cancelled.set())
+    assert fake.calls == [] and isinstance(out[0], ServeError) and out[0].status == 499

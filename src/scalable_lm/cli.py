@@ -85,6 +85,12 @@ def _setup_logging(args) -> None:
         logger.propagate = False
     quiet, verbose = getattr(args, "quiet", False), getattr(args, "verbose", False)
     logger.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+    if quiet or not sys.stderr.isatty():
+        # transformers 5 draws a "Loading weights" bar for every model it loads, terminal or not; our own
+        # progress (bars on a terminal, log lines elsewhere) covers the long steps
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
 
 def _query_cache(slm, args) -> Path | None:
@@ -487,7 +493,12 @@ def cmd_serve(args) -> None:
 
     from scalable_lm import server, store
 
-    store.read_manifest(args.model)  # a clear error now rather than a server that never gets ready
+    manifest = store.read_manifest(args.model)  # a clear error now rather than a server that never gets ready
+    if args.engine == "vllm" and manifest.get("kind", "classifier") != "generative":
+        raise ValueError(f"{args.model} is a classifier; --engine vllm serves generative models (use the default "
+                         "--engine local)")
+    if args.engine != "vllm" and (args.vllm_url or args.vllm_python or args.vllm_arg):
+        raise ValueError("--vllm-url, --vllm-python and --vllm-arg need --engine vllm")
     try:
         loopback = ipaddress.ip_address(args.host).is_loopback
     except ValueError:
@@ -495,15 +506,20 @@ def cmd_serve(args) -> None:
     if not loopback and not args.api_key:
         raise ValueError(f"--host {args.host} is reachable from other machines: give --api-key (clients send "
                          "'Authorization: Bearer KEY')")
-    for flag in ("max_batch", "max_queue", "max_new_tokens"):
+    for flag in ("max_batch", "max_queue", "max_new_tokens", "max_body_bytes", "max_inputs", "max_connections",
+                 "keep_alive"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be at least 1")
-    if args.max_wait_ms < 0 or args.request_timeout <= 0 or args.query_cache < 0:
-        raise ValueError("--max-wait-ms and --query-cache must be >= 0, --request-timeout > 0")
+    if args.max_wait_ms < 0 or args.request_timeout <= 0 or args.query_cache < 0 or args.read_timeout <= 0:
+        raise ValueError("--max-wait-ms and --query-cache must be >= 0, --request-timeout and --read-timeout > 0")
     server.run(args.model, host=args.host, port=args.port, log_level="warning" if args.quiet else "info",
                api_key=args.api_key, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                max_new_tokens=args.max_new_tokens, request_timeout=args.request_timeout,
-               reload_interval=args.reload_interval, query_cache=args.query_cache, loader=_loader(args))
+               reload_interval=args.reload_interval, query_cache=args.query_cache, loader=_loader(args),
+               max_body_bytes=args.max_body_bytes, max_inputs=args.max_inputs, read_timeout=args.read_timeout,
+               max_connections=args.max_connections, keep_alive=args.keep_alive,
+               lifo_after=args.lifo_after if args.lifo_after > 0 else None, engine=args.engine,
+               vllm_urls=args.vllm_url, vllm_python=args.vllm_python, vllm_args=args.vllm_arg, vllm_state=args.vllm_state)
 
 
 def cmd_demo(args) -> None:
@@ -613,6 +629,31 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-queue", type=int, default=256, help="most waiting requests; more get HTTP 429")
     serve.add_argument("--max-new-tokens", type=int, default=256, help="largest max_tokens a request may ask for")
     serve.add_argument("--request-timeout", type=float, default=120.0, help="seconds before a request gets HTTP 408")
+    serve.add_argument("--max-body-bytes", type=int, default=1 << 20,
+                       help="largest request body; larger gets HTTP 413 (default 1 MiB)")
+    serve.add_argument("--max-inputs", type=int, default=256,
+                       help="most inputs in one /v1/classify request; more gets HTTP 413")
+    serve.add_argument("--read-timeout", type=float, default=30.0,
+                       help="seconds a client has to send a request's headers and body (HTTP 408 or closed after)")
+    serve.add_argument("--max-connections", type=int, default=1024,
+                       help="most open connections and requests in progress; more get HTTP 503")
+    serve.add_argument("--keep-alive", type=int, default=5, help="seconds an idle keep-alive connection stays open")
+    serve.add_argument("--engine", choices=["local", "vllm"], default="local",
+                       help="who generates: 'local' (this process batches on its own CPU/GPU) or 'vllm' (the "
+                       "routing front picks each request's task adapter and a vLLM server generates)")
+    serve.add_argument("--vllm-url", action="append", default=[],
+                       help="a vLLM OpenAI server to use (repeat for several; started with "
+                       "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True and --enable-lora); none: start one here")
+    serve.add_argument("--vllm-python", help="interpreter that has vLLM, for the vLLM started here (default: "
+                       ".venv-vllm/bin/python if present, made by `make vllm`, else this one)")
+    serve.add_argument("--vllm-arg", action="append", default=[],
+                       help="one more argument for the vLLM started here (repeat: --vllm-arg=--max-num-seqs "
+                       "--vllm-arg=64)")
+    serve.add_argument("--vllm-state", help="folder for exported adapters and the vLLM log (default: under "
+                       "$SLM_CACHE_DIR/vllm-front/)")
+    serve.add_argument("--lifo-after", type=float, default=1.0,
+                       help="under overload (the oldest waiting request has waited this many seconds) serve the "
+                       "newest requests first, whose clients are still waiting; 0: always oldest first")
     serve.add_argument("--reload-interval", type=float, default=1.0,
                        help="seconds between checks of the directory's manifest for new tasks (0: never)")
     serve.add_argument("--query-cache", type=int, default=0,

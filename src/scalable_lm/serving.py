@@ -40,6 +40,8 @@ from scalable_lm.encoder import max_positions
 log = logging.getLogger("scalable_lm.serve")
 
 AUTO, BASE = "auto", "base"
+CHUNK_ROWS = 64  # classify inputs per forward pass in the server (Engine.chunk_rows)
+LIFO_AFTER = 1.0  # seconds; Engine.lifo_after (slm serve --lifo-after)
 
 
 class ServeError(Exception):
@@ -150,6 +152,7 @@ class ModelWatcher:
             self.on_event("failed")
             return
         if self.current is not None and loaded.manifest_sha == self.current.manifest_sha:
+            self.last_error = None  # put back as it was served: nothing is wrong any more
             return  # touched, not changed
         self.last_error = None
         if self.current is None:
@@ -171,8 +174,9 @@ class ModelWatcher:
                 unchanged = self.current is not None and _manifest_sha(self.directory) == self.current.manifest_sha
             except OSError:
                 unchanged = False
-            if unchanged:  # touched or rewritten with the same content: nothing to load
+            if unchanged:  # touched, or put back as served (after a bad copy): nothing to load, nothing wrong
                 self._seen = state
+                self.last_error = None
                 continue
             self._attempt()
 
@@ -190,6 +194,7 @@ class Job:
     kind: str  # "classify" | "generate"
     model: str
     texts: list[str]  # classify: the inputs; generate: [routing query]
+    cut: list[bool] = field(default_factory=list)  # classify: per input, whether it was cut on arrival (chars)
     prompt: list[int] | None = None  # generate: every token of the rendered prompt (``prompt_tokens``)
     max_tokens: int = 16
     temperature: float = 0.0
@@ -205,11 +210,14 @@ class Job:
     future: asyncio.Future | None = None
     events: asyncio.Queue | None = None  # streaming: text pieces, then a final dict
     loop: asyncio.AbstractEventLoop | None = None
+    streamed: bool = False  # some text was already sent (such a row is never run again after a failure)
 
     def expired(self) -> bool:
         return time.perf_counter() > self.deadline
 
     def push(self, item) -> None:
+        if isinstance(item, str):
+            self.streamed = True
         if self.events is not None and self.loop is not None:
             self.loop.call_soon_threadsafe(self.events.put_nowait, item)
 
@@ -246,14 +254,22 @@ class Engine:
         max_queue: most requests waiting; more are refused (``QueueFull``).
         max_new_tokens: the largest ``max_tokens`` a request may ask for.
         metrics: a ``server.Metrics`` (or None).
+        chunk_rows: most classify inputs run through the model at once: a request of any length is worked
+            through in chunks, so peak memory does not grow with it (and a request whose client has gone
+            stops at the next chunk).
+        lifo_after: seconds the oldest waiting request may wait before batches take the newest requests first
+            (adaptive LIFO: goodput under overload, when clients time out); None: always oldest first.
     """
 
     def __init__(self, watcher: ModelWatcher, max_batch: int = 16, max_wait_ms: float = 5.0, max_queue: int = 256,
-                 max_new_tokens: int = 256, metrics=None):
+                 max_new_tokens: int = 256, metrics=None, chunk_rows: int = CHUNK_ROWS,
+                 lifo_after: float | None = LIFO_AFTER):
         self.watcher = watcher
         self.max_batch, self.max_wait = max(1, max_batch), max(0.0, max_wait_ms) / 1000
         self.max_queue, self.max_new_tokens = max_queue, max_new_tokens
         self.metrics = metrics
+        self.chunk_rows = max(1, chunk_rows)
+        self.lifo_after = lifo_after
         self._queue: collections.deque[Job] = collections.deque()
         self._wake: asyncio.Event | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slm-batch")
@@ -324,9 +340,22 @@ class Engine:
                 except asyncio.TimeoutError:
                     break
             batch = []
+            # requests whose client has gone or whose deadline passed leave the queue now, wherever they are
+            # (under LIFO the oldest would otherwise hold queue places until the load drops)
+            for job in [j for j in self._queue if j.cancelled.is_set() or j.expired()]:
+                self._queue.remove(job)
+                job.finish(error=ServeError(499, "client closed the request", kind="cancelled")
+                           if job.cancelled.is_set() else timeout_error())
+            if not self._queue:
+                continue
+            # adaptive LIFO: under overload (the oldest request has waited more than lifo_after seconds) take
+            # the newest first. Their clients are still waiting; the oldest are the likeliest to have given up
+            # (their work would be wasted) and are served when the load drops, or get 408 at their deadline.
+            lifo = self.lifo_after is not None and time.perf_counter() - self._queue[0].enqueued > self.lifo_after
             while self._queue and len(batch) < self.max_batch:
-                job = self._queue.popleft()
-                if job.cancelled.is_set():
+                job = self._queue.pop() if lifo else self._queue.popleft()
+                if job.cancelled.is_set():  # its client has gone: dropped before it runs
+                    job.finish(error=ServeError(499, "client closed the request", kind="cancelled"))
                     continue
                 if job.expired():
                     job.finish(error=timeout_error())
@@ -345,32 +374,62 @@ class Engine:
 
     def _run(self, loaded: Loaded, batch: list[Job]) -> None:
         try:
+            self._run_batch(loaded, batch)
+        finally:
+            if sum(len(job.texts) for job in batch) > self.chunk_rows:
+                _give_memory_back()
+
+    def _run_batch(self, loaded: Loaded, batch: list[Job]) -> None:
+        """Run ``batch``; when it fails as a whole, run each of its requests alone, so that an error that
+        belongs to one request (an input the tokenizer rejects, a setting the model cannot take) answers that
+        request alone and never its batch-mates. A streamed row that already sent text is not run again."""
+        try:
             if batch[0].kind == "classify":
                 self._classify(loaded, batch)
             else:
                 self._generate(loaded, batch)
+            return
         except Exception as err:  # noqa: BLE001 - one failed batch must not stop the server
-            log.exception("batch of %d requests failed", len(batch))
-            for job in batch:
-                job.finish(error=ServeError(500, f"internal error ({type(err).__name__})", kind="server_error"))
+            if len(batch) == 1:
+                log.exception("a %s request failed", batch[0].kind)
+                batch[0].finish(error=err if isinstance(err, ServeError) else
+                                ServeError(500, f"internal error ({type(err).__name__})", kind="server_error"))
+                return
+            log.warning("batch of %d requests failed (%s: %s); running each alone", len(batch), type(err).__name__, err)
+        for job in batch:
+            if job.future is not None and job.future.done():
+                continue
+            if job.streamed:
+                job.finish(error=ServeError(500, "internal error (its batch failed mid-answer)", kind="server_error"))
+                continue
+            self._run_batch(loaded, [job])
 
     def _classify(self, loaded: Loaded, batch: list[Job]) -> None:
         slm = loaded.slm
         # as `slm predict` and `slm eval`: longer inputs are truncated (at the backbone's positions, if fewer)
         limit = min(slm.config.train.max_length, max_positions(getattr(slm.classifier, "backbone", None)))
         tokenizer = slm.classifier.tokenizer
-        truncated = {id(job): [len(ids) > limit for ids in tokenizer(job.texts)["input_ids"]] for job in batch}
+        truncated = {id(job): [cut or len(ids) > limit for cut, ids in
+                               zip(job.cut or [False] * len(job.texts), tokenizer(job.texts)["input_ids"])]
+                     for job in batch}
         by_model: dict[tuple[str, float | None], list[tuple[Job, int]]] = {}
         for job in batch:
             by_model.setdefault((job.model, job.abstain), []).extend((job, i) for i in range(len(job.texts)))
         results: dict[int, list] = {id(job): [None] * len(job.texts) for job in batch}
         for (model, abstain), rows in by_model.items():
-            texts = [job.texts[i] for job, i in rows]
-            preds = slm.predict(texts, batch_size=max(len(texts), 1), task=None if model == AUTO else model,
-                                **({} if abstain is None else {"abstain": abstain}))
-            for (job, i), pred in zip(rows, preds):
-                results[id(job)][i] = pred
+            for start in range(0, len(rows), self.chunk_rows):  # peak memory bounded by the chunk, not the request
+                chunk = [(job, i) for job, i in rows[start:start + self.chunk_rows] if not job.cancelled.is_set()]
+                if not chunk:
+                    continue
+                preds = slm.predict([job.texts[i] for job, i in chunk], batch_size=self.chunk_rows,
+                                    task=None if model == AUTO else model,
+                                    **({} if abstain is None else {"abstain": abstain}))
+                for (job, i), pred in zip(chunk, preds):
+                    results[id(job)][i] = pred
         for job in batch:
+            if job.cancelled.is_set():
+                job.finish(error=ServeError(499, "client closed the request", kind="cancelled"))
+                continue
             job.finish({"predictions": results[id(job)], "truncated": truncated[id(job)],
                         "generation": loaded.generation})
 
@@ -390,10 +449,10 @@ class Engine:
         for job in batch:
             if job.temperature > 0:
                 seed = job.seed if job.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
-                generators.append(torch.Generator().manual_seed(seed))
+                generators.append(torch.Generator().manual_seed(seed))  # the seed's range is checked on arrival
             else:
                 generators.append(None)
-        streams = [_TextStream(lm.tokenizer, job) for job in batch]
+        streams = [_TextStream(lm.tokenizer, job, lm.stop_ids) for job in batch]
 
         def on_token(row: int, token: int) -> bool:
             job = batch[row]
@@ -423,6 +482,25 @@ class Engine:
             job.finish({"text": text, "finish_reason": reason, "prompt_tokens": len(ids[row]),
                         "completion_tokens": streams[row].count, "slm": {**infos[row], "bank": loaded.generation},
                         "decode_s": elapsed})
+
+
+def _give_memory_back() -> None:
+    """After a large batch: collect garbage and ask glibc to return freed heap pages to the system.
+
+    PyTorch's CPU allocator frees into the C heap, which glibc keeps for reuse, so a server's RSS stays at
+    its largest batch's peak; ``malloc_trim`` (glibc only, called through ctypes as no library wraps it)
+    hands the free pages back. Elsewhere this is a no-op.
+    """
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def prompt_tokens(tokenizer, lm, query: str, messages: list[dict] | None) -> list[int]:
@@ -463,8 +541,9 @@ class _TextStream:
     once it cannot be the start of a stop string and does not end in an incomplete character.
     """
 
-    def __init__(self, tokenizer, job: Job):
+    def __init__(self, tokenizer, job: Job, stop_ids: list[int] | None = None):
         self.tokenizer, self.job = tokenizer, job
+        self.stop_ids = set(stop_ids if stop_ids is not None else [tokenizer.eos_token_id])
         self.tokens: list[int] = []
         self.sent = 0  # characters already streamed
         self.stopped_at: int | None = None
@@ -476,7 +555,7 @@ class _TextStream:
 
     def add(self, token: int) -> bool:
         """Record a token; False once a stop string appeared (the row is then finished)."""
-        if token == self.tokenizer.eos_token_id:
+        if token in self.stop_ids:
             self.count += self.job.ignore_eos
             return self.job.ignore_eos
         self.tokens.append(token)
