@@ -837,6 +837,27 @@ def reliability_report(out: Path) -> str:
                   f"{d['after_burst_20_requests']} |",
                   f"| 20 clients leaving after 5 ms | {d['clients_that_left']} left; the next 20: "
                   f"{d['after_leavers_20_requests']} |", f"| SIGTERM at the end | exit {d['server_exit']} |", ""]
+    if (out / "hostile.json").exists():
+        d = json.loads((out / "hostile.json").read_text())
+        t, a, o, h = d["targets"], d["attack"], d["overload"], d["health_during_big_requests"]
+        attackers = "; ".join(f"{kind} {v}" for kind, v in a["attackers"].items() if isinstance(v, dict))
+        lines += ["## Hostile and heavy traffic (issue 34)\n",
+                  f"Command: `{d['command']}`; {d['model']}, default limits, {d['seconds_per_phase']:g} s per phase, "
+                  "load generator and server on the same 2 cores.\n",
+                  "| measure | target | measured |", "|---|---|---|",
+                  f"| innocent requests failed while attacked | 0 | {t['innocent_failed']} of "
+                  f"{a['innocent']['requests']} (answers different from `slm predict`: {t['innocent_wrong_answers']}) |",
+                  f"| innocent throughput while attacked | - | {a['innocent']['per_s']} req/s "
+                  f"(capacity unattacked: {d['capacity']['per_s']} req/s) |",
+                  f"| peak RSS of the server, whatever the requests | under 1.5 GB | {t['peak_rss_mb']:.0f} MB "
+                  f"(ready: {d['rss_mb_ready']:.0f} MB, end: {d['rss_mb_end']:.0f} MB) |",
+                  f"| goodput, 128 clients with a 2 s timeout | >= 80% of capacity | {o['goodput_per_s']} req/s = "
+                  f"{100 * o['share_of_capacity']:.1f}% ({o['answered_in_time']} answered in time, "
+                  f"{o['gave_up']} given up) |",
+                  f"| /health latency while 900 KB and 5 MB bodies arrive | < 100 ms | max {h['max_ms']} ms, "
+                  f"p99 {h['p99_ms']} ms, median {h['median_ms']} ms ({h['probes']} probes) |", "",
+                  f"Attackers, by kind and answer (a client-side ReadError: the server answered 413 and closed while "
+                  f"the body was still being sent): {attackers}.", ""]
     if (out / "fuzz.json").exists():
         d = json.loads((out / "fuzz.json").read_text())
         lines += ["## Property-based fuzzing (hypothesis)\n", f"{d['date']}; the command of each row beside it.\n",
