@@ -734,6 +734,20 @@ def serve_report(out: Path) -> str:
                   "| part | ms per text, batch 1 | ms per text, batch 16 |", "|---|---|---|"]
         lines += [f"| {name} | {row['1']:.1f} | {row['16']:.1f} |" for name, row in d["ms_per_text"].items()]
         lines.append("")
+    if (out / "turn_end.json").exists():
+        d = json.loads((out / "turn_end.json").read_text())
+        first = next(iter(d.values()))["answers"]
+        lines += ["## Where chat answers end (issue 35)\n",
+                  "From [turn_end.json](turn_end.json) (`benchmarks/serve/turn_end.py`): one SmolLM2 task "
+                  "(support-intent, 60 rows, 2 epochs), the same 60 held-out prompts, greedy, natural length "
+                  "(no ignore_eos), concurrency 8. Same text = the answer equals the first row's, as text.\n",
+                  "| run | requests/s | completion tokens per request | tokens/s | same text as the first row | "
+                  "command |", "|---|---|---|---|---|---|"]
+        for label, r in d.items():
+            same = sum(a["text"] == b["text"] for a, b in zip(r["answers"], first))
+            lines.append(f"| {label} | {r['requests_per_s']:.2f} | {r['tokens_per_request']:.2f} | "
+                         f"{r['tokens_per_s']:.2f} | {same}/{r['requests']} | `{r['command']}` |")
+        lines.append("")
     notes = out / "notes.md"  # hand-written reading of the figures, kept beside the JSON
     if notes.exists():
         lines += [notes.read_text().strip(), ""]
