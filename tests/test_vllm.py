@@ -23,6 +23,7 @@ import openai
 import pytest
 
 from tests.conftest import tiny_query_model
+from tests.methods.test_generative import lm_tokenizer  # noqa: F401  (a fixture)
 from tests.test_server import _free_port, slm_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -237,3 +238,17 @@ def test_routed_answers_streaming_hot_add_remove_and_a_killed_engine(root, tmp_p
     assert subprocess.run(["pgrep", "-f", f"api_server.*--port {port}"],
                           capture_output=True).returncode != 0  # the child is gone with the front
     assert subprocess.run(["pgrep", "-f", "VLLM::"], capture_output=True).returncode != 0  # and what it started
+
+
+def test_no_vllm_is_one_clear_line_at_start(tmp_path, capsys, lm_tokenizer):
+    from scalable_lm import cli, store
+    from tests.methods.test_generative import instruction_task, make_generative
+
+    slm = make_generative(lm_tokenizer)
+    slm.config.train.epochs = 1
+    slm.learn(instruction_task("fruit", "sweet"), progress=False)
+    store.save(slm, tmp_path / "gen")
+    capsys.readouterr()  # what learning logged
+    code = cli.main(["serve", "--engine", "vllm", "--model", str(tmp_path / "gen"), "--vllm-python", sys.executable])
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_ERROR and err.count("\n") == 1 and "no vLLM in" in err and "make vllm" in err, err

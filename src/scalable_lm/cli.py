@@ -499,6 +499,13 @@ def cmd_serve(args) -> None:
                          "--engine local)")
     if args.engine != "vllm" and (args.vllm_url or args.vllm_python or args.vllm_arg):
         raise ValueError("--vllm-url, --vllm-python and --vllm-arg need --engine vllm")
+    if args.engine == "vllm" and not args.vllm_url:
+        from scalable_lm.vllm_engine import default_python, has_vllm
+
+        python = args.vllm_python or default_python()
+        if not has_vllm(python):
+            raise ValueError(f"no vLLM in {python}: run `make vllm` (a .venv-vllm beside this project), give "
+                             "--vllm-python PY, or name running engines with --vllm-url")
     try:
         loopback = ipaddress.ip_address(args.host).is_loopback
     except ValueError:

@@ -50,6 +50,7 @@ log = logging.getLogger("scalable_lm.serve")
 
 BASE_NAME = "slm-base"  # the name the engines serve the frozen base model under
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the values vLLM's --max-lora-rank takes
+MAX_FAILED_STARTS = 3  # a vLLM child that exits this many times in a row before answering is not started again
 
 
 def vllm_rank(rank: int) -> int:
@@ -58,6 +59,15 @@ def vllm_rank(rank: int) -> int:
         if allowed >= rank:
             return allowed
     raise ValueError(f"an adapter of rank {rank} is above vLLM's largest --max-lora-rank ({LORA_RANKS[-1]})")
+
+
+def has_vllm(python: str) -> bool:
+    """Whether ``python`` exists and can import vLLM (found, not imported: that takes seconds)."""
+    try:
+        return subprocess.run([python, "-c", "import importlib.util, sys; sys.exit(importlib.util.find_spec('vllm') "
+                               "is None)"], capture_output=True, timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
 
 
 def default_python() -> str:
@@ -187,6 +197,7 @@ class VLLMEngine:
         self.running = 0
         self.queue_length = 0  # requests are never queued here: vLLM schedules them
         self.startup_error: str | None = None
+        self._failed_starts = 0  # starts in a row that died before the engine answered /health
         self._exported: dict[str, Path] = {}  # adapter name -> folder
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slm-route")  # the encoder is not thread-safe
         self._rr = itertools.count()
@@ -260,13 +271,24 @@ class VLLMEngine:
             await asyncio.sleep(0.1)
 
     async def _check_child(self) -> None:
-        if self.child is None or self.child.alive():
+        if self.child is None:
             return
-        if self.child.starts and self.child.proc is not None:
-            log.warning("vLLM (pid %d) exited with %s; restarting it. Its last lines: %s", self.child.proc.pid,
-                        self.child.proc.returncode, self.child.tail())
+        if self.child.alive():
+            if self.upstreams[0].healthy:
+                self._failed_starts = 0
+            return
+        # it died: count the starts in a row that never answered (one that served and then died counts once)
+        self._failed_starts += 1
         self.upstreams[0].healthy, self.upstreams[0].adapters = False, set()
         self.child.reap()
+        if self._failed_starts >= MAX_FAILED_STARTS:  # it dies before it ever answers: say why, once, and stop
+            if not self.startup_error:
+                self.startup_error = (f"vLLM exited {self._failed_starts} times before answering; its log "
+                                      f"({self.child.log_path}) ends: {self.child.tail(3)}")
+                log.error("%s", self.startup_error)
+            return
+        log.warning("vLLM (pid %d) exited with %s; restarting it. Its last lines: %s", self.child.proc.pid,
+                    self.child.proc.returncode, self.child.tail())
         await asyncio.get_running_loop().run_in_executor(None, self.child.start)
 
     async def _check_health(self) -> None:
@@ -348,9 +370,9 @@ class VLLMEngine:
             if self.metrics is not None:
                 self.metrics.reloads.labels(f"vllm_{action}").inc()
             return
-        if r.status_code == 404 and "load_lora_adapter" in r.text or r.status_code == 405:
+        if r.status_code in (404, 405) and "adapter" not in r.text.lower():  # the route itself is missing
             up.error = ("this vLLM does not update adapters at run time: start it with "
-                        "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True (vLLM >= 0.6)")
+                        "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True and --enable-lora (vLLM >= 0.6)")
         else:
             up.error = f"{action} {name}: HTTP {r.status_code} {r.text[:200]}"
         log.warning("vLLM engine %s: %s", up.url, up.error)
@@ -363,8 +385,12 @@ class VLLMEngine:
             raise ServeError(503, f"the vLLM engine is not available: {self.startup_error}", kind="server_error")
         loaded = self.serving
         if loaded is None:
-            raise ServeError(503, "the model is still loading (exporting adapters to vLLM and waiting for it to "
-                             "answer); retry shortly", kind="server_error", headers={"Retry-After": "5"})
+            down = [up.url for up in self.upstreams if not up.healthy]
+            errors = [f"{up.url}: {up.error}" for up in self.upstreams if up.error]
+            why = ("; ".join(errors) if errors else f"no answer yet from {', '.join(down)}" if down and self.child is None
+                   else "exporting adapters to vLLM and waiting for it to answer")
+            raise ServeError(503, f"the model is not served yet ({why}); retry shortly", kind="server_error",
+                             headers={"Retry-After": "5"})
         if model not in loaded.models:
             raise ServeError(404, f"model '{model}' does not exist; valid models: {loaded.models}",
                              kind="not_found_error", param="model")
