@@ -147,6 +147,7 @@ def test_a_classifier_directory_is_refused_for_vllm(make_slm, toy_stream, tmp_pa
     slm = make_slm()
     slm.learn(toy_stream[0], progress=False)
     store.save(slm, tmp_path / "clf")
+    capsys.readouterr()  # what learning logged
     code = cli.main(["serve", "--engine", "vllm", "--model", str(tmp_path / "clf")])
     err = capsys.readouterr().err
     assert code == cli.EXIT_ERROR and err.count("\n") == 1 and "--engine vllm serves generative models" in err
