@@ -20,9 +20,16 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from run import MAX_NEW, score  # noqa: E402
-from tasks import BUILDERS  # noqa: E402
+
+
+def _instruct_run():
+    """benchmarks/instruct/run.py as a module of its own name (it imports benchmarks/run.py as ``run``)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("instruct_run", HERE / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def main(argv=None) -> None:
@@ -31,6 +38,10 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", type=Path, default=HERE.parents[2] / "shared" / "datasets")
     args = parser.parse_args(argv)
+    instruct = _instruct_run()
+    MAX_NEW, score = instruct.MAX_NEW, instruct.score
+    from tasks import BUILDERS  # benchmarks/instruct/tasks.py, on the path once run.py is loaded
+
     from scalable_lm.adapters.causal import CausalLM
     from scalable_lm.config import SLMConfig
     from scalable_lm.methods.generative import GenerativeSLM
