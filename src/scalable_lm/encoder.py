@@ -49,6 +49,11 @@ def max_positions(model: nn.Module) -> int:
     return int(n) if isinstance(n, int) and n > 0 else 1 << 30
 
 
+def cache_dir() -> Path:
+    """``$SLM_CACHE_DIR`` (default ``~/.cache/scalable_lm``): where caches and the vLLM front's state live."""
+    return Path(os.environ.get("SLM_CACHE_DIR", Path.home() / ".cache" / "scalable_lm"))
+
+
 def text_key(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()
 
@@ -126,10 +131,9 @@ class QueryEncoder:
         queries differ slightly from float32's."""
         from scalable_lm.backbones import fingerprint
 
-        root = Path(os.environ.get("SLM_CACHE_DIR", Path.home() / ".cache" / "scalable_lm"))
         dtype = next(self.model.parameters()).dtype
         suffix = "" if dtype == torch.float32 else "-" + str(dtype).removeprefix("torch.")
-        return root / f"queries-{fingerprint(self.model)}{suffix}"
+        return cache_dir() / f"queries-{fingerprint(self.model)}{suffix}"
 
     def save_cache(self, path: str | Path, max_queries: int | None = None) -> int:
         """Keep the queries computed in this process in the on-disk cache ``path``; returns how many were written.

@@ -28,8 +28,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from scalable_lm.serving import (AUTO, LIFO_AFTER, Engine, Job, ModelWatcher, ServeError, prompt_tokens,
-                                 timeout_error)
+from scalable_lm.serving import (AUTO, LIFO_AFTER, Engine, Job, ModelWatcher, ServeError, cancelled_error,
+                                 prompt_tokens, timeout_error)
 
 # Defaults of the limits (``slm serve --help`` names the flags; docs/serving.md lists them all)
 MAX_BODY_BYTES = 1 << 20  # --max-body-bytes: a request body larger than this gets 413
@@ -117,11 +117,11 @@ def _state_dir(model_dir: str) -> str:
     """Where the vLLM front keeps its adapters and the child's log: beside the query cache, one folder per
     model directory (never inside the model directory, which the server does not write)."""
     import hashlib
-    import os
     from pathlib import Path
 
-    root = Path(os.environ.get("SLM_CACHE_DIR", Path.home() / ".cache" / "scalable_lm"))
-    return str(root / "vllm-front" / hashlib.sha256(str(Path(model_dir).resolve()).encode()).hexdigest()[:16])
+    from scalable_lm.encoder import cache_dir
+
+    return str(cache_dir() / "vllm-front" / hashlib.sha256(str(Path(model_dir).resolve()).encode()).hexdigest()[:16])
 
 
 def _error(status: int, message: str, kind: str, param: str | None = None, headers=None) -> JSONResponse:
@@ -503,7 +503,7 @@ async def _wait(job: Job, timeout: float, request: Request):
             return job.future.result()
         job.cancelled.set()
         if gone in done:
-            raise ServeError(499, "client closed the request", kind="cancelled")
+            raise cancelled_error()
         raise timeout_error()
     except asyncio.CancelledError:  # the server cancelled the handler (shutdown, or a client gone)
         job.cancelled.set()
@@ -567,7 +567,8 @@ def run(model_dir: str, host: str = "127.0.0.1", port: int = 8000, log_level: st
             cycle = self.cycle
 
             def check():
-                if self.cycle is cycle and (cycle is None or cycle.response_complete) and not self.transport.is_closing():
+                idle = self.cycle is cycle and (cycle is None or cycle.response_complete)
+                if idle and not self.transport.is_closing():
                     self.transport.close()
             self.loop.call_later(read_timeout, check)
 

@@ -72,6 +72,13 @@ class Loaded:
         """Valid values of a request's ``model``."""
         return [AUTO, *([BASE] if self.kind == "generative" else []), *self.tasks]
 
+    def check(self, model: str) -> Loaded:
+        """This bank, after checking that ``model`` names something in it (404 listing the valid ones)."""
+        if model not in self.models:
+            raise ServeError(404, f"model '{model}' does not exist; valid models: {self.models}",
+                             kind="not_found_error", param="model")
+        return self
+
     @property
     def context(self) -> int:
         """Most tokens the backbone can read (its position table)."""
@@ -215,6 +222,14 @@ class Job:
     def expired(self) -> bool:
         return time.perf_counter() > self.deadline
 
+    def attach(self, loop: asyncio.AbstractEventLoop) -> Job:
+        """Give the job the future (and, streaming, the queue) its request waits on, in ``loop``."""
+        self.loop = loop
+        self.future = loop.create_future()
+        if self.stream:
+            self.events = asyncio.Queue()
+        return self
+
     def push(self, item) -> None:
         if isinstance(item, str):
             self.streamed = True
@@ -309,20 +324,13 @@ class Engine:
         loaded = self.watcher.pending or self.watcher.current
         if loaded is None:
             raise ServeError(503, "the model is still loading; retry shortly", kind="server_error")
-        if model not in loaded.models:
-            raise ServeError(404, f"model '{model}' does not exist; valid models: {loaded.models}",
-                             kind="not_found_error", param="model")
-        return loaded
+        return loaded.check(model)
 
     def submit(self, job: Job) -> Job:
         """Queue ``job`` (raises ``QueueFull``); its ``future`` resolves with the result."""
         if len(self._queue) >= self.max_queue:
             raise QueueFull(self.max_queue)
-        job.loop = self._loop
-        job.future = self._loop.create_future()
-        if job.stream:
-            job.events = asyncio.Queue()
-        self._queue.append(job)
+        self._queue.append(job.attach(self._loop))
         self._wake.set()
         return job
 
@@ -344,25 +352,15 @@ class Engine:
             # (under LIFO the oldest would otherwise hold queue places until the load drops)
             for job in [j for j in self._queue if j.cancelled.is_set() or j.expired()]:
                 self._queue.remove(job)
-                job.finish(error=ServeError(499, "client closed the request", kind="cancelled")
-                           if job.cancelled.is_set() else timeout_error())
+                job.finish(error=cancelled_error() if job.cancelled.is_set() else timeout_error())
             if not self._queue:
                 continue
             # adaptive LIFO: under overload (the oldest request has waited more than lifo_after seconds) take
             # the newest first. Their clients are still waiting; the oldest are the likeliest to have given up
             # (their work would be wasted) and are served when the load drops, or get 408 at their deadline.
             lifo = self.lifo_after is not None and time.perf_counter() - self._queue[0].enqueued > self.lifo_after
-            while self._queue and len(batch) < self.max_batch:
-                job = self._queue.pop() if lifo else self._queue.popleft()
-                if job.cancelled.is_set():  # its client has gone: dropped before it runs
-                    job.finish(error=ServeError(499, "client closed the request", kind="cancelled"))
-                    continue
-                if job.expired():
-                    job.finish(error=timeout_error())
-                    continue
-                batch.append(job)
-            if not batch:
-                continue
+            while self._queue and len(batch) < self.max_batch:  # all of it live: just purged, nothing awaited
+                batch.append(self._queue.pop() if lifo else self._queue.popleft())
             loaded = self.watcher.take()  # a new bank, if one was loaded, starts with this batch
             self.running = len(batch)
             if self.metrics is not None:
@@ -428,7 +426,7 @@ class Engine:
                     results[id(job)][i] = pred
         for job in batch:
             if job.cancelled.is_set():
-                job.finish(error=ServeError(499, "client closed the request", kind="cancelled"))
+                job.finish(error=cancelled_error())
                 continue
             job.finish({"predictions": results[id(job)], "truncated": truncated[id(job)],
                         "generation": loaded.generation})
@@ -473,7 +471,7 @@ class Engine:
             self.metrics.tokens.inc(sum(len(t) for t in tokens))
         for row, job in enumerate(batch):
             if job.cancelled.is_set():
-                job.finish(error=ServeError(499, "client closed the request", kind="cancelled"))
+                job.finish(error=cancelled_error())
                 continue
             if job.expired():
                 job.finish(error=timeout_error())
@@ -528,6 +526,10 @@ def _base_name() -> str:
     from scalable_lm.methods.generative import BASE_MODEL
 
     return BASE_MODEL
+
+
+def cancelled_error() -> ServeError:
+    return ServeError(499, "client closed the request", kind="cancelled")
 
 
 def timeout_error() -> ServeError:

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import httpx
 
-from scalable_lm.serving import BASE, Job, Loaded, ModelWatcher, QueueFull, ServeError, timeout_error
+from scalable_lm.serving import Job, Loaded, ModelWatcher, QueueFull, ServeError, cancelled_error, timeout_error
 
 log = logging.getLogger("scalable_lm.serve")
 
@@ -198,7 +198,6 @@ class VLLMEngine:
         self.queue_length = 0  # requests are never queued here: vLLM schedules them
         self.startup_error: str | None = None
         self._failed_starts = 0  # starts in a row that died before the engine answered /health
-        self._exported: dict[str, Path] = {}  # adapter name -> folder
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slm-route")  # the encoder is not thread-safe
         self._rr = itertools.count()
         self._task: asyncio.Task | None = None
@@ -338,8 +337,7 @@ class VLLMEngine:
         from scalable_lm.sharing import export_task
 
         out: dict[str, str] = {}
-        root = self.state_dir / "adapters"
-        root.mkdir(parents=True, exist_ok=True)
+        (self.state_dir / "adapters").mkdir(parents=True, exist_ok=True)
         for task in loaded.tasks:
             state = loaded.slm.task_state(task)
             digest = hashlib.sha256()
@@ -347,17 +345,20 @@ class VLLMEngine:
                 digest.update(key.encode())
                 digest.update(state[key].detach().cpu().contiguous().numpy().tobytes())
             name = f"{task}@{digest.hexdigest()[:12]}"
-            folder = root / name.replace("/", "_")
+            folder = self._folder(name)
             if not (folder / "adapter_model.safetensors").exists():
                 shutil.rmtree(folder, ignore_errors=True)
                 export_task(self.watcher.directory, task, folder, slm=loaded.slm)
-            self._exported[name] = folder
             out[task] = name
         return out
 
+    def _folder(self, name: str) -> Path:
+        """Where adapter ``name`` is exported (``_export``) and read from by the engines."""
+        return self.state_dir / "adapters" / name.replace("/", "_")
+
     async def _adapter(self, up: _Upstream, action: str, name: str) -> None:
         body = {"lora_name": name} if action == "unload" else {"lora_name": name,
-                                                               "lora_path": str(self._exported[name].resolve())}
+                                                               "lora_path": str(self._folder(name).resolve())}
         try:
             r = await self._client.post(f"{up.url}/v1/{action}_lora_adapter", json=body, timeout=120)
         except httpx.HTTPError as err:
@@ -387,35 +388,28 @@ class VLLMEngine:
         if loaded is None:
             down = [up.url for up in self.upstreams if not up.healthy]
             errors = [f"{up.url}: {up.error}" for up in self.upstreams if up.error]
-            why = ("; ".join(errors) if errors else f"no answer yet from {', '.join(down)}" if down and self.child is None
-                   else "exporting adapters to vLLM and waiting for it to answer")
+            if errors:
+                why = "; ".join(errors)
+            elif down and self.child is None:
+                why = f"no answer yet from {', '.join(down)}"
+            else:
+                why = "exporting adapters to vLLM and waiting for it to answer"
             raise ServeError(503, f"the model is not served yet ({why}); retry shortly", kind="server_error",
                              headers={"Retry-After": "5"})
-        if model not in loaded.models:
-            raise ServeError(404, f"model '{model}' does not exist; valid models: {loaded.models}",
-                             kind="not_found_error", param="model")
-        return loaded
+        return loaded.check(model)
 
     def submit(self, job: Job) -> Job:
         if self.running >= self.max_queue:
             raise QueueFull(self.max_queue)
-        job.loop = self._loop
-        job.future = self._loop.create_future()
-        if job.stream:
-            job.events = asyncio.Queue()
         self.running += 1
-        asyncio.ensure_future(self._forward(job))
+        asyncio.ensure_future(self._forward(job.attach(self._loop)))
         return job
 
     def _route(self, loaded: Loaded, job: Job) -> tuple[dict, list[int]]:
+        """``route_rows`` for one request (``"base"`` included: no query, the frozen model) and its prompt's
+        ids cut as ``slm serve`` cuts them."""
         slm = loaded.slm
-        if job.model == BASE:
-            from scalable_lm.methods.generative import BASE_MODEL
-
-            info = {"task": BASE_MODEL, "entries": [], "weights": [], "fallback": False}
-        else:
-            info = slm.route_rows([job.texts[0]], [job.model])[2][0]
-        return info, slm.lm.clip(job.prompt)
+        return slm.route_rows([job.texts[0]], [job.model])[2][0], slm.lm.clip(job.prompt)
 
     async def _forward(self, job: Job) -> None:
         try:
@@ -459,7 +453,7 @@ class VLLMEngine:
                                      f"vLLM refused the request: {detail}", kind="server_error")
                 async for line in r.aiter_lines():
                     if job.cancelled.is_set():  # the client has gone: closing the stream aborts it in vLLM
-                        job.finish(error=ServeError(499, "client closed the request", kind="cancelled"))
+                        job.finish(error=cancelled_error())
                         return
                     if job.expired():
                         job.finish(error=timeout_error())
@@ -472,10 +466,10 @@ class VLLMEngine:
                     for choice in chunk.get("choices") or []:
                         text += choice.get("text") or ""
                         reason = choice.get("finish_reason") or reason
-                    shown = text.lstrip()  # as ``slm serve``: answers are stripped
-                    if job.stream and len(shown.rstrip()) > sent:
-                        job.push(shown.rstrip()[sent:])
-                        sent = len(shown.rstrip())
+                    shown = text.strip()  # as ``slm serve``: answers are stripped
+                    if job.stream and len(shown) > sent:
+                        job.push(shown[sent:])
+                        sent = len(shown)
         except httpx.HTTPError as err:
             up.healthy = False
             raise ServeError(503, f"the vLLM engine at {up.url} stopped answering ({type(err).__name__})",

@@ -160,7 +160,8 @@ class CausalLM(nn.Module):
         batch, so a sampled row would depend on its batch-mates; here every row samples from its own
         ``torch.Generator`` and stops on its own. Rows are left-padded and never removed (the KV cache and
         the per-row routes keep their shape); a finished row keeps feeding end-of-sequence tokens whose
-        outputs are ignored. A row ends at any of ``stop_ids``. Temperature 0 is greedy (the same tokens as ``generate``).
+        outputs are ignored. A row ends at any of ``stop_ids``. Temperature 0 is greedy (the same tokens as
+        ``generate``).
 
         Args:
             ids: prompt token ids per row (``prompt_ids``).
@@ -219,11 +220,11 @@ def stop_ids(model: nn.Module, tokenizer) -> list[int]:
     config (as ``generate`` and vLLM stop), and, for a chat model whose template opens each turn with the BOS
     token (SmolLM2's <|im_start|>), that token: a new turn beginning means the answer ended. (Model directories
     of scalable-lm 0.1.0 were trained to end SmolLM2 answers with <|im_start|>.)"""
-    ids = [tokenizer.eos_token_id]
-    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids += [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    from scalable_lm.backbones import end_ids
+
+    ids = [tokenizer.eos_token_id, *end_ids(getattr(model, "generation_config", None))]
     template = getattr(tokenizer, "chat_template", None)
-    if template and tokenizer.bos_token_id is not None and isinstance(template, str) and tokenizer.bos_token in template:
+    if isinstance(template, str) and tokenizer.bos_token_id is not None and tokenizer.bos_token in template:
         ids.append(tokenizer.bos_token_id)
     return list(dict.fromkeys(int(i) for i in ids if i is not None))
 
