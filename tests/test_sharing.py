@@ -220,3 +220,120 @@ def test_classifier_task_round_trips_through_peft(make_slm, toy_stream, tokenize
     with pytest.raises(AdapterError, match="no classifier head"):
         sharing.import_adapter(tmp_path / "n", "vehicle2", tmp_path / "vehicle", ["car fast"],
                                loader=_classifier_loader(tokenizer))
+
+
+def _peft_sequence_classifier(tokenizer, task, num_labels=2, steps=30, id2label=None):
+    """PEFT's sequence-classification recipe, as its docs write it: ``BertForSequenceClassification`` on the
+    same backbone weights + ``LoraConfig(task_type="SEQ_CLS")`` (the head goes to ``modules_to_save``)."""
+    from transformers import BertForSequenceClassification
+
+    backbone = tiny_bert(0)
+    config = copy.deepcopy(backbone.config)
+    config.num_labels = num_labels
+    if id2label:
+        config.id2label, config.label2id = id2label, {v: k for k, v in id2label.items()}
+    torch.manual_seed(1)
+    model = BertForSequenceClassification(config)
+    model.bert.load_state_dict(backbone.state_dict())  # the frozen base model, pooler included
+    model = peft.get_peft_model(model, peft.LoraConfig(task_type="SEQ_CLS", r=2, lora_alpha=4,
+                                                       target_modules=["attention.output.dense", "output.dense"],
+                                                       lora_dropout=0.0))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    texts, labels = [x for x, _ in task.train], torch.tensor([y for _, y in task.train])
+    model.train()
+    for step in range(steps):
+        idx = torch.arange(step * 8, step * 8 + 8) % len(texts)
+        batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=24, return_tensors="pt")
+        loss = model(**batch, labels=labels[idx]).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def test_peft_sequence_classifier_imports_and_answers_as_peft(make_slm, toy_stream, tokenizer, tmp_path):
+    """Issue 38: a LoRA trained with PEFT's SEQ_CLS recipe, saved the standard way, imports as it is."""
+    slm = make_slm()
+    for task in toy_stream[:2]:
+        slm.learn(task, progress=False)
+    store.save(slm, tmp_path / "m")
+    weather = toy_stream[2]
+    model = _peft_sequence_classifier(tokenizer, weather, id2label={0: "cold", 1: "warm"})
+    model.save_pretrained(str(tmp_path / "adapter"))
+    model.config.save_pretrained(str(tmp_path / "adapter"))  # config.json: where id2label lives
+    saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert saved["task_type"] == "SEQ_CLS" and "classifier" in saved["modules_to_save"]  # the recipe as PEFT saves it
+    load = _classifier_loader(tokenizer)
+    old_texts = [x for task in toy_stream[:2] for x, _ in task.test]
+    before = [(p.label, p.task) for p in load(tmp_path / "m").predict(old_texts)]
+    old_state = {name: load(tmp_path / "m").task_state(name) for name in ("fruit", "vehicle")}
+
+    report = sharing.import_adapter(tmp_path / "m", "weather", tmp_path / "adapter",
+                                    [x for x, _ in weather.train], loader=load)
+    assert report["label_names"] == ["cold", "warm"] and report["labels_from"].endswith("config.json")
+    back = load(tmp_path / "m")
+    texts = [x for x, _ in weather.test]
+    batch = tokenizer(texts, padding=True, truncation=True, max_length=24, return_tensors="pt")
+    with torch.no_grad():
+        reference = torch.softmax(model(**batch).logits, dim=-1)
+    preds = back.predict(texts)  # no task named
+    assert [p.task for p in preds] == ["weather"] * len(texts)
+    assert [p.label for p in preds] == [["cold", "warm"][i] for i in reference.argmax(-1).tolist()]
+    assert [p.confidence for p in preds] == pytest.approx(reference.max(-1).values.tolist(), abs=1e-5)
+    # the other tasks: tensors bit-identical, answers unchanged
+    for name, state in old_state.items():
+        after = back.task_state(name)
+        assert all(torch.equal(state[k], after[k]) for k in state), name
+    assert [(p.label, p.task) for p in back.predict(old_texts)] == before
+
+    # it exports and imports again as the same first-token head
+    sharing.export_task(tmp_path / "m", "weather", tmp_path / "weather_out", slm=back)
+    other = make_slm()
+    other.learn(toy_stream[0], progress=False)
+    store.save(other, tmp_path / "n")
+    sharing.import_adapter(tmp_path / "n", "weather", tmp_path / "weather_out", [x for x, _ in weather.train],
+                           loader=load)
+    again = load(tmp_path / "n")
+    assert [p.label for p in again.predict(texts, task="weather")] == [p.label for p in preds]
+
+
+def test_sequence_classifier_labels_and_unreadable_heads(make_slm, toy_stream, tokenizer, tmp_path):
+    slm = make_slm()
+    slm.learn(toy_stream[0], progress=False)
+    store.save(slm, tmp_path / "m")
+    model = _peft_sequence_classifier(tokenizer, toy_stream[2], num_labels=3, steps=2)
+    model.save_pretrained(str(tmp_path / "adapter"))
+    load, inputs = _classifier_loader(tokenizer), [x for x, _ in toy_stream[2].train]
+    before = _snapshot(tmp_path / "m")
+    with pytest.raises(AdapterError, match="2 label names from given .* for a head of 3 classes"):
+        sharing.import_adapter(tmp_path / "m", "w", tmp_path / "adapter", inputs, loader=load, label_names=["a", "b"])
+    # a hand-written slm_task.json without label_names (issue 38, item 2): transformers' default names
+    (tmp_path / "adapter" / "slm_task.json").write_text(json.dumps({"note": "hand-written"}))
+    assert _snapshot(tmp_path / "m") == before
+    report = sharing.import_adapter(tmp_path / "m", "w", tmp_path / "adapter", inputs, loader=load)
+    assert report["label_names"] == ["LABEL_0", "LABEL_1", "LABEL_2"] and report["labels_from"] == "default"
+    # a saved module that is not a head it knows is refused by name
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
+    tensors["base_model.model.classifier.extra.weight"] = torch.zeros(2, 2)
+    save_file(tensors, str(tmp_path / "adapter" / "adapter_model.safetensors"))
+    with pytest.raises(AdapterError, match="modules_to_save holds .*classifier.extra.weight"):
+        sharing.import_adapter(tmp_path / "m", "w2", tmp_path / "adapter", inputs, loader=load)
+
+
+@pytest.mark.parametrize("command", ["import", "remove"])
+def test_a_mistyped_model_directory_leaves_nothing_behind(tmp_path, command):
+    """Issue 38, item 3: refused, and no directory (or lock file in an existing one) is created."""
+    from scalable_lm import cli
+
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "inputs.txt").write_text("a text\n")
+    (tmp_path / "notes").mkdir()
+    for target in (tmp_path / "typo", tmp_path / "notes"):
+        argv = {"import": ["import", "--model", str(target), "--task", "t", "--adapter", str(tmp_path / "adapter"),
+                           "--data", str(tmp_path / "inputs.txt")],
+                "remove": ["remove", "--model", str(target), "--task", "t"]}[command]
+        assert cli.main(["-q", *argv]) != 0
+        assert not (tmp_path / "typo").exists()
+        assert sorted(p.name for p in (tmp_path / "notes").iterdir()) == []

@@ -2,6 +2,7 @@
 are refused with a clear message and never damaged."""
 
 import json
+import logging
 
 import pytest
 import torch
@@ -273,12 +274,14 @@ def test_remove_with_dtkr_refused_unless_last_or_forced(make_slm, toy_stream, to
     assert _load(tmp_path / "m", tokenizer).task_names == ["vehicle"]
 
 
-def test_merge_equals_learning_in_sequence(make_slm, toy_stream, tokenizer, tmp_path):
+def test_merge_equals_learning_in_sequence(make_slm, toy_stream, tokenizer, tmp_path, caplog):
     texts = [x for t in toy_stream for x, _ in t.test]
     sequential = _learn_into(make_slm, toy_stream, tmp_path / "seq")
     _learn_into(make_slm, toy_stream[:2], tmp_path / "a")
     _learn_into(make_slm, toy_stream[2:], tmp_path / "b", seed=2)  # its first task gets seed 2 + 0, as third in seq
-    assert store.merge([tmp_path / "a", tmp_path / "b"], tmp_path / "ab") == ["fruit", "vehicle", "weather"]
+    with caplog.at_level(logging.WARNING, logger="scalable_lm"):
+        assert store.merge([tmp_path / "a", tmp_path / "b"], tmp_path / "ab") == ["fruit", "vehicle", "weather"]
+    assert "seed" not in caplog.text  # every task keeps the seed learning it third would give it
     merged = _load(tmp_path / "ab", tokenizer)
     assert _predictions(merged, texts) == _predictions(sequential, texts)
     manifest = store.read_manifest(tmp_path / "ab")
@@ -296,14 +299,18 @@ def toy_task_named(domain, name):
     return task
 
 
-def test_merge_refusals_and_rename(make_slm, toy_stream, tokenizer, tmp_path):
+def test_merge_refusals_and_rename(make_slm, toy_stream, tokenizer, tmp_path, caplog):
     _learn_into(make_slm, toy_stream[:1], tmp_path / "a")
     _learn_into(make_slm, toy_stream[:2], tmp_path / "b")
     with pytest.raises(ModelDirError, match="task 'fruit' is in more than one directory.*--rename fruit:NEW_NAME"):
         store.merge([tmp_path / "a", tmp_path / "b"], tmp_path / "out")
     assert not (tmp_path / "out").exists()  # a refused merge leaves nothing
-    names = store.merge([tmp_path / "a", tmp_path / "b"], tmp_path / "out", rename={"fruit": "fruit-b"})
+    with caplog.at_level(logging.WARNING, logger="scalable_lm"):
+        names = store.merge([tmp_path / "a", tmp_path / "b"], tmp_path / "out", rename={"fruit": "fruit-b"})
     assert names == ["fruit", "fruit-b", "vehicle"]
+    # b's tasks were learned first and second (seeds 0, 1), here second and third: named, not silently merged
+    assert "2 task(s) move to a position whose seed differs" in caplog.text
+    assert "'fruit-b': seed 0, here 1" in caplog.text and "'vehicle': seed 1, here 2" in caplog.text
     loaded = _load(tmp_path / "out", tokenizer)
     b = _load(tmp_path / "b", tokenizer)
     assert all(torch.equal(x, y) for x, y in zip(loaded.task_state("fruit-b").values(), b.task_state("fruit").values()))

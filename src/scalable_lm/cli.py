@@ -259,9 +259,15 @@ def cmd_import(args) -> None:
 
     inputs = _example_inputs(args.data, args.text_column)
     out = sharing.import_adapter(args.model, args.task, args.adapter, inputs, trust_base=args.trust_base,
-                                 wait=args.wait, progress=_progress(args), loader=_loader(args))
+                                 wait=args.wait, progress=_progress(args), loader=_loader(args),
+                                 label_names=args.label or None)
+    head = f"; head: {out['head']}, labels {out['label_names']}" if out.get("head") else ""
     print(f"imported {args.adapter} into {args.model} as '{out['task']}': rank {out['rank']} on "
-          f"{len(out['modules'])} modules, keys from {out['inputs']} example inputs")
+          f"{len(out['modules'])} modules, keys from {out['inputs']} example inputs{head}")
+    if out.get("labels_from") == "default":
+        print(f"slm: note: {args.adapter} names no labels (no slm_task.json, no config.json with id2label): the "
+              "classes are called LABEL_0 ...; remove the task and import again with --label NAME per class "
+              "(in index order) to name them", file=sys.stderr)
 
 
 def _task_info(args, report: dict) -> dict:
@@ -709,13 +715,18 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Add a LoRA adapter trained elsewhere (same base model) as a new task. Its "
                          "factors become the task's values unchanged; its keys and router statistics are built "
                          "from example inputs. Inputs routed to it are answered as PeftModel with the adapter "
-                         "answers them.")
+                         "answers them. A classifier adapter brings its head: PEFT's own (task_type SEQ_CLS on "
+                         "a BERT-like or MPNet *ForSequenceClassification, head in modules_to_save) or the "
+                         "head.safetensors + slm_task.json that `slm export` writes (docs/sharing.md).")
     imp.add_argument("--model", required=True, help="model directory (must exist)")
     imp.add_argument("--task", required=True, help="name of the new task")
     imp.add_argument("--adapter", required=True, help="PEFT adapter directory (adapter_config.json + "
                      "adapter_model.safetensors)")
     imp.add_argument("--data", required=True, help="example inputs of the task: instruction rows, rows with a text "
                      "column, or one text per line")
+    imp.add_argument("--label", action="append", default=[], metavar="NAME",
+                     help="classifier: the name of class 0, then 1, ... (repeat the flag once per class); default: "
+                     "the adapter's slm_task.json, else the id2label of a config.json beside it, else LABEL_i")
     imp.add_argument("--trust-base", action="store_true", help="accept an adapter whose base model name differs "
                      "from this directory's backbone name (same model under another name)")
     _add_wait(imp)

@@ -24,6 +24,16 @@ inputs (``GrowsByTask.import_task``); the factors are not retrained. An adapter 
 wrote (its ``slm_task.json`` beside it) from a bank of the same shape is split back into the task's entries
 instead: the task returns as SLM had it, mixed per input, not frozen at the exported weights.
 
+A classifier adapter brings its head in one of two forms. ``slm export`` writes ``head.safetensors`` and
+``slm_task.json`` beside the adapter (a linear head on the mean-pooled tokens, or a first-token head). PEFT's
+sequence-classification recipe (``AutoModelForSequenceClassification`` + ``LoraConfig(task_type="SEQ_CLS")``)
+saves the head among the adapter's tensors (``modules_to_save``) and prefixes the encoder's module names with
+the architecture's base name (``bert.``, ``mpnet.``); ``sequence_classifier_head`` reads such a head as the
+architecture computes it: BERT's pooler (the backbone's own, frozen) and ``classifier``, or the
+``classifier.dense`` / ``classifier.out_proj`` head of MPNet and RoBERTa, both on the first token
+(``adapters.classification.TokenHead``). Label names come from the caller, else ``slm_task.json``, else the
+``id2label`` of a ``config.json`` beside the adapter, else ``LABEL_0`` ... as transformers names them.
+
 PEFT's own classes write the adapter configuration (``LoraConfig.save_pretrained``) and read it back
 (``PeftConfig.from_pretrained``); the tensors are written with safetensors under PEFT's key names
 (``base_model.model.<module>.lora_A.weight``). Pickled adapters (``adapter_model.bin``) are refused.
@@ -118,8 +128,13 @@ def export_task(directory: str | Path, task: str, out: str | Path, inputs: list[
             head = {"weight": state["head.weight"], "bias": state["head.bias"]}
             if "head.temperature" in state:  # the head's calibration (SLM.temperatures)
                 head["temperature"] = state["head.temperature"]
+            first_token = "head.dense.weight" in state
+            if first_token:  # imported from a sequence classifier: its own dense + tanh on the first token
+                head.update({"dense.weight": state["head.dense.weight"], "dense.bias": state["head.dense.bias"]})
             save_file(head, str(tmp / HEAD_FILE))
-            info.update(pooling="mean over tokens (attention mask)", max_length=slm.config.train.max_length)
+            info.update(pooling=("first token, then tanh(dense) (logits = weight @ tanh(dense.weight @ h_0 + "
+                                 "dense.bias) + bias)") if first_token else "mean over tokens (attention mask)",
+                        max_length=slm.config.train.max_length)
         (tmp / TASK_FILE).write_text(json.dumps(info, indent=2))
         if out.exists():
             out.rmdir()
@@ -154,7 +169,7 @@ def read_adapter(adapter_dir: str | Path) -> tuple[dict, dict[str, torch.Tensor]
     unsupported = [(k, config.get(k)) for k in ("use_dora", "fan_in_fan_out", "lora_bias") if config.get(k)]
     if config.get("bias", "none") != "none":
         unsupported.append(("bias", config["bias"]))
-    for key in ("rank_pattern", "alpha_pattern", "modules_to_save", "layers_to_transform"):
+    for key in ("rank_pattern", "alpha_pattern", "layers_to_transform"):
         if config.get(key):
             unsupported.append((key, config[key]))
     if unsupported:
@@ -177,12 +192,16 @@ def adapter_values(slm, config: dict, tensors: dict[str, torch.Tensor], where: s
     """
     modules: dict[str, dict[str, torch.Tensor]] = {}
     strange = []
+    prefix = _model_prefix(slm)
     for key, tensor in tensors.items():
         m = _KEY.match(key)
         if m is None:
             strange.append(key)
         else:
-            modules.setdefault(m["module"], {})[m["part"]] = tensor
+            module = m["module"]
+            if prefix and module.startswith(prefix) and module not in slm.layers:  # PEFT on a *ForSequenceClassification
+                module = module[len(prefix):]
+            modules.setdefault(module, {})[m["part"]] = tensor
     if strange:
         raise AdapterError(f"{where}: tensors that are not LoRA factors: {strange[:5]}{' ...' if len(strange) > 5 else ''}")
     foreign = sorted(set(modules) - set(slm.layers))
@@ -196,7 +215,7 @@ def adapter_values(slm, config: dict, tensors: dict[str, torch.Tensor], where: s
     scaling_a = alpha_a / (math.sqrt(r_a) if config.get("use_rslora") else r_a) if r_a else 0.0
     ratio = scaling_a / (b.alpha / b.rank)
     p = b.entries_per_task
-    if exported and len(exported.get("weights", [])) == p and r_a == p * b.rank and math.isclose(ratio, 1.0) \
+    if exported and len(exported.get("weights") or []) == p and r_a == p * b.rank and math.isclose(ratio, 1.0) \
             and all(w > 0 for w in exported["weights"]):
         return _split_export(slm, modules, exported["weights"], where)
     values = {}
@@ -220,6 +239,92 @@ def adapter_values(slm, config: dict, tensors: dict[str, torch.Tensor], where: s
             b_full[:, :, :rank] = (bb.to(torch.float64) * ratio).to(torch.float32)
         values[f"values.{name}.A"], values[f"values.{name}.B"] = a_full, b_full
     return values
+
+
+def _model_prefix(slm) -> str:
+    """``"bert."`` for a BERT backbone: what PEFT puts before its module names when the adapter was trained on
+    the architecture's ``*ForSequenceClassification`` model (a generative backbone is the model PEFT wrapped)."""
+    if store.kind_of(slm) != "classifier":
+        return ""
+    name = getattr(slm.backbone_module, "base_model_prefix", "")
+    return f"{name}." if name else ""
+
+
+def split_head_tensors(config: dict, tensors: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+    """``(LoRA tensors, head tensors)`` of an adapter: the head is what PEFT saved for ``modules_to_save``
+    (keys ``base_model.model.<module>.<param>``), keyed ``<module>.<param>``."""
+    saved = list(config.get("modules_to_save") or [])
+    lora, head = {}, {}
+    for key, tensor in tensors.items():
+        rest = key.removeprefix("base_model.model.")
+        module = f".{rest.rpartition('.')[0]}."
+        if _KEY.match(key) is None and any(f".{m}." in module for m in saved):  # PEFT matches names so too
+            head[rest] = tensor
+        else:
+            lora[key] = tensor
+    return lora, head
+
+
+def sequence_classifier_head(slm, head: dict[str, torch.Tensor], where: str) -> dict[str, torch.Tensor]:
+    """The task-state head (``head.weight``/``bias`` and ``head.dense.weight``/``bias``: a ``TokenHead``) of a
+    PEFT sequence classifier's saved head ``{"classifier.weight": ..., ...}``.
+
+    BERT (``classifier.weight/bias``): the classifier reads the backbone's pooler (dense + tanh on the first
+    token), which PEFT does not save because it is frozen; the pooler is copied from this model's backbone.
+    MPNet and RoBERTa (``classifier.dense.*`` + ``classifier.out_proj.*``): the head holds its own dense layer.
+    """
+    hidden = slm.classifier.hidden
+    names = sorted(head)
+    if set(names) == {"classifier.weight", "classifier.bias"}:
+        pooler = getattr(getattr(slm.backbone_module, "pooler", None), "dense", None)
+        if not isinstance(pooler, torch.nn.Linear):
+            raise AdapterError(f"{where}: its head reads the backbone's pooler (BERT's classifier), but this model's "
+                               f"backbone ({type(slm.backbone_module).__name__}) has none")
+        dense_w, dense_b = pooler.weight.detach().cpu(), pooler.bias.detach().cpu()
+        out_w, out_b = head["classifier.weight"], head["classifier.bias"]
+    elif set(names) == {"classifier.dense.weight", "classifier.dense.bias", "classifier.out_proj.weight",
+                        "classifier.out_proj.bias"}:
+        dense_w, dense_b = head["classifier.dense.weight"], head["classifier.dense.bias"]
+        out_w, out_b = head["classifier.out_proj.weight"], head["classifier.out_proj.bias"]
+    else:
+        raise AdapterError(
+            f"{where}: modules_to_save holds {names[:6]}; scalable-lm reads the sequence-classification heads of "
+            "BERT-like models (classifier.weight/bias on the pooler) and of MPNet/RoBERTa (classifier.dense + "
+            "classifier.out_proj); any other saved module changes the frozen backbone and cannot be imported")
+    if out_w.ndim != 2 or out_w.shape[1] != hidden or out_b.shape != (out_w.shape[0],) \
+            or tuple(dense_w.shape) != (hidden, hidden) or tuple(dense_b.shape) != (hidden,):
+        raise AdapterError(f"{where}: classifier head of shape {tuple(out_w.shape)}; this model's hidden size is "
+                           f"{hidden}: the adapter is for another base model")
+    return {"head.weight": out_w.to(torch.float32), "head.bias": out_b.to(torch.float32),
+            "head.dense.weight": dense_w.to(torch.float32).clone(), "head.dense.bias": dense_b.to(torch.float32).clone()}
+
+
+def adapter_label_names(adapter_dir: Path, num_labels: int, given: list[str] | None, exported: dict | None
+                        ) -> tuple[list[str], str]:
+    """``(label names, where they came from)``: ``given``, else ``slm_task.json``'s, else the ``id2label`` of a
+    ``config.json`` in the adapter directory, else ``LABEL_0`` ... (transformers' default names)."""
+    where = adapter_dir / TASK_FILE
+    if given:
+        names, source = list(given), "given"
+    elif exported is not None and exported.get("label_names") is not None:
+        names, source = exported["label_names"], str(where)
+    elif (adapter_dir / "config.json").is_file():
+        try:
+            id2label = json.loads((adapter_dir / "config.json").read_text()).get("id2label") or {}
+            names = [id2label[k] for k in sorted(id2label, key=int)]
+        except (ValueError, TypeError, AttributeError) as err:
+            raise AdapterError(f"{adapter_dir / 'config.json'}: cannot read id2label ({err})") from err
+        source = str(adapter_dir / "config.json")
+    else:
+        names, source = [f"LABEL_{i}" for i in range(num_labels)], "default"
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        raise AdapterError(f"label names from {source} must be a list of non-empty strings, got {names!r}")
+    if len(names) != num_labels:
+        raise AdapterError(f"{len(names)} label names from {source} ({names[:5]}) for a head of {num_labels} "
+                           "classes")
+    if len(set(names)) != len(names):
+        raise AdapterError(f"label names from {source} repeat a name: {names}")
+    return names, source
 
 
 def _split_export(slm, modules: dict, weights: list[float], where: str) -> dict[str, torch.Tensor]:
@@ -254,17 +359,22 @@ def _base_names(manifest: dict) -> set[str]:
 
 def import_adapter(directory: str | Path, task: str, adapter_dir: str | Path, inputs: list[str],
                    trust_base: bool = False, wait: float = 0.0, progress: bool = False, loader=None,
-                   task_info: dict | None = None) -> dict:
+                   task_info: dict | None = None, label_names: list[str] | None = None) -> dict:
     """Add the LoRA adapter ``adapter_dir`` to the model directory ``directory`` as task ``task``.
 
     ``inputs`` are example inputs of the task (their queries give its keys and router statistics). The
     adapter's base model (``base_model_name_or_path``) must name this directory's backbone (its name,
-    folder or hub id) unless ``trust_base``. ``loader(directory)`` replaces ``store.load`` (tests).
-    Holds the directory's lock. Returns ``{"task", "inputs", "key_loss", "rank", "modules"}``.
+    folder or hub id) unless ``trust_base``. A classifier adapter brings its head (module docstring);
+    ``label_names`` name its classes in index order (else ``adapter_label_names``). ``loader(directory)``
+    replaces ``store.load`` (tests). Holds the directory's lock. Returns ``{"task", "inputs", "key_loss",
+    "rank", "modules", "head", "label_names", "labels_from"}``.
     """
     directory = Path(directory)
+    adapter_dir = Path(adapter_dir)
     store.check_task_name(task)
+    store.read_manifest(directory)  # a mistyped --model is refused before the lock creates anything
     config, tensors = read_adapter(adapter_dir)
+    tensors, saved_head = split_head_tensors(config, tensors)
     with store.DirectoryLock(directory, wait, command=f"slm import --task {task}"):
         manifest = store.read_manifest(directory)
         if task in [t["name"] for t in manifest["tasks"]]:
@@ -275,26 +385,78 @@ def import_adapter(directory: str | Path, task: str, adapter_dir: str | Path, in
                                f"'{manifest['backbone']['name']}'. If that is the same model under another name, "
                                "pass --trust-base")
         slm = (loader or store.load)(directory)
-        meta_path = Path(adapter_dir) / TASK_FILE
-        exported = json.loads(meta_path.read_text()) if meta_path.is_file() else None
+        exported = _task_file(adapter_dir)
+        classifier = store.kind_of(slm) == "classifier"
+        if saved_head and not classifier:
+            raise AdapterError(f"{adapter_dir} saves modules outside its LoRA factors (modules_to_save: "
+                               f"{sorted(saved_head)[:4]}); a generative model's task is its LoRA factors alone")
         values = adapter_values(slm, config, tensors, str(adapter_dir), exported)
-        label_names = None
-        if store.kind_of(slm) == "classifier":
-            head, meta = Path(adapter_dir) / HEAD_FILE, Path(adapter_dir) / TASK_FILE
-            if not head.is_file() or not meta.is_file():
-                raise AdapterError(f"{adapter_dir} has no classifier head ({HEAD_FILE} + {TASK_FILE}, as "
-                                   "`slm export` writes); a classifier task needs one")
-            h = load_file(str(head))
-            label_names = exported["label_names"]
-            values.update({"head.weight": h["weight"], "head.bias": h["bias"]})
-            if "temperature" in h:  # exported by `slm export` since heads are calibrated; else the raw softmax
-                values["head.temperature"] = h["temperature"]
+        names, labels_from, head_kind = None, None, None
+        if classifier:
+            if saved_head:  # PEFT's sequence-classification recipe
+                head = sequence_classifier_head(slm, saved_head, str(adapter_dir))
+                head_kind = "first token (sequence classifier)"
+            elif (adapter_dir / HEAD_FILE).is_file():  # `slm export`
+                head = _exported_head(adapter_dir / HEAD_FILE, slm.classifier.hidden)
+                head_kind = "first token" if "head.dense.weight" in head else "mean of tokens"
+            else:
+                raise AdapterError(
+                    f"{adapter_dir} has no classifier head; a classifier task needs one: either PEFT's own "
+                    f"(LoraConfig(task_type='SEQ_CLS') on an AutoModelForSequenceClassification saves it in "
+                    f"modules_to_save) or the {HEAD_FILE} + {TASK_FILE} that `slm export` writes")
+            values.update(head)
+            names, labels_from = adapter_label_names(adapter_dir, int(head["head.weight"].shape[0]), label_names,
+                                                     exported)
+        elif label_names:
+            raise AdapterError("label names are for classifier tasks; this is a generative model")
         try:
-            report = slm.import_task(task, label_names, values, inputs, progress=progress)
+            report = slm.import_task(task, names, values, inputs, progress=progress)
         except TaskStateError as err:
             raise AdapterError(f"{adapter_dir}: {err}") from err
         info = {"imported_from": str(adapter_dir), "adapter_rank": int(config.get("r", 0)),
                 "adapter_base_model": base, "example_inputs": len(inputs), **(task_info or {})}
+        if classifier:
+            info.update(head=head_kind, labels_from=labels_from)
         store.save(slm, directory, {task: info})
     modules = sorted({m["module"] for k in tensors if (m := _KEY.match(k))})
-    return {**report, "rank": int(config.get("r", 0)), "modules": modules}
+    return {**report, "rank": int(config.get("r", 0)), "modules": modules, "head": head_kind,
+            "label_names": names, "labels_from": labels_from}
+
+
+def _task_file(adapter_dir: Path) -> dict | None:
+    """The adapter's ``slm_task.json`` (written by ``slm export``, or by hand), checked to be a JSON object."""
+    path = adapter_dir / TASK_FILE
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise AdapterError(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(meta, dict):
+        raise AdapterError(f"{path}: expected a JSON object, found {type(meta).__name__}")
+    weights = meta.get("weights")
+    if weights is not None and not (isinstance(weights, list) and all(isinstance(w, (int, float)) for w in weights)):
+        raise AdapterError(f"{path}: 'weights' must be a list of numbers, got {weights!r}")
+    return meta
+
+
+def _exported_head(path: Path, hidden: int) -> dict[str, torch.Tensor]:
+    """The task-state head of ``head.safetensors`` (``slm export``): weight, bias, optional temperature and,
+    for a first-token head, dense.weight/bias."""
+    try:
+        h = load_file(str(path))
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
+        raise AdapterError(f"cannot read {path}: {err}") from err
+    missing = sorted({"weight", "bias"} - set(h))
+    if missing:
+        raise AdapterError(f"{path} lacks {missing}: a head holds weight [C, H] and bias [C]")
+    extra = sorted(set(h) - {"weight", "bias", "temperature", "dense.weight", "dense.bias"})
+    if extra:
+        raise AdapterError(f"{path} holds tensors a head does not have: {extra}")
+    if h["weight"].ndim != 2 or h["weight"].shape[1] != hidden:
+        raise AdapterError(f"{path}: head weight of shape {tuple(h['weight'].shape)}; this model's hidden size is "
+                           f"{hidden}")
+    head = {f"head.{k}": v for k, v in h.items()}  # the temperature, when exported, travels too
+    if ("head.dense.weight" in head) != ("head.dense.bias" in head):
+        raise AdapterError(f"{path}: dense.weight and dense.bias go together")
+    return head

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import logging
 import os
 import re
 import socket
@@ -519,6 +520,7 @@ def remove(directory: str | Path, name: str, force: bool = False, wait: float = 
     Returns ``{"removed", "file", "exact"}``.
     """
     directory = Path(directory)
+    read_manifest(directory)  # a mistyped directory is refused before the lock creates anything in it
     with DirectoryLock(directory, wait, command=f"slm remove --task {name}"):
         manifest = read_manifest(directory)
         entry = task_entry(manifest, name, directory)
@@ -551,7 +553,9 @@ def merge(directories: list[str | Path], out: str | Path, rename: dict[str, str]
     may differ: they are per task). A task name found again in a later directory is an error unless
     ``rename`` maps it to a new name (``{"old": "new"}``, applied to the later copy). Task files are
     copied tensor for tensor, each checksum verified first; the manifest is written last. Returns the
-    merged task names.
+    merged task names. A task that lands at another position than it was learned at keeps its tensors, not
+    the seed ``slm learn`` would give it there: the merge then differs from learning the tasks in this order,
+    and a warning names those tasks (``reseeded``).
     """
     rename = dict(rename or {})
     out = Path(out)
@@ -592,6 +596,16 @@ def merge(directories: list[str | Path], out: str | Path, rename: dict[str, str]
     unused = set(rename) - used_renames
     if unused:
         raise ModelDirError(f"--rename names tasks that are not duplicated: {sorted(unused)}")
+    from scalable_lm.config import SLMConfig
+
+    moved = reseeded(plan, SLMConfig.from_dict(first["config"]).train.seed)  # the merged directory's config
+    if moved:
+        logging.getLogger(__name__).warning(
+            "%d task(s) move to a position whose seed differs from the one they were learned with (%s); their "
+            "tensors are copied as they are, so %s does not equal learning these tasks in this order with "
+            "`slm learn` (each task's initialisation and validation split depend on its seed)", len(moved),
+            ", ".join(f"'{m['task']}': seed {m['seed']}, here {m['here']}" for m in moved[:4])
+            + (" ..." if len(moved) > 4 else ""), out)
     created = not out.exists()
     try:
         return _merge_into(out, plan, first, wait)
@@ -601,6 +615,18 @@ def merge(directories: list[str | Path], out: str | Path, rename: dict[str, str]
 
             shutil.rmtree(out, ignore_errors=True)
         raise
+
+
+def reseeded(plan: list[tuple[Path, dict, str]], seed: int) -> list[dict]:
+    """The tasks of a merge ``plan`` (``(directory, manifest entry, new name)`` in merged order) whose seed
+    differs from the one ``slm learn`` would give them at their new position in a directory of train seed
+    ``seed`` (``seed`` + position): ``[{"task", "seed", "here"}]``. Entries without a recorded seed (written
+    by scalable-lm 0.1.0) are skipped."""
+    moved = []
+    for i, (_, entry, new) in enumerate(plan):
+        if isinstance(entry.get("seed"), int) and entry["seed"] != seed + i:
+            moved.append({"task": new, "seed": entry["seed"], "here": seed + i})
+    return moved
 
 
 def _merge_into(out: Path, plan: list, first: dict, wait: float) -> list[str]:

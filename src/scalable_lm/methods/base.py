@@ -76,6 +76,8 @@ class GrowsByTask:
         values.<layer>.A / .B     [P, r, d_in] / [P, d_out, r]   its entries' factors at each wrapped layer
         head.weight / head.bias   [C, H] / [C]  classifiers only
         head.temperature          []            classifiers: the head's calibration temperature (optional)
+        head.dense.weight / .bias [H, H] / [H]  classifiers: a first-token head imported from a sequence
+                                                classifier (``adapters.classification.TokenHead``; optional)
         stats.mean/scatter/count  [d] / [d, d] / []   Gaussian-router statistics (float64)
         novelty.centre/spread     [d] / [2]     base-model fallback statistics (float64; optional)
 
@@ -125,6 +127,10 @@ class GrowsByTask:
         """Modules outside the backbone that are trained per task (classification heads)."""
         return []
 
+    def _state_options(self, state: dict[str, torch.Tensor]) -> dict:
+        """Keyword arguments of ``_add_task`` that a task's state implies (the kind of its head)."""
+        return {}
+
     def task_index(self, name: str) -> int:
         if name not in self.task_names:
             raise KeyError(f"unknown task '{name}'; learned tasks: {self.task_names}")
@@ -167,7 +173,7 @@ class GrowsByTask:
             if n in state and tuple(state[n].shape) != shape:
                 raise TaskStateError(f"{n} has shape {tuple(state[n].shape)}, expected {shape}")
         with torch.random.fork_rng(devices=[]):  # a head's init draws from the global RNG; it is overwritten
-            self._add_task(name, list(label_names or []), torch.Generator().manual_seed(0))
+            self._add_task(name, list(label_names or []), torch.Generator().manual_seed(0), **self._state_options(state))
         try:
             params = self._named_task_params(t)
             given = set(state) - set(NOVELTY)

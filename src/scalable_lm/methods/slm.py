@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from scalable_lm import training
-from scalable_lm.adapters.classification import EncoderClassifier
+from scalable_lm.adapters.classification import EncoderClassifier, TokenHead
 from scalable_lm.adapters.inject import inject, routed
 from scalable_lm.config import SLMConfig
 from scalable_lm.core.bank import KnowledgeBank
@@ -26,6 +26,7 @@ from scalable_lm.methods.base import TEMPERATURE, UNKNOWN, GrowsByTask, Predicti
 from scalable_lm.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
+DENSE_WEIGHT, DENSE_BIAS = "head.dense.weight", "head.dense.bias"  # a TokenHead's dense layer
 
 
 class SLM(GrowsByTask):
@@ -73,12 +74,14 @@ class SLM(GrowsByTask):
         return list(self.classifier.heads)
 
     # ---- growing and shrinking the bank -------------------------------------------------------------
-    def _add_task(self, name: str, label_names: list[str], generator: torch.Generator) -> list[nn.Parameter]:
-        """Create a task's keys, values and head; returns the new tensors (keys first)."""
+    def _add_task(self, name: str, label_names: list[str], generator: torch.Generator,
+                  first_token: bool = False) -> list[nn.Parameter]:
+        """Create a task's keys, values and head (a ``TokenHead`` when ``first_token``); returns the new tensors
+        (keys first)."""
         params = [self.bank.add_task(generator)]
         for layer in self.layers.values():
             params += layer.add_task(self.bank.entries_per_task, generator)
-        params += list(self.classifier.add_head(len(label_names)).parameters())
+        params += list(self.classifier.add_head(len(label_names), first_token).parameters())
         self.task_names.append(name)
         self.label_names.append(list(label_names))
         self.temperatures.append(1.0)
@@ -143,7 +146,13 @@ class SLM(GrowsByTask):
             params[f"values.{name}.A"], params[f"values.{name}.B"] = layer.lora_A[t], layer.lora_B[t]
         head = self.classifier.heads[t]
         params["head.weight"], params["head.bias"] = head.weight, head.bias
+        if isinstance(head, TokenHead):  # a head imported from a sequence classifier
+            params[DENSE_WEIGHT], params[DENSE_BIAS] = head.dense.weight, head.dense.bias
         return params
+
+    def _state_options(self, state: dict[str, torch.Tensor]) -> dict:
+        """A state with ``head.dense.*`` holds a first-token head (``TokenHead``)."""
+        return {"first_token": DENSE_WEIGHT in state}
 
     def _fine_tune(self, t, train_rows, val_rows, queries, generator, progress) -> dict:
         cfg = self.config.train
@@ -214,12 +223,12 @@ class SLM(GrowsByTask):
 
     def _features(self, texts: list[str], upto: int | None = None, only: int | None = None,
                   queries: torch.Tensor | None = None):
-        """``(features [B, H], entries [B, K], weights [B, K])`` with per-row retrieval (``queries [B, d]``
-        when already encoded)."""
+        """``(features [B, 2, H], entries [B, K], weights [B, K])`` with per-row retrieval (``queries [B, d]``
+        when already encoded); the features are ``EncoderClassifier.pooled``'s, for heads of either kind."""
         entries, weights = self._route(self.encoder.encode(texts) if queries is None else queries, upto, only)
         batch = self.classifier.tokenize(texts, self.config.train.max_length)
         with routed(self.layers, entries, weights):
-            return self.classifier.features(batch), entries, weights
+            return self.classifier.pooled(batch), entries, weights
 
     @torch.no_grad()
     def predict(self, texts: list[str], batch_size: int = 32, progress: bool = False, task: str | None = None,
@@ -271,7 +280,7 @@ class SLM(GrowsByTask):
         entries, weights = entries.expand(len(texts), -1), weights.expand(len(texts), -1)
         batch = self.classifier.tokenize(texts, self.config.train.max_length)
         with routed(self.layers, entries, weights):
-            feats = self.classifier.features(batch)
+            feats = self.classifier.pooled(batch)
         per_task = weights.new_zeros(len(self.task_names)).scatter_add_(0, owner[entries[0]], weights[0])
         fits = torch.tensor([len(names) == num_classes for names in self.label_names], device=per_task.device)
         if not bool(fits.any()):
