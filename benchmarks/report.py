@@ -825,6 +825,21 @@ def share_report(out: Path) -> str:
                 same = f"{100 * r['identical_predictions']:.1f}" if which == "merged" else ""
                 lines.append(f"| {router} | {which} | {cells} | {100 * r[which]['average']:.1f} | {same} |")
         lines.append("")
+    if "import-seqcls" in data:
+        d = data["import-seqcls"]
+        routed = d["routed_to_sst2"]
+        lines += ["## A classifier LoRA trained with PEFT's sequence-classification recipe, imported\n",
+                  f"Command: `{d['command']}` (commit {d['commit']}, {d['minutes']} min). PEFT alone trained "
+                  "`AutoModelForSequenceClassification` (packaged MiniLM) + `LoraConfig(task_type=\"SEQ_CLS\")`, r=8 on "
+                  f"the bank's layers, on {d['peft_train_rows']} sst2 rows (2 epochs, {d['peft_train_s']} s), saved "
+                  "with `save_pretrained` (+ `config.json` for the label names); `slm import` added it to a directory "
+                  "that had learned agnews and yahoo. sst2 is not one of the directory's tasks.\n",
+                  "| sst2 test rows | routed to sst2 (no task named) | same label as the PEFT model, of those | "
+                  "largest confidence difference | PEFT accuracy % | SLM accuracy, no task-ID % | old tasks' rows "
+                  "answered identically |", "|---|---|---|---|---|---|---|",
+                  f"| {d['test_rows']} | {routed} | {d['label_agreement_on_routed']}/{routed} | "
+                  f"{d['max_confidence_diff_on_routed']:.1e} | {100 * d['peft_accuracy']:.1f} | "
+                  f"{100 * d['slm_accuracy_no_task_id']:.1f} | {d['old_identical']}/{d['old_rows']} |", ""]
     notes = out / "notes.md"
     if notes.exists():
         lines += [notes.read_text().strip(), ""]

@@ -20,6 +20,12 @@ repeated):
   learned all five in sequence, all from the same 200 training rows per task; for the gaussian router (default; predictions should be identical) and for
   dtkr (the generalised setting: later tasks trained beside earlier tasks' entries, which the merged parts never
   saw). `slm eval` on 100 test rows per task, mixed, without task-ID.
+- import-seqcls: a classifier LoRA trained with PEFT's own sequence-classification recipe
+  (AutoModelForSequenceClassification on the packaged MiniLM + LoraConfig(task_type="SEQ_CLS"), r=8 on the bank's
+  layers, --seqcls-train sst2 rows, 2 epochs), saved with save_pretrained (+ config.json for id2label), imported
+  with `slm import` into a directory that learned agnews and yahoo (--merge-train rows each). On --test-per-task
+  sst2 test rows, no task named: the share routed to sst2, label agreement with the PEFT model and the largest
+  confidence difference on those rows; on the old tasks' test rows, predictions before and after the import.
 
 Model directories live under runs/ (git-ignored) and are reused when present, as in benchmarks/serve.
 """
@@ -244,6 +250,104 @@ def part_merge_diffs(args) -> dict:
     return {}
 
 
+# ---- import: a PEFT sequence classifier ----------------------------------------------------------------
+def _peft_seqcls(args, out: Path) -> None:
+    """Train and save the adapter as PEFT's docs do (only our data loading around it)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from scalable_lm.backbones import resolve
+    from scalable_lm.data.tasks import load_task
+
+    if (out / "adapter_model.safetensors").exists():
+        return
+    task = load_task("sst2", args.data_dir / "sst2" / "train.jsonl", None, args.seqcls_train, 0)
+    tok = AutoTokenizer.from_pretrained(resolve("minilm"))
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        resolve("minilm"), num_labels=len(task.label_names), id2label=dict(enumerate(task.label_names)),
+        label2id={n: i for i, n in enumerate(task.label_names)})
+    model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=16, lora_dropout=0.0,
+                                             target_modules=["attention.output.dense"]))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    model.train()
+    rows = list(task.train)
+    for epoch in range(2):
+        random.Random(epoch).shuffle(rows)
+        for i in range(0, len(rows), 16):
+            chunk = rows[i:i + 16]
+            batch = tok([x for x, _ in chunk], padding=True, truncation=True, max_length=128, return_tensors="pt")
+            loss = model(**batch, labels=torch.tensor([y for _, y in chunk])).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        print(f"peft seq-cls epoch {epoch + 1}: last batch loss {float(loss):.3f}", flush=True)
+    model.eval()
+    model.save_pretrained(str(out))
+    model.config.save_pretrained(str(out))
+
+
+def part_import_seqcls(args) -> dict:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from scalable_lm.backbones import resolve
+    from scalable_lm.data.tasks import load_task
+
+    model_dir, adapter = RUNS / "seqcls-base", RUNS / "sst2-seqcls-lora"
+    for task in ("agnews", "yahoo"):
+        learn(model_dir, task)
+    start = time.time()
+    _peft_seqcls(args, adapter)
+    train_s = time.time() - start
+    sst2 = load_task("sst2", args.data_dir / "sst2" / "train.jsonl", args.data_dir / "sst2" / "test.jsonl",
+                     args.seqcls_train, 0)
+    examples = RUNS / "sst2-examples.txt"
+    examples.write_text("".join(x.replace("\n", " ") + "\n" for x, _ in sst2.train[:200]))
+    old_rows = [(t, x) for t, x, _ in serve.classifier_rows(args.data_dir, args.test_per_task) if t in ("agnews", "yahoo")]
+    (RUNS / "seqcls-old.txt").write_text("".join(x.replace("\n", " ") + "\n" for _, x in old_rows))
+    test = random.Random(7).sample(sst2.test, min(args.test_per_task, len(sst2.test)))
+    (RUNS / "seqcls-test.txt").write_text("".join(x.replace("\n", " ") + "\n" for x, _ in test))
+
+    def predict(name: str) -> list[dict]:
+        done = slm("predict", "--model", model_dir, "--json", "--file", RUNS / name)
+        return [json.loads(line) for line in done.stdout.splitlines()]
+
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    if "sst2" in [t["name"] for t in manifest["tasks"]]:
+        slm("remove", "--model", model_dir, "--task", "sst2")  # a rerun measures the import again
+    before = predict("seqcls-old.txt")
+    done = slm("import", "--model", model_dir, "--task", "sst2", "--adapter", adapter, "--data", examples)
+    after, ours = predict("seqcls-old.txt"), predict("seqcls-test.txt")
+    tok = AutoTokenizer.from_pretrained(resolve("minilm"))
+    base = AutoModelForSequenceClassification.from_pretrained(resolve("minilm"), num_labels=2)
+    model = PeftModel.from_pretrained(base, str(adapter)).eval()
+    probs = []
+    with torch.no_grad():
+        for i in range(0, len(test), 32):
+            batch = tok([x for x, _ in test[i:i + 32]], padding=True, truncation=True, max_length=128,
+                        return_tensors="pt")
+            probs.append(torch.softmax(model(**batch).logits, dim=-1))
+    probs = torch.cat(probs)
+    peft_labels = [sst2.label_names[i] for i in probs.argmax(-1).tolist()]
+    routed = [i for i, p in enumerate(ours) if p["task"] == "sst2"]
+    gold = [sst2.label_names[y] for _, y in test]
+    return {
+        "import_stdout": done.stdout.strip(), "peft_train_rows": len(sst2.train), "peft_train_s": round(train_s, 1),
+        "test_rows": len(test), "routed_to_sst2": len(routed),
+        "label_agreement_on_routed": sum(ours[i]["label"] == peft_labels[i] for i in routed),
+        "max_confidence_diff_on_routed": max((abs(ours[i]["confidence"] - float(probs[i].max())) for i in routed),
+                                             default=None),
+        "peft_accuracy": sum(a == g for a, g in zip(peft_labels, gold)) / len(test),
+        "slm_accuracy_no_task_id": sum(p["label"] == g for p, g in zip(ours, gold)) / len(test),
+        "old_rows": len(old_rows),
+        "old_same_label_and_task": sum((p["label"], p["task"]) == (q["label"], q["task"]) for p, q in zip(before, after)),
+        "old_identical": sum(p == q for p, q in zip(before, after)),
+    }
+
+
 args_global: argparse.Namespace
 
 
@@ -252,8 +356,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "datasets")
     parser.add_argument("--part", action="append", choices=["export-classifier", "export-generative", "merge",
-                                                            "merge-diffs"],
-                        help="which parts to run (repeatable; default: all three)")
+                                                            "merge-diffs", "import-seqcls"],
+                        help="which parts to run (repeatable; default: all but merge-diffs)")
+    parser.add_argument("--seqcls-train", type=int, default=400, help="sst2 training rows of the PEFT classifier")
     parser.add_argument("--max-train", type=int, default=300, help="training rows per CL-5 task")
     parser.add_argument("--test-per-task", type=int, default=100, help="CL-5 test rows per task")
     parser.add_argument("--gen-max-train", type=int, default=60, help="training rows per Instruct-3 task")
@@ -268,7 +373,8 @@ def main(argv=None) -> None:
     results = json.loads(path.read_text()) if path.exists() else {}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
     dirty = bool(subprocess.run(["git", "status", "--porcelain", "src"], capture_output=True, text=True, cwd=REPO).stdout)
-    parts = {"export-classifier": part_export_classifier, "export-generative": part_export_generative, "merge": part_merge}
+    parts = {"export-classifier": part_export_classifier, "export-generative": part_export_generative, "merge": part_merge,
+             "import-seqcls": part_import_seqcls}
     if args.part == ["merge-diffs"]:
         part_merge_diffs(args)
         return
