@@ -16,7 +16,8 @@ rows, per task, for:
   - the Gaussian router (per-task mean, shared shrunk covariance; shrinkage 0.02–0.4), and the nearest
     task centroid. The default router (and shrinkage) is the candidate best on the validation split.
 It also writes the t-SNE of the default DTKR keys (paper Fig. 4) and their similarity matrix (Fig. 10).
-Output: benchmarks/results/retrieval/<encoder>.json, keys_tsne_<encoder>.png, key_similarity_<encoder>.png.
+Output: benchmarks/results/retrieval/<encoder>.json, keys_tsne_<encoder>.png (+ .csv: the points) and
+key_similarity_<encoder>.png (+ .json: the matrix).
 Query embeddings are cached in $SLM_CACHE_DIR (default ~/.cache/scalable_lm).
 """
 
@@ -107,6 +108,12 @@ def plot_keys(bank: KnowledgeBank, names: list[str], out: Path, tag: str) -> Non
     fig.tight_layout()
     fig.savefig(out / f"keys_tsne_{tag}.png", dpi=100)
     plt.close(fig)
+    with (out / f"keys_tsne_{tag}.csv").open("w") as f:  # the figure's data, beside it
+        f.write("method,step,task,group,x,y\n")  # method = the task owning the entry; step = the entry
+        for e in range(E):
+            for g in range(G):
+                f.write(f"{names[int(owner[e])]},{e},{names[int(owner[e])]},{g},{xy[e * G + g, 0]:.5f},"
+                        f"{xy[e * G + g, 1]:.5f}\n")
     full = torch.nn.functional.normalize(keys.reshape(E, -1), dim=-1)
     sim = (full @ full.T).numpy()
     fig, ax = plt.subplots(figsize=(6, 5))
@@ -119,6 +126,7 @@ def plot_keys(bank: KnowledgeBank, names: list[str], out: Path, tag: str) -> Non
     fig.tight_layout()
     fig.savefig(out / f"key_similarity_{tag}.png", dpi=100)
     plt.close(fig)
+    (out / f"key_similarity_{tag}.json").write_text(json.dumps({"entries": labels, "cosine": sim.round(5).tolist()}))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -582,3 +582,31 @@ def test_importing_the_package_and_help_do_not_load_torch():
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["False", "0.1.0", "True"]
+
+
+def test_eval_plot_draws_the_directorys_own_accuracy_matrix(tmp_path, models, data, capsys):
+    """Issue 41: `slm eval --plot` draws R[i][j] (task j after the first i+1 tasks) with its CSV beside it;
+    the first row is what a directory that learned only the first task scores, the last what eval prints."""
+    import csv
+    import shutil
+
+    for name in ("fruit", "vehicle"):
+        assert learn(capsys, tmp_path / "m", models, data, name)[0] == 0
+    shutil.copytree(tmp_path / "m", tmp_path / "first")
+    assert run(capsys, "remove", "--model", tmp_path / "first", "--task", "vehicle")[0] == 0
+    before = snapshot(tmp_path / "m")
+    specs = [f"{n}={data[n, 'test']}" for n in ("fruit", "vehicle")]
+    code, out, err = run(capsys, "eval", "--model", tmp_path / "m", "--data", *specs, "--json", tmp_path / "all.json",
+                         "--plot", tmp_path / "matrix.png")
+    assert code == 0, err
+    assert (tmp_path / "matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = list(csv.DictReader((tmp_path / "matrix.csv").open()))
+    assert [(r["after"], r["task"]) for r in rows] == [("fruit", "fruit"), ("vehicle", "fruit"), ("vehicle", "vehicle")]
+    full = json.loads((tmp_path / "all.json").read_text())["scores"]
+    assert float(rows[1]["score"]) == pytest.approx(full["fruit"]["accuracy"])
+    assert float(rows[2]["score"]) == pytest.approx(full["vehicle"]["accuracy"])
+    code, _, err = run(capsys, "eval", "--model", tmp_path / "first", "--data", specs[0], "--json", tmp_path / "first.json")
+    assert code == 0, err
+    first = json.loads((tmp_path / "first.json").read_text())["scores"]["fruit"]["accuracy"]
+    assert float(rows[0]["score"]) == pytest.approx(first)
+    assert snapshot(tmp_path / "m") == before  # the directory is only read

@@ -405,6 +405,29 @@ def cmd_eval(args) -> None:
     table.append("accuracy: right task and right label; label ok: right label, whichever task answered")
     _report(args, table, {"model": str(args.model), "task_id": args.task_id, "abstain": abstain, "scores": scores,
                           "average_accuracy": mean, "rows": {t.name: len(t.test) for t in tasks}})
+    if args.plot:
+        _plot_matrix(args, slm, tasks, lambda m, ts: {n: s["accuracy"] for n, s in evaluate(
+            m, ts, task_id=args.task_id, abstain=abstain).items()}, {n: s["accuracy"] for n, s in scores.items()},
+            "accuracy")
+
+
+def _plot_matrix(args, slm, tasks, score, last: dict[str, float], what: str) -> None:
+    """``slm eval --plot FILE``: the directory's accuracy matrix (``runner.score_matrix``) as the benchmarks'
+    heatmap, and its data in FILE with the suffix .csv."""
+    from scalable_lm import figures
+    from scalable_lm.runner import score_matrix
+
+    figures._pyplot()  # matplotlib missing: said before any scoring
+    if len(slm.task_names) > 1:
+        print(f"scoring the {len(slm.task_names) - 1} earlier states of {args.model} for the {what} matrix "
+              "(the model with its later tasks removed)", file=sys.stderr)
+    result = score_matrix(slm, tasks, score, progress=_progress(args), last=last)
+    mode = "with task-ID" if args.task_id else "no task-ID"
+    path = Path(args.plot)
+    figures.heatmap(result["R"], result["tasks"], f"{Path(args.model).name}: {what} (%) after each task, {mode}",
+                    path)
+    data = figures.write_matrix_csv(result["R"], result["tasks"], path.with_suffix(".csv"))
+    print(f"wrote {path} and {data}")
 
 
 def _report(args, table: list[str], result: dict) -> None:
@@ -457,6 +480,10 @@ def _eval_generative(args, specs: list[tuple[str, str]]) -> None:
     table.append(f"{'average':24s} {'':6s} {'':10s} {mean:7.3f}")
     _report(args, table, {"model": str(args.model), "kind": "generative", "task_id": args.task_id, "scores": scores,
                           "average_score": mean, "rows": {t.name: len(t.test) for t in tasks}})
+    if args.plot:
+        _plot_matrix(args, slm, tasks, lambda m, ts: {n: s["score"] for n, s in evaluate_generative(
+            m, ts, metrics, task_id=args.task_id, max_new_tokens=args.max_new_tokens).items()},
+            {n: s["score"] for n, s in scores.items()}, "score")
 
 
 def cmd_info(args) -> None:
@@ -609,6 +636,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", nargs="?", const="-", metavar="OUT",
                     help="the scores as JSON: on standard output instead of the table (as `slm predict --json`), "
                     "or, given a file, written there beside the table")
+    ev.add_argument("--plot", metavar="FILE", help="also draw the accuracy matrix (score on each task after each "
+                    "task was learned, the directory's own history) as a heatmap in FILE (.png, .pdf, .svg), with its "
+                    "data in FILE.csv; scores the model once per task, each time with its later tasks removed")
     ev.add_argument("--abstain", action="store_true",
                     help="classifiers: " + ABSTAIN_HELP + "; an abstained row counts as wrong")
     ev.add_argument("--abstain-z", type=float, metavar="Z", help=ABSTAIN_Z_HELP)

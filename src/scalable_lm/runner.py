@@ -152,6 +152,37 @@ def evaluate_generative(method, tasks, metrics_by_task: dict[str, str] | None = 
     return scores
 
 
+def score_matrix(method, tasks: list, score: Callable[[object, list], dict[str, float]],
+                 progress: bool = False, last: dict[str, float] | None = None) -> dict:
+    """The accuracy matrix of a model's own stream: ``R[i][j]`` = ``task j``'s score after the model's first
+    ``i + 1`` tasks (its tasks in the order learned; ``tasks`` holds test rows for some of them).
+
+    A task's tensors depend on nothing learned after it, so the model after its first ``i + 1`` tasks is this
+    model with the later tasks removed (``remove_task``, exactly so with the Gaussian router): the last row
+    is scored first, then the last task is removed, and so on. **The model is consumed**: it ends holding
+    only its first task. ``score(method, tasks)`` returns ``{task name: score in 0-1}`` for the given tasks;
+    ``last``: the full model's scores when the caller has them already (the last row is then not scored again).
+    Returns ``{"tasks": [all task names], "R": [[score or None]], "scored": [names with rows]}``.
+    """
+    from scalable_lm.progress import progress as progress_bar
+
+    names = list(method.task_names)
+    by_name = {t.name: t for t in tasks}
+    unknown = sorted(set(by_name) - set(names))
+    if unknown:
+        raise ValueError(f"tasks not in the model: {unknown}; it has {names}")
+    R: list[list[float | None]] = [[None] * len(names) for _ in names]
+    for i in progress_bar(range(len(names) - 1, -1, -1), "accuracy matrix", progress):
+        present = [by_name[n] for n in names[: i + 1] if n in by_name]
+        if present:
+            scores = last if last is not None and i == len(names) - 1 else score(method, present)
+            for name, value in scores.items():
+                R[i][names.index(name)] = value
+        if i:
+            method.remove_task(names[i])
+    return {"tasks": names, "R": R, "scored": [n for n in names if n in by_name]}
+
+
 def evaluate_paper_protocol(method, tasks: list[Task], batch_size: int = 32) -> dict[str, float]:
     """Accuracy under the authors' protocol, which LEAKS the task: single-task test batches, one retrieval
     per batch on the mean query, head chosen by the number of classes. Only for setting numbers beside the
