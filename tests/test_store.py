@@ -94,11 +94,19 @@ def test_truncated_or_edited_task_file_refused(saved, tokenizer):
     task_file = next((directory / "tasks").iterdir())
     data = task_file.read_bytes()
     task_file.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ModelDirError, match="corrupted"):
+    with pytest.raises(ModelDirError, match="task file .*000-fruit.safetensors is corrupted or truncated"):
         _load(directory, tokenizer)
     task_file.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    slm = _load(directory, tokenizer)  # mapped, not read: verified when a route first uses the task
+    with pytest.raises(ModelDirError, match="corrupted or was edited \\(checksum mismatch\\)"):
+        slm.predict(["apple sweet banana"])
+    with pytest.raises(ModelDirError, match="checksum"):
+        slm.task_state("fruit")
+    index = (directory / "index.safetensors").read_bytes()
+    (directory / "index.safetensors").unlink()  # without the index every file is verified at load, as before
     with pytest.raises(ModelDirError, match="checksum"):
         _load(directory, tokenizer)
+    (directory / "index.safetensors").write_bytes(index)
     task_file.unlink()
     with pytest.raises(ModelDirError, match="missing"):
         _load(directory, tokenizer)
@@ -117,6 +125,9 @@ def test_directory_from_before_the_fallback_statistics_still_loads_and_grows(sav
     manifest = json.loads((directory / "manifest.json").read_text())
     manifest["tasks"][0]["sha256"] = store.sha256(task_file)
     del manifest["config"]["bank"]["fallback"]
+    manifest["format"] = "scalable-lm/1"  # as that release wrote it: no index
+    del manifest["index"]
+    (directory / "index.safetensors").unlink()
     (directory / "manifest.json").write_text(json.dumps(manifest))
     again = _load(directory, tokenizer)
     assert again.bank.novelty[0][1][1] == float("inf")
@@ -223,6 +234,15 @@ def _predictions(slm, texts):
     return [(p.label, p.task, p.confidence, p.entries, p.weights) for p in slm.predict(texts)]
 
 
+def _assert_index_is_the_models(directory, slm):
+    """The directory's index (routing state) equals, bit for bit, the one of ``slm`` learned in memory."""
+    from safetensors.torch import load_file
+
+    index, mine = load_file(str(directory / store.INDEX)), store.index_tensors(slm)
+    assert sorted(index) == sorted(mine)
+    assert all(torch.equal(index[k], mine[k]) for k in index), [k for k in index if not torch.equal(index[k], mine[k])]
+
+
 def _learn_into(make_slm, tasks, directory, seed=0, **bank):
     from tests.conftest import tiny_config
 
@@ -251,6 +271,7 @@ def test_remove_gives_the_directory_that_never_learned_the_task(make_slm, toy_st
     assert _predictions(after, texts) == _predictions(never, texts)  # bit for bit: labels, p, entries, weights
     for name in ("fruit", "weather"):
         assert all(torch.equal(a, b) for a, b in zip(after.task_state(name).values(), never.task_state(name).values()))
+    _assert_index_is_the_models(tmp_path / "full", never)  # the pooled statistics too, bit for bit
     # nothing of 'vehicle' is left in the directory: no file, no manifest entry, no statistic
     assert not (tmp_path / "full" / "tasks" / "001-vehicle.safetensors").exists()
     assert all(b"vehicle" not in p.read_bytes() and "vehicle" not in p.name
@@ -284,6 +305,7 @@ def test_merge_equals_learning_in_sequence(make_slm, toy_stream, tokenizer, tmp_
     assert "seed" not in caplog.text  # every task keeps the seed learning it third would give it
     merged = _load(tmp_path / "ab", tokenizer)
     assert _predictions(merged, texts) == _predictions(sequential, texts)
+    _assert_index_is_the_models(tmp_path / "ab", sequential)
     manifest = store.read_manifest(tmp_path / "ab")
     assert manifest["tasks"][2]["merged_from"] == str(tmp_path / "b") and manifest["tasks"][2]["seed"] == 2
     # the merged directory grows like any other
@@ -619,3 +641,86 @@ def test_fingerprint_reads_the_architecture_not_the_whole_config(tokenizer):
     model.config.some_new_transformers_key = {"a": 1}
     assert fingerprint(model) == before
     assert fingerprint(tiny_bert(1)) != before and fingerprint(tiny_bert(0, hidden=32)) != before
+
+
+# ---- many tasks: an index, task files mapped and read only when used (issue 40) ----------------------------
+def _synthetic_bank(slm, count, seed=0):
+    """``count`` tasks added through the public interface: the learned task 0's state with other values and
+    a query mean moved far from every toy domain (so that nothing routes to them by chance)."""
+    template = slm.task_state(0)
+    g = torch.Generator().manual_seed(seed)
+    for i in range(count):
+        state = {k: v.clone() for k, v in template.items()}
+        for k, v in state.items():
+            if k.startswith("values."):
+                state[k] = torch.randn(v.shape, generator=g) * 0.05
+        state["stats.mean"] = template["stats.mean"] + 50 * torch.randn(template["stats.mean"].shape, generator=g,
+                                                                        dtype=torch.float64)
+        slm.add_task_state(f"synthetic-{i}", slm.label_names[0], state)
+
+
+def _poison(task_file):
+    """Overwrite a safetensors file's data (not its header) with NaN bytes, keeping its size."""
+    data = bytearray(task_file.read_bytes())
+    start = 8 + int.from_bytes(data[:8], "little")
+    data[start:] = b"\xff" * (len(data) - start)
+    task_file.write_bytes(bytes(data))
+
+
+def test_learning_one_more_task_reads_no_old_task(make_slm, toy_stream, tokenizer, tmp_path):
+    from safetensors.torch import load_file
+
+    slm = make_slm()
+    slm.learn(toy_stream[0], progress=False)
+    _synthetic_bank(slm, 40)
+    store.save(slm, tmp_path / "m")
+    loaded = _load(tmp_path / "m", tokenizer)
+    reads, verify = [], loaded.before_read
+    loaded.before_read = lambda name: (reads.append(name), verify(name))
+    pooled = [t.clone() for t in loaded.bank.pooled()]
+    for task_file in (tmp_path / "m" / "tasks").iterdir():  # whatever reads an old task now reads NaN
+        _poison(task_file)
+    report = loaded.learn(toy_stream[1], progress=False)
+    assert store.save(loaded, tmp_path / "m") == ["vehicle"]
+    assert reads == ["vehicle"]  # the new task only (in memory: nothing to verify)
+    new = loaded.task_state("vehicle")
+    assert all(torch.isfinite(v).all() for v in new.values()) and report["best_val_accuracy"] is not None
+    index = load_file(str(tmp_path / "m" / store.INDEX))
+    assert torch.equal(index["pooled.scatter"], pooled[0] + new["stats.scatter"])
+    assert torch.equal(index["pooled.count"], pooled[1] + new["stats.count"])
+    texts = [x for x, _ in toy_stream[1].test]
+    again = _load(tmp_path / "m", tokenizer)  # loads (nothing old is read), answers the new task's inputs
+    assert {p.task for p in again.predict(texts)} == {"vehicle"}
+    with pytest.raises(ModelDirError, match="checksum"):  # and an old task, once used, is verified and refused
+        again.predict([x for x, _ in toy_stream[0].test])
+
+
+def test_a_directory_without_an_index_loads_answers_as_before_and_gains_one(make_slm, toy_stream, tokenizer, tmp_path):
+    """A directory as scalable-lm/1 wrote it (same task files, no index) loads, answers exactly as the model
+    that wrote it, and is migrated (format /2, index) by the next write, still answering the same."""
+    slm = _learn_into(make_slm, toy_stream[:2], tmp_path / "m")
+    texts = [x for t in toy_stream for x, _ in t.test]
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    manifest["format"] = "scalable-lm/1"
+    del manifest["index"]
+    (tmp_path / "m" / store.INDEX).unlink()
+    (tmp_path / "m" / "manifest.json").write_text(json.dumps(manifest))
+    old = _load(tmp_path / "m", tokenizer)
+    assert _predictions(old, texts) == _predictions(slm, texts)
+    old.learn(toy_stream[2], progress=False)
+    store.save(old, tmp_path / "m")
+    assert store.read_manifest(tmp_path / "m")["format"] == store.FORMAT and (tmp_path / "m" / store.INDEX).is_file()
+    assert _predictions(_load(tmp_path / "m", tokenizer), texts) == _predictions(old, texts)
+    slm.learn(toy_stream[2], progress=False)
+    _assert_index_is_the_models(tmp_path / "m", slm)
+
+
+def test_an_index_that_does_not_match_the_manifest_is_not_trusted(make_slm, toy_stream, tokenizer, tmp_path, caplog):
+    slm = _learn_into(make_slm, toy_stream[:2], tmp_path / "m")
+    texts = [x for x, _ in toy_stream[0].test]
+    index = tmp_path / "m" / store.INDEX
+    index.write_bytes(index.read_bytes()[:-1] + b"\0")  # as if a write was cut between index and manifest
+    with caplog.at_level(logging.WARNING, logger="scalable_lm"):
+        again = _load(tmp_path / "m", tokenizer)
+    assert "does not match the manifest" in caplog.text
+    assert _predictions(again, texts) == _predictions(slm, texts)

@@ -2,7 +2,15 @@
 
     DIR/manifest.json             format, config, backbone/encoder identity, versions, task list + sha256
     DIR/tasks/000-agnews.safetensors   one task's state (``methods.base.GrowsByTask.task_state``)
+    DIR/index.safetensors         what routing needs of every task, O(d) each (``index_tensors``)
     DIR/.lock, DIR/.lock.owner    the writers' lock and who holds it (``DirectoryLock``)
+
+Thousands of tasks. Loading reads the manifest and the index (per task: query mean and count, keys, novelty
+statistics, head temperature; plus the pooled scatter of all tasks) and maps each task file without reading
+it; a task's values, head and scatter are read from its file, verified against its checksum first, only when
+a route first uses the task (``GrowsByTask.before_read``). Learning one more task reads nothing of the others
+and writes its file and a new index. Format ``scalable-lm/2`` added the index; ``scalable-lm/1`` directories
+(no index) load by reading every task file, as before, and gain the index at their next write.
 
 Adding a task writes its file (temp file, then rename) and only then replaces the manifest (temp file,
 then rename). An interrupted write leaves the previous manifest, which names only complete, checksummed
@@ -39,11 +47,13 @@ if TYPE_CHECKING:
 # that is refused the lock (or any command that fails on its arguments) then answers before torch has
 # even loaded (~2.5 s here), which is what issue 15 asks of a second writer.
 
-FORMAT = "scalable-lm/1"
+FORMAT = "scalable-lm/2"
+READABLE_FORMATS = ("scalable-lm/1", FORMAT)  # /1: no index (scalable-lm 0.1.x and up to this change)
 MANIFEST = "manifest.json"
 TASKS = "tasks"
+INDEX = "index.safetensors"
 LOCK, LOCK_OWNER = ".lock", ".lock.owner"
-OURS = {MANIFEST, TASKS, LOCK, LOCK_OWNER}  # what a model directory may hold besides temp files
+OURS = {MANIFEST, TASKS, INDEX, LOCK, LOCK_OWNER}  # what a model directory may hold besides temp files
 # Options fixed when a directory is created: they decide how every stored task is used at inference.
 # The key and train sections only shape how a new task is learned; they may differ from task to task and
 # are recorded in each task's manifest entry.
@@ -69,8 +79,9 @@ def read_manifest(directory: str | Path) -> dict:
         raise ModelDirError(f"{path} is not valid JSON: {getattr(err, 'msg', err)}") from err
     if not isinstance(manifest, dict):
         raise ModelDirError(f"{path}: expected a JSON object, found {type(manifest).__name__}")
-    if manifest.get("format") != FORMAT:
-        raise ModelDirError(f"{path}: unsupported format {manifest.get('format')!r} (expected {FORMAT})")
+    if manifest.get("format") not in READABLE_FORMATS:
+        raise ModelDirError(f"{path}: unsupported format {manifest.get('format')!r} (this version reads "
+                            f"{', '.join(READABLE_FORMATS)}; a newer scalable-lm may have written it)")
     _check_manifest(manifest, directory)
     return manifest
 
@@ -326,6 +337,7 @@ def _save(slm, directory: Path, task_info: dict[str, dict] | None) -> list[str]:
         manifest["tasks"].append(entry)
         used.add(entry["file"])
         written.append(name)
+    _write_index(directory, manifest, index_tensors(slm))
     _write_manifest(directory, manifest, slm)
     return written
 
@@ -410,7 +422,10 @@ def check_identity(manifest: dict, identity: dict, directory: Path, modules: dic
 
 
 def load(directory: str | Path, backbone=None, encoder=None, device="auto", dtype="float32"):
-    """Rebuild an SLM from a model directory, verifying identity and every task file's checksum.
+    """Rebuild an SLM from a model directory, verifying identity and the checksum of every file it reads.
+
+    With an index (format ``scalable-lm/2``) the task files are mapped, not read: each is verified when a
+    route first uses its task (module docstring). Without one, every task file is verified and read.
 
     The directory is device-free: it loads onto any ``device`` in any compute ``dtype``
     (``scalable_lm.device``), whatever it was trained on.
@@ -420,7 +435,9 @@ def load(directory: str | Path, backbone=None, encoder=None, device="auto", dtyp
 
     directory = Path(directory)
     manifest = read_manifest(directory)
-    files = [_checked_file(directory, entry) for entry in manifest["tasks"]]  # verify all before building
+    index = _read_index(directory, manifest)
+    # without a valid index (a scalable-lm/1 directory), every task file is verified and read now
+    files = None if index is not None else [_checked_file(directory, entry) for entry in manifest["tasks"]]
     config = SLMConfig.from_dict(manifest["config"])
     from scalable_lm.device import resolve_device, resolve_dtype
 
@@ -435,7 +452,10 @@ def load(directory: str | Path, backbone=None, encoder=None, device="auto", dtyp
     except ValueError as err:  # bank options the encoder cannot hold (groups, entries per task)
         raise ModelDirError(f"{directory / MANIFEST}: its options do not fit this query encoder: {err}") from err
     check_identity(manifest, _identity(slm), directory, _modules(slm))
-    _add_entries(slm, manifest["tasks"], files)
+    if index is None:
+        _add_entries(slm, manifest["tasks"], files)
+    else:
+        _add_mapped(slm, directory, manifest["tasks"], index)
     return slm
 
 
@@ -463,6 +483,190 @@ def _add_entries(slm, entries: list[dict], files: list[Path]) -> None:
             slm.add_task_state(entry["name"], entry["label_names"], _read_tensors(path))
         except TaskStateError as err:
             raise ModelDirError(f"task file {path} does not match this model: {err}") from err
+
+
+# ---- the index, and task files mapped rather than read ----------------------------------------------------
+# Per task, in manifest order: what routing reads (task_scores, the keys, the fallback test, the head's
+# temperature), so that loading a directory of thousands of tasks reads O(T·d), and the pooled scatter.
+_INDEX_ROWS = ("keys", "stats.mean", "stats.count", "novelty.centre", "novelty.spread")
+
+
+def index_tensors(slm) -> dict[str, torch.Tensor]:
+    """The index of a model in memory (nothing read from task files): each of ``_INDEX_ROWS`` stacked over
+    tasks, ``head.temperature [T]`` for classifiers, and ``pooled.scatter [d, d]`` / ``pooled.count []``."""
+    import torch
+
+    bank = slm.bank
+    if not slm.task_names:
+        return {}
+    rows = {"keys": torch.stack([k.detach() for k in bank.keys]).float(),
+            "stats.mean": torch.stack([s[0] for s in bank.stats]), "stats.count": torch.stack([s[2] for s in bank.stats]),
+            "novelty.centre": torch.stack([n[0] for n in bank.novelty]),
+            "novelty.spread": torch.stack([n[1] for n in bank.novelty])}
+    scatter, count = bank.pooled()
+    rows.update({"pooled.scatter": scatter, "pooled.count": count})
+    if kind_of(slm) == "classifier":
+        rows["head.temperature"] = torch.tensor(slm.temperatures, dtype=torch.float32)
+    single = ("keys", "head.temperature")  # float32 as the model holds them; statistics float64
+    return {k: v.detach().to("cpu", dtype=torch.float32 if k in single else torch.float64).contiguous()
+            for k, v in rows.items()}
+
+
+def _write_index(directory: Path, manifest: dict, tensors: dict[str, torch.Tensor]) -> None:
+    """Write the index (atomic) and record it in ``manifest`` (format ``scalable-lm/2``)."""
+    from safetensors.torch import save_file
+
+    manifest["format"] = FORMAT
+    if not tensors:
+        (directory / INDEX).unlink(missing_ok=True)
+        manifest.pop("index", None)
+        return
+    meta = {"tasks": json.dumps([t["name"] for t in manifest["tasks"]])}
+    _atomic(directory / INDEX, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    manifest["index"] = {"file": INDEX, "sha256": sha256(directory / INDEX)}
+
+
+def _read_index(directory: Path, manifest: dict) -> dict[str, torch.Tensor] | None:
+    """The verified index of ``manifest``'s tasks, or ``None`` when there is none or it does not match (a
+    write cut short between the index and the manifest): the caller then reads every task file instead."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    entry, path = manifest.get("index"), directory / INDEX
+    if not manifest["tasks"] or not isinstance(entry, dict) or not path.is_file():
+        return None
+    try:
+        if sha256(path) != entry.get("sha256"):
+            logging.getLogger(__name__).warning("%s does not match the manifest; reading every task file instead", path)
+            return None
+        with safe_open(str(path), framework="pt") as f:
+            names = json.loads((f.metadata() or {}).get("tasks", "null"))
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        logging.getLogger(__name__).warning("cannot read %s (%s); reading every task file instead", path, err)
+        return None
+    if names != [t["name"] for t in manifest["tasks"]] or any(
+            k not in tensors or len(tensors[k]) != len(names) for k in _INDEX_ROWS):
+        logging.getLogger(__name__).warning("%s lists other tasks than the manifest; reading every task file", path)
+        return None
+    return tensors
+
+
+_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64", "I32": "int32",
+           "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+
+
+def _mapped(path: Path) -> tuple[dict[str, torch.Tensor], tuple]:
+    """The tensors of a safetensors file as views of a private memory map: nothing is read until used.
+
+    safetensors' own ``safe_open(...).get_tensor`` copies each tensor into memory, which is what a bank of
+    thousands of tasks must avoid; this reads the format's header (8-byte length + JSON) and maps the rest.
+    Returns ``(tensors, identity)``, ``identity`` = the file's (inode, size, mtime) when mapped."""
+    import math
+    import mmap
+
+    import torch
+
+    try:
+        with path.open("rb") as f:
+            st = os.fstat(f.fileno())
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # private: writes never reach the file
+        n = int.from_bytes(mm[:8], "little")
+        if not 2 <= n <= min(st.st_size - 8, 100_000_000):
+            raise ValueError("bad header length")
+        header = json.loads(mm[8: 8 + n])
+        tensors, base = {}, 8 + n
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            dtype = getattr(torch, _DTYPES[info["dtype"]])
+            shape, (start, end) = list(info["shape"]), info["data_offsets"]
+            count = math.prod(shape)
+            size = count * torch.empty((), dtype=dtype).element_size()
+            if end - start != size or start < 0 or base + end > st.st_size:
+                raise ValueError(f"tensor {name} lies outside the file")
+            if count == 0:
+                tensors[name] = torch.empty(shape, dtype=dtype)
+            elif (base + start) % torch.empty((), dtype=dtype).element_size():  # unaligned: copy this one
+                tensors[name] = torch.frombuffer(bytearray(mm[base + start: base + end]), dtype=dtype).view(shape)
+            else:
+                tensors[name] = torch.frombuffer(mm, dtype=dtype, count=count, offset=base + start).view(shape)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ModelDirError(f"task file {path} is corrupted or truncated (cannot read it: {err})") from err
+    return tensors, (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _add_mapped(slm, directory: Path, entries: list[dict], index: dict[str, torch.Tensor]) -> None:
+    """Add ``entries``' tasks from the index and their mapped files; each file is verified against its
+    checksum when the model first reads the task (``before_read``)."""
+    from scalable_lm.methods.base import TEMPERATURE, TaskStateError
+
+    identities = {}
+    for t, entry in enumerate(entries):
+        path = safe_task_path(directory, entry["file"])
+        if not path.is_file():
+            raise ModelDirError(f"task file missing: {path}")
+        tensors, identities[entry["name"]] = _mapped(path)
+        state = {k: v for k, v in tensors.items() if k.startswith(("values.", "head.")) or k == "stats.scatter"}
+        state.update({k: index[k][t] for k in _INDEX_ROWS})
+        if "head.temperature" in index:
+            state[TEMPERATURE] = index["head.temperature"][t]
+        try:
+            slm.add_task_state(entry["name"], entry["label_names"], state)
+        except TaskStateError as err:
+            raise ModelDirError(f"task file {path} does not match this model: {err}") from err
+    slm.bank.set_pooled(index["pooled.scatter"], index["pooled.count"])
+    by_name = {entry["name"]: entry for entry in entries}
+
+    def verify(name: str) -> None:
+        entry = by_name.get(name)
+        if entry is None:  # a task learned or imported since the model was loaded: in memory
+            return
+        path = _checked_file(directory, entry)
+        st = path.stat()
+        if (st.st_ino, st.st_size, st.st_mtime_ns) != identities[name]:
+            raise ModelDirError(f"task file {path} was replaced since the model was loaded; load it again")
+
+    slm.before_read = verify
+
+
+def build_index(directory: Path, manifest: dict) -> dict[str, torch.Tensor]:
+    """The index of ``manifest``'s tasks read from their files (each verified): after a removal or a merge,
+    or for a directory written before indexes. The pool is summed in task order (``routers.pool``), so it
+    has the bits a model that learned these tasks in this order keeps."""
+    import torch
+    from safetensors import safe_open
+
+    from scalable_lm.core.routers import pool
+
+    rows: dict[str, list[torch.Tensor]] = {k: [] for k in (*_INDEX_ROWS, "head.temperature", "stats.scatter")}
+    classifier = manifest.get("kind", "classifier") == "classifier"
+    d = None
+    for entry in manifest["tasks"]:
+        path = _checked_file(directory, entry)
+        with safe_open(str(path), framework="pt") as f:
+            names = set(f.keys())
+            for k in ("keys", "stats.mean", "stats.count", "stats.scatter"):
+                if k not in names:
+                    raise ModelDirError(f"task file {path} has no {k}")
+                rows[k].append(f.get_tensor(k))
+            d = rows["stats.mean"][-1].shape[0]
+            centre = f.get_tensor("novelty.centre") if "novelty.centre" in names else torch.zeros(d, dtype=torch.float64)
+            spread = (f.get_tensor("novelty.spread") if "novelty.spread" in names
+                      else torch.tensor([0.0, float("inf")], dtype=torch.float64))
+            rows["novelty.centre"].append(centre)
+            rows["novelty.spread"].append(spread)
+            if classifier:
+                rows["head.temperature"].append(f.get_tensor("head.temperature") if "head.temperature" in names
+                                                else torch.tensor(1.0))
+    if not manifest["tasks"]:
+        return {}
+    scatters = rows.pop("stats.scatter")
+    scatter, count = pool([s.to(torch.float64) for s in scatters], [c.to(torch.float64) for c in rows["stats.count"]])
+    out = {k: torch.stack(v) for k, v in rows.items() if v}
+    out = {k: v.to(torch.float32 if k in ("keys", "head.temperature") else torch.float64).contiguous()
+           for k, v in out.items()}
+    return {**out, "pooled.scatter": scatter.contiguous(), "pooled.count": count}
 
 
 def _checked_file(directory: Path, entry: dict) -> Path:
@@ -532,6 +736,7 @@ def remove(directory: str | Path, name: str, force: bool = False, wait: float = 
                 f"were trained routing over its entries too, so removing it cannot give the model that never "
                 "learned it; pass --force to remove it anyway")
         manifest["tasks"].remove(entry)
+        _write_index(directory, manifest, build_index(directory, manifest))  # the others' files, verified
         _write_manifest(directory, manifest)
         safe_task_path(directory, entry["file"]).unlink(missing_ok=True)
         return {"removed": name, "file": entry["file"], "exact": exact}
@@ -635,13 +840,14 @@ def _merge_into(out: Path, plan: list, first: dict, wait: float) -> list[str]:
         if (out / MANIFEST).exists():
             raise ModelDirError(f"{out} is already a model directory; merge into a new directory")
         files = [_checked_file(d, entry) for d, entry, _ in plan]  # verify every file before writing any
-        manifest = {k: v for k, v in first.items() if k not in ("tasks", "versions")}
+        manifest = {k: v for k, v in first.items() if k not in ("tasks", "versions", "index")}
         manifest["tasks"] = []
         for i, ((d, entry, new), path) in enumerate(zip(plan, files)):
             info = {k: v for k, v in entry.items() if k not in ("name", "file", "sha256", "label_names", "entries")}
             info["merged_from"] = str(d)
             manifest["tasks"].append(_write_task(out, task_file(i, new), new, entry["label_names"],
                                                  _read_tensors(path), entry["entries"], info))
+        _write_index(out, manifest, build_index(out, manifest))
         _write_manifest(out, manifest)
     return [t["name"] for t in manifest["tasks"]]
 

@@ -40,14 +40,10 @@ class BankLinear(nn.Module):
         # Inference only: the route's factors, gathered once and laid out for two batched matmuls, kept
         # while the same route holds (a generation calls the layer once per new token with one route).
         self._route_cache: tuple[object, torch.dtype, torch.Tensor, torch.Tensor] | None = None
-        # Frozen tasks' factors are moved into one contiguous store (their parameters become views of it),
-        # so a forward gathers the K entries of each row without concatenating every task again: the cost
-        # per input stays flat as the bank grows, and nothing is held twice.
-        self._entries = 0  # entries of all tasks (kept here: summing over thousands of tasks per forward is slow)
-        self._stored_tasks = 0  # tasks 0.._stored_tasks-1 live in the store
-        self._stored_entries = 0
-        self._store_a: torch.Tensor | None = None  # (capacity, r, d_in)
-        self._store_b: torch.Tensor | None = None  # (capacity, d_out, r)
+        # first entry of each task (and the total): a forward gathers only the tasks its route touches, so
+        # its cost does not grow with the bank, and a task's factors may stay on disk (memory-mapped by
+        # the store) until a route first reads them
+        self._starts: list[int] = [0]
 
     def add_task(self, entries: int, generator: torch.Generator | None = None) -> list[nn.Parameter]:
         """Append a task's ``entries`` increments (A: Kaiming-uniform as in LoRA, B: zeros), float32 on the
@@ -57,85 +53,54 @@ class BankLinear(nn.Module):
         bound = 1.0 / math.sqrt(d_in)  # kaiming_uniform with a=sqrt(5), as nn.Linear and LoRA use
         # drawn on the CPU from the (CPU) generator, so a seed gives the same init on every device
         a = (torch.rand(entries, self.rank, d_in, generator=generator) * 2 - 1) * bound
-        self.lora_A.append(nn.Parameter(a.to(device)))
-        self.lora_B.append(nn.Parameter(torch.zeros(entries, d_out, self.rank, device=device)))
-        self._entries += entries
+        return self.add_factors(a.to(device), torch.zeros(entries, d_out, self.rank, device=device), trainable=True)
+
+    def add_factors(self, a: torch.Tensor, b: torch.Tensor, trainable: bool = False) -> list[nn.Parameter]:
+        """Append a task whose factors ``a [P, r, d_in]`` and ``b [P, d_out, r]`` are given: they are used as
+        they are (moved to the layer's device as float32 only if they are not already), so tensors that map
+        a file stay unread until a route uses them."""
+        device = self.base_layer.weight.device
+        self.lora_A.append(nn.Parameter(a.to(device=device, dtype=torch.float32), requires_grad=trainable))
+        self.lora_B.append(nn.Parameter(b.to(device=device, dtype=torch.float32), requires_grad=trainable))
+        self._starts.append(self._starts[-1] + a.shape[0])
         return [self.lora_A[-1], self.lora_B[-1]]
 
     def to_device(self, device: torch.device) -> None:
-        """Move every task's factors to ``device`` as float32 (the contiguous store is rebuilt there)."""
+        """Move every task's factors to ``device`` as float32."""
         for factors in (self.lora_A, self.lora_B):
             for p in factors:
                 p.data = p.data.to(device=device, dtype=torch.float32)
-        self._stored_tasks, self._stored_entries, self._store_a, self._store_b = 0, 0, None, None
         self._route_cache = None
 
     def truncate(self, num_tasks: int) -> None:
         """Keep only the first ``num_tasks`` tasks' increments (undoes a task whose learning failed)."""
         self.lora_A = nn.ParameterList(list(self.lora_A)[:num_tasks])
         self.lora_B = nn.ParameterList(list(self.lora_B)[:num_tasks])
-        self._entries = sum(a.shape[0] for a in self.lora_A)
-        if num_tasks < self._stored_tasks:
-            self._stored_tasks, self._stored_entries = num_tasks, self._entries
-
-    def _sync_store(self) -> None:
-        """Move newly frozen tasks (a prefix of the list, in order) into the contiguous store.
-
-        A task counts as frozen once neither of its factors requires grad; tasks are stored in order, so a
-        trainable task stops the scan. Frozen factors must not be edited in place afterwards (call
-        ``truncate`` and re-add instead).
-        """
-        n, t = len(self.lora_A), self._stored_tasks
-        fresh = []
-        while t < n and not self.lora_A[t].requires_grad and not self.lora_B[t].requires_grad:
-            fresh.append(t)
-            t += 1
-        if not fresh:
-            return
-        need = self._stored_entries + sum(self.lora_A[i].shape[0] for i in fresh)
-        if self._store_a is None or need > self._store_a.shape[0]:
-            capacity = max(need, 2 * (0 if self._store_a is None else self._store_a.shape[0]), 8)
-            a0, b0 = self.lora_A[fresh[0]], self.lora_B[fresh[0]]
-            store_a = a0.new_empty(capacity, *a0.shape[1:])
-            store_b = b0.new_empty(capacity, *b0.shape[1:])
-            offset = 0
-            for i in range(self._stored_tasks):  # re-point the stored tasks at the larger store
-                p = self.lora_A[i].shape[0]
-                store_a[offset: offset + p] = self.lora_A[i].data
-                store_b[offset: offset + p] = self.lora_B[i].data
-                self.lora_A[i].data = store_a[offset: offset + p]
-                self.lora_B[i].data = store_b[offset: offset + p]
-                offset += p
-            self._store_a, self._store_b = store_a, store_b
-        offset = self._stored_entries
-        for i in fresh:
-            p = self.lora_A[i].shape[0]
-            self._store_a[offset: offset + p] = self.lora_A[i].data
-            self._store_b[offset: offset + p] = self.lora_B[i].data
-            self.lora_A[i].data = self._store_a[offset: offset + p]
-            self.lora_B[i].data = self._store_b[offset: offset + p]
-            offset += p
-        self._stored_tasks, self._stored_entries = t, offset
+        self._starts = self._starts[: num_tasks + 1]
+        self._route_cache = None
 
     def gather(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Factors of the entries ``indices [B, K]``: ``(A [B, K, r, d_in], B [B, K, d_out, r])``.
 
-        Stored (frozen) entries are indexed in the store; entries of trainable tasks come from their
-        parameters, so gradients reach them.
+        Only the tasks owning these entries are read (their factors concatenated, then indexed), so the cost
+        follows the route, not the size of the bank; gradients reach the entries of trainable tasks.
         """
-        self._sync_store()
-        stored = self._stored_entries
-        if stored == self._entries:
-            return self._store_a[indices], self._store_b[indices]
-        tail = range(self._stored_tasks, len(self.lora_A))  # the trainable tasks (normally one)
-        tail_a = torch.cat([self.lora_A[i] for i in tail])
-        tail_b = torch.cat([self.lora_B[i] for i in tail])
-        if stored == 0:
-            return tail_a[indices], tail_b[indices]
-        in_store = (indices < stored)[..., None, None]
-        a = torch.where(in_store, self._store_a[indices.clamp(max=stored - 1)], tail_a[(indices - stored).clamp(min=0)])
-        b = torch.where(in_store, self._store_b[indices.clamp(max=stored - 1)], tail_b[(indices - stored).clamp(min=0)])
-        return a, b
+        starts = torch.tensor(self._starts, device=indices.device)
+        if int(indices.max()) >= self._starts[-1] or int(indices.min()) < 0:
+            raise IndexError(f"entry index out of range: the bank has {self._starts[-1]} entries")
+        owners = torch.bucketize(indices, starts, right=True) - 1  # task of each entry
+        tasks, local_task = torch.unique(owners, return_inverse=True)
+        tasks = tasks.tolist()
+        if len(tasks) == 1:
+            t = tasks[0]
+            local = indices - self._starts[t]
+            return self.lora_A[t][local], self.lora_B[t][local]
+        sizes = torch.tensor([self._starts[t + 1] - self._starts[t] for t in tasks], device=indices.device)
+        offsets = torch.cumsum(sizes, 0) - sizes  # where each touched task starts in the concatenation
+        local = offsets[local_task] + indices - starts[owners]
+        a = torch.cat([self.lora_A[t] for t in tasks])
+        b = torch.cat([self.lora_B[t] for t in tasks])
+        return a[local], b[local]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base_layer(x)

@@ -30,8 +30,12 @@ class KnowledgeBank(nn.Module):
             raise ValueError(f"entries_per_task={entries_per_task} exceeds the group dimension {dim // groups}")
         self.dim, self.groups, self.entries_per_task = dim, groups, entries_per_task
         self.keys = nn.ParameterList()  # one (G, P, d/G) per task
-        # Gaussian router statistics per task: mean (d,), scatter (d, d), count (); float64, never trained
+        # Gaussian router statistics per task: mean (d,), scatter (d, d), count (); float64, never trained.
+        # Routing reads the means and one pooled scatter (their sum over tasks, ``routers.pool``), not the
+        # per-task scatters: those may map a file that is read only when the pool is rebuilt.
         self.stats: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._pooled: tuple[torch.Tensor, torch.Tensor] | None = None  # (Σ scatter, Σ count) of every task
+        self._pooled_before: tuple[torch.Tensor, torch.Tensor] | None = None  # the pool before the last task
         # per task (centre (d,), spread (2,)) of its unit-normalised queries, for the base-model fallback
         # (routers.novelty_statistics); a task without them (older model directories) never falls back
         self.novelty: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -50,6 +54,8 @@ class KnowledgeBank(nn.Module):
             k.data = k.data.to(device=device, dtype=torch.float32)
         self.stats = [tuple(t.to(device=device, dtype=stats_dtype) for t in s) for s in self.stats]
         self.novelty = [tuple(t.to(device=device, dtype=stats_dtype) for t in n) for n in self.novelty]
+        move = lambda pooled: None if pooled is None else tuple(t.to(device=device, dtype=stats_dtype) for t in pooled)  # noqa: E731
+        self._pooled, self._pooled_before = move(self._pooled), move(self._pooled_before)
         self.device, self.stats_dtype = device, stats_dtype
         self._gauss, self._frozen_keys, self._unit_keys, self._novel = None, None, None, None
 
@@ -72,8 +78,31 @@ class KnowledgeBank(nn.Module):
         """Record task ``task``'s query statistics (``routers.task_statistics``)."""
         if task != len(self.stats):
             raise ValueError(f"statistics for task {task} given, expected task {len(self.stats)}")
-        self.stats.append(tuple(t.to(device=self.device, dtype=self.stats_dtype) for t in stats))
+        stats = tuple(t.to(device=self.device, dtype=self.stats_dtype) for t in stats)
+        self.stats.append(stats)
+        self._pooled_before = self._pooled
+        if self._pooled is not None:  # one more term of the left-to-right sum: reads this task's scatter only
+            self._pooled = (self._pooled[0] + stats[1], self._pooled[1] + stats[2])
         self._gauss = None
+
+    def set_pooled(self, scatter: torch.Tensor, count: torch.Tensor) -> None:
+        """The pooled statistics of every task so far (``pooled``), saved beside the bank, so that routing
+        never reads the per-task scatters: ``scatter [d, d]`` and ``count []``."""
+        if tuple(scatter.shape) != (self.dim, self.dim) or tuple(count.shape) != ():
+            raise ValueError(f"pooled statistics of shapes {tuple(scatter.shape)}, {tuple(count.shape)}; expected "
+                             f"({self.dim}, {self.dim}) and ()")
+        self._pooled = (scatter.to(device=self.device, dtype=self.stats_dtype),
+                        count.to(device=self.device, dtype=self.stats_dtype))
+        self._pooled_before, self._gauss = None, None
+
+    def pooled(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(Σ scatter [d, d], Σ count [])`` over every task, in task order (``routers.pool``); computed from the
+        per-task scatters only when not kept (``set_pooled``, or kept up to date as tasks were added)."""
+        if not self.stats:
+            raise RuntimeError("no task statistics: learn a task first")
+        if self._pooled is None:
+            self._pooled = routers.pool([s[1] for s in self.stats], [s[2] for s in self.stats])
+        return self._pooled
 
     def set_novelty(self, task: int, novelty: tuple[torch.Tensor, torch.Tensor] | None) -> None:
         """Record task ``task``'s ``(centre [d], spread [2])`` (``routers.novelty_statistics``); ``None``: unknown."""
@@ -87,6 +116,11 @@ class KnowledgeBank(nn.Module):
     def truncate(self, num_tasks: int) -> None:
         """Keep only the first ``num_tasks`` tasks' keys (undoes a task whose learning failed)."""
         self.keys = nn.ParameterList(list(self.keys)[:num_tasks])
+        if num_tasks < len(self.stats):
+            # undoing the last task restores the pool kept before it; anything else pools again when needed
+            last = num_tasks == len(self.stats) - 1 and self._pooled_before is not None
+            self._pooled = self._pooled_before if last else None
+            self._pooled_before = None
         self.stats = self.stats[:num_tasks]
         self.novelty = self.novelty[:num_tasks]
         self._gauss, self._frozen_keys, self._unit_keys, self._novel = None, None, None, None
@@ -96,7 +130,7 @@ class KnowledgeBank(nn.Module):
         if not self.stats:
             raise RuntimeError("no task statistics: learn a task first")
         if self._gauss is None or self._gauss[0] != shrinkage:
-            precision = routers.shared_precision([s[1] for s in self.stats], [s[2] for s in self.stats], shrinkage)
+            precision = routers.pooled_precision(*self.pooled(), shrinkage)
             means = torch.stack([s[0] for s in self.stats])
             self._gauss = (shrinkage, means, precision, *routers.project_means(means, precision))
         _, means, precision, pm, mpm = self._gauss

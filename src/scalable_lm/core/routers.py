@@ -30,9 +30,23 @@ def task_statistics(queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
     return mean, centred.T @ centred, torch.tensor(float(len(q)), dtype=dtype, device=q.device)
 
 
+def pool(scatters: list[torch.Tensor], counts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(Σ scatter [d, d], Σ count [])`` summed left to right in task order, so that adding a task to a pool is
+    ``pooled + its scatter`` and gives the same bits as pooling every task again."""
+    total, n = scatters[0].clone(), counts[0].clone()
+    for scatter, count in zip(scatters[1:], counts[1:]):
+        total, n = total + scatter, n + count
+    return total, n
+
+
 def shared_precision(scatters: list[torch.Tensor], counts: list[torch.Tensor], shrinkage: float) -> torch.Tensor:
     """``[d, d]`` inverse of the pooled, shrunk covariance of all tasks."""
-    cov = torch.stack(scatters).sum(0) / torch.stack(counts).sum().clamp_min(1.0)
+    return pooled_precision(*pool(scatters, counts), shrinkage)
+
+
+def pooled_precision(scatter: torch.Tensor, count: torch.Tensor, shrinkage: float) -> torch.Tensor:
+    """``[d, d]`` inverse of the shrunk covariance ``scatter / count`` (``pool``'s sums)."""
+    cov = scatter / count.clamp_min(1.0)
     d = cov.shape[0]
     target = torch.eye(d, dtype=cov.dtype, device=cov.device) * (torch.trace(cov) / d).clamp_min(1e-12)
     return torch.linalg.inv((1 - shrinkage) * cov + shrinkage * target)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -86,6 +87,10 @@ class GrowsByTask:
     """
 
     kind: str  # "classifier" (SLM) or "generative" (GenerativeSLM): a model directory's "kind"
+    # Set by the store on a model it loaded: called with a task's name before the model first reads that
+    # task's saved tensors (they map the task file, which it verifies against its checksum). Routing calls
+    # it for the tasks it picked, ``task_state`` for its task.
+    before_read: Callable[[str], None] | None = None
 
     # ---- placement ----------------------------------------------------------------------------------
     device: torch.device = torch.device("cpu")
@@ -127,6 +132,22 @@ class GrowsByTask:
         """Modules outside the backbone that are trained per task (classification heads)."""
         return []
 
+    def _reading(self, entries: torch.Tensor) -> None:
+        """Call ``before_read`` once per task, for the tasks owning ``entries`` (before their factors are read)."""
+        if self.before_read is None:
+            return
+        for t in torch.unique(entries // self.bank.entries_per_task).tolist():
+            self._read_task(t)
+
+    def _read_task(self, t: int) -> None:
+        if self.before_read is None:
+            return
+        checked = self.__dict__.setdefault("_read_checked", set())
+        name = self.task_names[t]
+        if name not in checked:
+            self.before_read(name)
+            checked.add(name)
+
     def _state_options(self, state: dict[str, torch.Tensor]) -> dict:
         """Keyword arguments of ``_add_task`` that a task's state implies (the kind of its head)."""
         return {}
@@ -145,6 +166,7 @@ class GrowsByTask:
         """Every tensor of one task (by name or index), detached and on the CPU (device-free, as saved), under
         the names in the class docstring."""
         t = self.task_index(task) if isinstance(task, str) else task
+        self._read_task(t)
         state = {name: p for name, p in self._named_task_params(t).items()}
         state.update(zip(STATS, self.bank.stats[t]))
         if t < len(self.bank.novelty):
@@ -189,10 +211,9 @@ class GrowsByTask:
             novelty = [n for n in NOVELTY if n in state]
             if novelty and len(novelty) != len(NOVELTY):
                 raise TaskStateError(f"novelty statistics incomplete: only {novelty}")
-            with torch.no_grad():
-                for n, p in params.items():
-                    p.copy_(state[n])
-                    p.requires_grad_(False)
+            for n, p in params.items():  # the given tensors are used as they are (not copied): mapped from a
+                p.data = state[n].to(device=p.device, dtype=p.dtype)  # file, they stay unread until used
+                p.requires_grad_(False)
             self.bank.set_statistics(t, tuple(state[n] for n in STATS))
             self.bank.set_novelty(t, tuple(state[n] for n in NOVELTY) if novelty else None)
         except BaseException:

@@ -148,8 +148,10 @@ class GenerativeSLM(GrowsByTask):
 
     def _route(self, queries: torch.Tensor, upto: int | None = None, only: int | None = None):
         b = self.config.bank
-        return self.bank.route(queries, b.top_k, b.router, upto, only, b.weighting, b.temperature, b.shrinkage,
-                               fallback=b.fallback)
+        entries, weights = self.bank.route(queries, b.top_k, b.router, upto, only, b.weighting, b.temperature,
+                                           b.shrinkage, fallback=b.fallback)
+        self._reading(entries)
+        return entries, weights
 
     # ---- learn ---------------------------------------------------------------------------------
     def _learn_new(self, train_rows, val_rows, generator, progress) -> dict:

@@ -219,7 +219,10 @@ class SLM(GrowsByTask):
     def _route(self, queries: torch.Tensor, upto: int | None = None, only: int | None = None):
         """Per-row ``(entries [B, K], weights [B, K])`` among tasks ``<= upto`` (or of task ``only``)."""
         b = self.config.bank
-        return self.bank.route(queries, b.top_k, b.router, upto, only, b.weighting, b.temperature, b.shrinkage)
+        entries, weights = self.bank.route(queries, b.top_k, b.router, upto, only, b.weighting, b.temperature,
+                                           b.shrinkage)
+        self._reading(entries)
+        return entries, weights
 
     def _features(self, texts: list[str], upto: int | None = None, only: int | None = None,
                   queries: torch.Tensor | None = None):
