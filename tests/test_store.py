@@ -676,7 +676,7 @@ def test_learning_one_more_task_reads_no_old_task(make_slm, toy_stream, tokenize
     store.save(slm, tmp_path / "m")
     loaded = _load(tmp_path / "m", tokenizer)
     reads, verify = [], loaded.before_read
-    loaded.before_read = lambda name: (reads.append(name), verify(name))
+    loaded.before_read = lambda name: reads.append(name) or verify(name)
     pooled = [t.clone() for t in loaded.bank.pooled()]
     for task_file in (tmp_path / "m" / "tasks").iterdir():  # whatever reads an old task now reads NaN
         _poison(task_file)
@@ -724,3 +724,14 @@ def test_an_index_that_does_not_match_the_manifest_is_not_trusted(make_slm, toy_
         again = _load(tmp_path / "m", tokenizer)
     assert "does not match the manifest" in caplog.text
     assert _predictions(again, texts) == _predictions(slm, texts)
+
+
+def test_a_task_answers_with_the_bytes_that_were_verified(saved, tokenizer):
+    """Once a task is used, the model holds the tensors read from its verified file, not the mapping: an
+    in-place edit of the file afterwards (which no writer of ours makes) changes nothing it answers."""
+    _, directory = saved
+    slm = _load(directory, tokenizer)
+    texts = ["apple sweet banana", "cherry sour mango"]
+    before = _predictions(slm, texts)
+    _poison(next((directory / "tasks").iterdir()))
+    assert _predictions(slm, texts) == before

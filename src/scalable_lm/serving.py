@@ -3,7 +3,7 @@ task gathered into mixed batches, each row routed by its own query.
 
 No web framework here (``server.py`` is the HTTP layer): this module owns
 
-- ``ModelWatcher``: loads the directory through ``store.load`` (every task file's checksum verified) and
+- ``ModelWatcher``: loads the directory through ``store.load`` (task files verified when first used) and
   polls its manifest; when another process adds (or removes) a task, the new bank is loaded in a
   background thread and offered to the engine, which swaps it in *between* batches. A batch keeps the
   model it started with. A directory that does not load (corrupt or half-written file, bad manifest) is
@@ -130,6 +130,9 @@ class ModelWatcher:
         sha = _manifest_sha(self.directory) if state is not None else ""
         self._seen = state
         slm = self.loader(self.directory)
+        if self.current is not None:  # tasks added since the bank being served: verified now, so that a
+            for name in set(slm.task_names) - set(self.current.tasks):  # bad file is never served
+                slm.task_state(name)
         if getattr(slm, "encoder", None) is not None:
             slm.encoder.cache_limit = self.query_cache
         self._generation += 1

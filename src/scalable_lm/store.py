@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
 import json
 import logging
 import os
@@ -556,12 +557,12 @@ _DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat
            "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
 
 
-def _mapped(path: Path) -> tuple[dict[str, torch.Tensor], tuple]:
+def _mapped(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file as views of a private memory map: nothing is read until used.
 
     safetensors' own ``safe_open(...).get_tensor`` copies each tensor into memory, which is what a bank of
     thousands of tasks must avoid; this reads the format's header (8-byte length + JSON) and maps the rest.
-    Returns ``(tensors, identity)``, ``identity`` = the file's (inode, size, mtime) when mapped."""
+    The views only give shapes to check until the task is verified (``_add_mapped``)."""
     import math
     import mmap
 
@@ -593,7 +594,7 @@ def _mapped(path: Path) -> tuple[dict[str, torch.Tensor], tuple]:
                 tensors[name] = torch.frombuffer(mm, dtype=dtype, count=count, offset=base + start).view(shape)
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ModelDirError(f"task file {path} is corrupted or truncated (cannot read it: {err})") from err
-    return tensors, (st.st_ino, st.st_size, st.st_mtime_ns)
+    return tensors
 
 
 def _add_mapped(slm, directory: Path, entries: list[dict], index: dict[str, torch.Tensor]) -> None:
@@ -601,12 +602,11 @@ def _add_mapped(slm, directory: Path, entries: list[dict], index: dict[str, torc
     checksum when the model first reads the task (``before_read``)."""
     from scalable_lm.methods.base import TEMPERATURE, TaskStateError
 
-    identities = {}
     for t, entry in enumerate(entries):
         path = safe_task_path(directory, entry["file"])
         if not path.is_file():
             raise ModelDirError(f"task file missing: {path}")
-        tensors, identities[entry["name"]] = _mapped(path)
+        tensors = _mapped(path)
         state = {k: v for k, v in tensors.items() if k.startswith(("values.", "head.")) or k == "stats.scatter"}
         state.update({k: index[k][t] for k in _INDEX_ROWS})
         if "head.temperature" in index:
@@ -618,14 +618,27 @@ def _add_mapped(slm, directory: Path, entries: list[dict], index: dict[str, torc
     slm.bank.set_pooled(index["pooled.scatter"], index["pooled.count"])
     by_name = {entry["name"]: entry for entry in entries}
 
-    def verify(name: str) -> None:
+    def verify(name: str) -> dict[str, torch.Tensor] | None:
+        """Read the task's file once, check it against the manifest's SHA-256, and hand its tensors to the
+        model (they replace the mapped ones: what is used is exactly what was verified)."""
+        from safetensors.torch import load
+
         entry = by_name.get(name)
         if entry is None:  # a task learned or imported since the model was loaded: in memory
-            return
-        path = _checked_file(directory, entry)
-        st = path.stat()
-        if (st.st_ino, st.st_size, st.st_mtime_ns) != identities[name]:
-            raise ModelDirError(f"task file {path} was replaced since the model was loaded; load it again")
+            return None
+        path = safe_task_path(directory, entry["file"])
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            raise ModelDirError(f"task file {path} cannot be read: {err.strerror}") from None
+        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise ModelDirError(f"task file {path} is corrupted or was edited (checksum mismatch)")
+        try:
+            tensors = load(data)
+        except (SafetensorError, ValueError) as err:
+            raise ModelDirError(f"task file {path} is corrupted (cannot read it: {err})") from err
+        return {k: v for k, v in tensors.items() if k.startswith(("values.", "head.")) and k != TEMPERATURE
+                or k == "stats.scatter"}
 
     slm.before_read = verify
 

@@ -85,6 +85,12 @@ class KnowledgeBank(nn.Module):
             self._pooled = (self._pooled[0] + stats[1], self._pooled[1] + stats[2])
         self._gauss = None
 
+    def replace_scatter(self, task: int, scatter: torch.Tensor) -> None:
+        """Hold ``task``'s scatter in another tensor of the same values (read from its verified file instead
+        of mapped from it); the pool is unchanged."""
+        mean, _, count = self.stats[task]
+        self.stats[task] = (mean, scatter.to(device=self.device, dtype=self.stats_dtype), count)
+
     def set_pooled(self, scatter: torch.Tensor, count: torch.Tensor) -> None:
         """The pooled statistics of every task so far (``pooled``), saved beside the bank, so that routing
         never reads the per-task scatters: ``scatter [d, d]`` and ``count []``."""

@@ -88,9 +88,10 @@ class GrowsByTask:
 
     kind: str  # "classifier" (SLM) or "generative" (GenerativeSLM): a model directory's "kind"
     # Set by the store on a model it loaded: called with a task's name before the model first reads that
-    # task's saved tensors (they map the task file, which it verifies against its checksum). Routing calls
-    # it for the tasks it picked, ``task_state`` for its task.
-    before_read: Callable[[str], None] | None = None
+    # task's saved tensors (until then they map the task file). It verifies the file against its checksum
+    # and returns the verified tensors (by state name), which replace the mapped ones; None: nothing to
+    # replace. Routing calls it for the tasks it picked, ``task_state`` for its task.
+    before_read: Callable[[str], dict[str, torch.Tensor] | None] | None = None
 
     # ---- placement ----------------------------------------------------------------------------------
     device: torch.device = torch.device("cpu")
@@ -144,9 +145,22 @@ class GrowsByTask:
             return
         checked = self.__dict__.setdefault("_read_checked", set())
         name = self.task_names[t]
-        if name not in checked:
-            self.before_read(name)
-            checked.add(name)
+        if name in checked:
+            return
+        verified = self.before_read(name) or {}
+        params = self._named_task_params(t)
+        for n, tensor in verified.items():
+            target = params.get(n) if n != "stats.scatter" else self.bank.stats[t][1]
+            if target is None or n == "keys":  # keys and statistics other than the scatter: from the index
+                continue
+            if tuple(tensor.shape) != tuple(target.shape):
+                raise TaskStateError(f"task '{name}': {n} has shape {tuple(tensor.shape)} in its file, "
+                                     f"{tuple(target.shape)} in the model")
+            if n == "stats.scatter":
+                self.bank.replace_scatter(t, tensor)
+            else:
+                target.data = tensor.to(device=target.device, dtype=target.dtype)
+        checked.add(name)
 
     def _state_options(self, state: dict[str, torch.Tensor]) -> dict:
         """Keyword arguments of ``_add_task`` that a task's state implies (the kind of its head)."""
