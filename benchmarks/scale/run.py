@@ -101,6 +101,9 @@ def directory_mb(path: Path) -> float:
 def measure_size(args, count: int) -> dict:
     model = RUNS / f"T{count}"
     build(RUNS / "base", count, model)
+    if "extra" in [t["name"] for t in json.loads((model / "manifest.json").read_text())["tasks"]]:
+        subprocess.run([sys.executable, "-m", "scalable_lm.cli", "-q", "remove", "--model", str(model), "--task",
+                        "extra"], check=True, env=serve._env(), cwd=REPO, capture_output=True)  # an interrupted run's
     out = {"tasks": count, "directory_mb": directory_mb(model)}
     out["load"] = measured(["--load", model])
     texts = RUNS / "predict-texts.txt"

@@ -563,37 +563,42 @@ def _mapped(path: Path) -> dict[str, torch.Tensor]:
     safetensors' own ``safe_open(...).get_tensor`` copies each tensor into memory, which is what a bank of
     thousands of tasks must avoid; this reads the format's header (8-byte length + JSON) and maps the rest.
     The views only give shapes to check until the task is verified (``_add_mapped``)."""
-    import math
     import mmap
-
-    import torch
 
     try:
         with path.open("rb") as f:
-            st = os.fstat(f.fileno())
             mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # private: writes never reach the file
-        n = int.from_bytes(mm[:8], "little")
-        if not 2 <= n <= min(st.st_size - 8, 100_000_000):
-            raise ValueError("bad header length")
-        header = json.loads(mm[8: 8 + n])
-        tensors, base = {}, 8 + n
-        for name, info in header.items():
-            if name == "__metadata__":
-                continue
-            dtype = getattr(torch, _DTYPES[info["dtype"]])
-            shape, (start, end) = list(info["shape"]), info["data_offsets"]
-            count = math.prod(shape)
-            size = count * torch.empty((), dtype=dtype).element_size()
-            if end - start != size or start < 0 or base + end > st.st_size:
-                raise ValueError(f"tensor {name} lies outside the file")
-            if count == 0:
-                tensors[name] = torch.empty(shape, dtype=dtype)
-            elif (base + start) % torch.empty((), dtype=dtype).element_size():  # unaligned: copy this one
-                tensors[name] = torch.frombuffer(bytearray(mm[base + start: base + end]), dtype=dtype).view(shape)
-            else:
-                tensors[name] = torch.frombuffer(mm, dtype=dtype, count=count, offset=base + start).view(shape)
+        return _tensors_in(mm)
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ModelDirError(f"task file {path} is corrupted or truncated (cannot read it: {err})") from err
+
+
+def _tensors_in(buffer, names=None) -> dict[str, torch.Tensor]:
+    """Views of the tensors (all, or ``names``) of safetensors bytes in a writable ``buffer`` (no copy)."""
+    import math
+
+    import torch
+
+    size = len(buffer)
+    n = int.from_bytes(buffer[:8], "little")
+    if not 2 <= n <= min(size - 8, 100_000_000):
+        raise ValueError("bad header length")
+    header = json.loads(bytes(buffer[8: 8 + n]))
+    tensors, base = {}, 8 + n
+    for name, info in header.items():
+        if name == "__metadata__" or (names is not None and not names(name)):
+            continue
+        dtype = getattr(torch, _DTYPES[info["dtype"]])
+        shape, (start, end) = list(info["shape"]), info["data_offsets"]
+        count, itemsize = math.prod(shape), dtype.itemsize
+        if end - start != count * itemsize or start < 0 or base + end > size:
+            raise ValueError(f"tensor {name} lies outside the file")
+        if count == 0:
+            tensors[name] = torch.empty(shape, dtype=dtype)
+        elif (base + start) % itemsize:  # unaligned: copy this one
+            tensors[name] = torch.frombuffer(bytearray(buffer[base + start: base + end]), dtype=dtype).view(shape)
+        else:
+            tensors[name] = torch.frombuffer(buffer, dtype=dtype, count=count, offset=base + start).view(shape)
     return tensors
 
 
@@ -621,24 +626,21 @@ def _add_mapped(slm, directory: Path, entries: list[dict], index: dict[str, torc
     def verify(name: str) -> dict[str, torch.Tensor] | None:
         """Read the task's file once, check it against the manifest's SHA-256, and hand its tensors to the
         model (they replace the mapped ones: what is used is exactly what was verified)."""
-        from safetensors.torch import load
-
         entry = by_name.get(name)
         if entry is None:  # a task learned or imported since the model was loaded: in memory
             return None
         path = safe_task_path(directory, entry["file"])
         try:
-            data = path.read_bytes()
+            data = bytearray(path.read_bytes())
         except OSError as err:
             raise ModelDirError(f"task file {path} cannot be read: {err.strerror}") from None
         if hashlib.sha256(data).hexdigest() != entry["sha256"]:
             raise ModelDirError(f"task file {path} is corrupted or was edited (checksum mismatch)")
-        try:
-            tensors = load(data)
-        except (SafetensorError, ValueError) as err:
+        try:  # values and head (what answering reads), copied out of the verified bytes
+            used = _tensors_in(data, lambda k: k.startswith(("values.", "head.")) and k != TEMPERATURE)
+        except (ValueError, KeyError, TypeError) as err:
             raise ModelDirError(f"task file {path} is corrupted (cannot read it: {err})") from err
-        return {k: v for k, v in tensors.items() if k.startswith(("values.", "head.")) and k != TEMPERATURE
-                or k == "stats.scatter"}
+        return {k: v.clone() for k, v in used.items()}
 
     slm.before_read = verify
 

@@ -59,6 +59,13 @@ class EncoderClassifier(nn.Module):
         self.hidden = int(backbone.config.hidden_size)
         self.heads = nn.ModuleList()
 
+    def train(self, mode: bool = True) -> "EncoderClassifier":
+        """Set the backbone's mode only: heads have no dropout or normalisation, and walking thousands of them
+        on every ``predict`` (``nn.Module.train`` visits every submodule) would cost more than the answer."""
+        self.training = mode
+        self.backbone.train(mode)
+        return self
+
     @property
     def device(self) -> torch.device:
         """The backbone's device: batches and new heads are put there."""

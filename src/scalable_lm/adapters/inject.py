@@ -44,6 +44,7 @@ class BankLinear(nn.Module):
         # its cost does not grow with the bank, and a task's factors may stay on disk (memory-mapped by
         # the store) until a route first reads them
         self._starts: list[int] = [0]
+        self._starts_tensor: torch.Tensor | None = None  # the same on the route's device (rebuilt when it changes)
 
     def add_task(self, entries: int, generator: torch.Generator | None = None) -> list[nn.Parameter]:
         """Append a task's ``entries`` increments (A: Kaiming-uniform as in LoRA, B: zeros), float32 on the
@@ -63,6 +64,7 @@ class BankLinear(nn.Module):
         self.lora_A.append(nn.Parameter(a.to(device=device, dtype=torch.float32), requires_grad=trainable))
         self.lora_B.append(nn.Parameter(b.to(device=device, dtype=torch.float32), requires_grad=trainable))
         self._starts.append(self._starts[-1] + a.shape[0])
+        self._starts_tensor = None
         return [self.lora_A[-1], self.lora_B[-1]]
 
     def to_device(self, device: torch.device) -> None:
@@ -77,7 +79,7 @@ class BankLinear(nn.Module):
         self.lora_A = nn.ParameterList(list(self.lora_A)[:num_tasks])
         self.lora_B = nn.ParameterList(list(self.lora_B)[:num_tasks])
         self._starts = self._starts[: num_tasks + 1]
-        self._route_cache = None
+        self._starts_tensor, self._route_cache = None, None
 
     def gather(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Factors of the entries ``indices [B, K]``: ``(A [B, K, r, d_in], B [B, K, d_out, r])``.
@@ -85,7 +87,9 @@ class BankLinear(nn.Module):
         Only the tasks owning these entries are read (their factors concatenated, then indexed), so the cost
         follows the route, not the size of the bank; gradients reach the entries of trainable tasks.
         """
-        starts = torch.tensor(self._starts, device=indices.device)
+        if self._starts_tensor is None or self._starts_tensor.device != indices.device:
+            self._starts_tensor = torch.tensor(self._starts, device=indices.device)
+        starts = self._starts_tensor
         if int(indices.max()) >= self._starts[-1] or int(indices.min()) < 0:
             raise IndexError(f"entry index out of range: the bank has {self._starts[-1]} entries")
         owners = torch.bucketize(indices, starts, right=True) - 1  # task of each entry

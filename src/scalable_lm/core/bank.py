@@ -67,8 +67,12 @@ class KnowledgeBank(nn.Module):
     def num_entries(self) -> int:
         return self.num_tasks * self.entries_per_task
 
-    def add_task(self, generator: torch.Generator | None = None) -> nn.Parameter:
-        """Append a new task's keys (orthogonal within each group) and return them, trainable."""
+    def add_task(self, generator: torch.Generator | None = None, keys: torch.Tensor | None = None) -> nn.Parameter:
+        """Append a new task's keys and return them: drawn (orthogonal within each group) and trainable, or the
+        given ``keys [G, P, d/G]`` as they are, frozen."""
+        if keys is not None:
+            self.keys.append(nn.Parameter(keys.to(device=self.device, dtype=torch.float32), requires_grad=False))
+            return self.keys[-1]
         # drawn on the CPU from the (CPU) generator, so a seed gives the same keys on every device
         keys = retrieval.init_keys(self.groups, self.entries_per_task, self.dim // self.groups, generator)
         self.keys.append(nn.Parameter(keys.to(self.device)))
@@ -84,12 +88,6 @@ class KnowledgeBank(nn.Module):
         if self._pooled is not None:  # one more term of the left-to-right sum: reads this task's scatter only
             self._pooled = (self._pooled[0] + stats[1], self._pooled[1] + stats[2])
         self._gauss = None
-
-    def replace_scatter(self, task: int, scatter: torch.Tensor) -> None:
-        """Hold ``task``'s scatter in another tensor of the same values (read from its verified file instead
-        of mapped from it); the pool is unchanged."""
-        mean, _, count = self.stats[task]
-        self.stats[task] = (mean, scatter.to(device=self.device, dtype=self.stats_dtype), count)
 
     def set_pooled(self, scatter: torch.Tensor, count: torch.Tensor) -> None:
         """The pooled statistics of every task so far (``pooled``), saved beside the bank, so that routing
@@ -218,7 +216,12 @@ class KnowledgeBank(nn.Module):
         """Top-``k`` among the ``P`` entries of each row's own task ``tasks [B]``: only ``B·P`` entries are
         scored, so the cost does not grow with the number of tasks. Same result as masking all but that
         task's entries in ``retrieve``."""
-        scores = retrieval.scores_within_tasks(queries, self._scoring_keys(), tasks, self.entries_per_task)
+        if self._unit_keys is not None and self._unit_keys[0] == self.num_tasks:
+            unit, rows = self._unit_keys[1], tasks
+        else:  # a task is still training (its keys change): score only the tasks asked for, not the whole bank
+            needed, rows = torch.unique(tasks, return_inverse=True)
+            unit = retrieval.scoring_keys(torch.cat([self.keys[t].detach().transpose(0, 1) for t in needed.tolist()]))
+        scores = retrieval.scores_within_tasks(queries, unit, rows, self.entries_per_task)
         local, weights = retrieval.select_top_k(scores, k, None, weighting, temperature)
         return tasks[:, None] * self.entries_per_task + local, weights
 

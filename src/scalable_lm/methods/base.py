@@ -150,16 +150,15 @@ class GrowsByTask:
         verified = self.before_read(name) or {}
         params = self._named_task_params(t)
         for n, tensor in verified.items():
-            target = params.get(n) if n != "stats.scatter" else self.bank.stats[t][1]
-            if target is None or n == "keys":  # keys and statistics other than the scatter: from the index
+            # values and head: what answering reads. Keys and statistics come from the (verified) index; the
+            # scatter stays mapped (1.2 MB per task at d=384, read only when the pool is rebuilt).
+            target = params.get(n)
+            if target is None or n == "keys":
                 continue
             if tuple(tensor.shape) != tuple(target.shape):
                 raise TaskStateError(f"task '{name}': {n} has shape {tuple(tensor.shape)} in its file, "
                                      f"{tuple(target.shape)} in the model")
-            if n == "stats.scatter":
-                self.bank.replace_scatter(t, tensor)
-            else:
-                target.data = tensor.to(device=target.device, dtype=target.dtype)
+            target.data = tensor.to(device=target.device, dtype=target.dtype)
         checked.add(name)
 
     def _state_options(self, state: dict[str, torch.Tensor]) -> dict:
@@ -208,8 +207,11 @@ class GrowsByTask:
         for n, shape in planned.items():
             if n in state and tuple(state[n].shape) != shape:
                 raise TaskStateError(f"{n} has shape {tuple(state[n].shape)}, expected {shape}")
+        options = self._state_options(state)
+        if set(planned) <= set(state):  # keys and values taken as given (nothing drawn, nothing copied)
+            options["state"] = state
         with torch.random.fork_rng(devices=[]):  # a head's init draws from the global RNG; it is overwritten
-            self._add_task(name, list(label_names or []), torch.Generator().manual_seed(0), **self._state_options(state))
+            self._add_task(name, list(label_names or []), torch.Generator().manual_seed(0), **options)
         try:
             params = self._named_task_params(t)
             given = set(state) - set(NOVELTY)
