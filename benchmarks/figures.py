@@ -274,6 +274,49 @@ def serve_figure(out: Path) -> Path:
     return path
 
 
+def scale_figure(out: Path) -> Path | None:
+    """Peak memory and served latency against the number of tasks (benchmarks/results/scale), when measured."""
+    path = ROOT / "scale" / "scale.json"
+    if not path.exists():
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = json.loads(path.read_text())["sizes"]
+    ts = sorted(int(t) for t in sizes)
+    series = [("memory", "peak memory (MB)", {
+        "slm predict, 15 texts": [sizes[str(t)]["predict_15"]["peak_rss_mb"] for t in ts],
+        "slm learn, one more task": [sizes[str(t)]["learn_one_more"]["peak_rss_mb"] for t in ts],
+        "slm serve, after the load test": [sizes[str(t)]["serve_rss_mb_after"] for t in ts]}),
+        ("latency", "served p50 latency (ms)", {
+            "1 client": [1000 * sizes[str(t)]["serve"]["1"]["p50_s"] for t in ts],
+            "8 clients": [1000 * sizes[str(t)]["serve"]["8"]["p50_s"] for t in ts]})]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    rows = []
+    for ax, (panel, ylabel, lines_) in zip(axes, series):
+        for i, (label, ys) in enumerate(lines_.items()):
+            ax.plot(ts, ys, marker="osD"[i % 3], label=label, color=f"C{i}")
+            rows += [{"panel": panel, "method": label, "step": t, "mean": round(y, 2), "min": round(y, 2),
+                      "max": round(y, 2), "seeds": 1} for t, y in zip(ts, ys)]
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ts, [f"{t:,}" for t in ts])
+        ax.set_xlabel("tasks in the model directory")
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Thousands of tasks: memory and latency (MiniLM classifier, 2 CPU cores; benchmarks/results/scale)",
+                 fontsize=10)
+    fig.tight_layout()
+    target = out / "scale.png"
+    fig.savefig(target, dpi=100)
+    plt.close(fig)
+    write_csv(rows, target)
+    return target
+
+
 def readme(out: Path = ROOT / "readme") -> list[Path]:
     """The figures the top-level README embeds."""
     out.mkdir(parents=True, exist_ok=True)
@@ -285,7 +328,7 @@ def readme(out: Path = ROOT / "readme") -> list[Path]:
                   "average accuracy on the tasks so far (%)", f"Accuracy as tasks are added: {where}"),
             lines(curves(order4, "forgetting"), out / "cl5_forgetting.png", "forgetting (points, paper Eq. 8)",
                   f"Forgetting as tasks are added: {where}"),
-            serve_figure(out)]
+            serve_figure(out), *([f] if (f := scale_figure(out)) else [])]
 
 
 def main(argv: list[str] | None = None) -> None:
