@@ -498,7 +498,9 @@ def cmd_info(args) -> None:
     print(f"  bank: router {bank['router']}, G={bank['groups']} P={bank['entries_per_task']} "
           f"r={bank['rank']} K={bank['top_k']}, "
           f"targets {len(manifest.get('targets', []))} layers ({', '.join(bank['targets'])})")
-    print(f"  {len(manifest['tasks'])} tasks, {len(manifest['tasks']) * bank['entries_per_task']} entries")
+    print(f"  {len(manifest['tasks'])} tasks, {len(manifest['tasks']) * bank['entries_per_task']} entries; format "
+          f"{manifest['format']}" + (", with an index (task files read when first used)" if manifest.get("index")
+                                     else ", no index (every task file read at load; the next write adds one)"))
     bad = []
     for t in manifest["tasks"]:
         path = store.safe_task_path(directory, t["file"])
@@ -518,7 +520,8 @@ def cmd_info(args) -> None:
         facts = "; ".join(f for f in facts if f)
         print(f"  - {t['name']}: {what}, {t['entries']} entries, {size:.0f} KiB" + (f" ({facts})" if facts else ""))
     if bad:
-        raise store.ModelDirError(f"{len(bad)} task file(s) missing or corrupted: {bad}; the directory will not load")
+        raise store.ModelDirError(f"{len(bad)} task file(s) missing or corrupted: {bad}; a model loaded from this "
+                                  "directory refuses them (at load, or when an input is first routed to them)")
 
 
 def cmd_serve(args) -> None:

@@ -191,6 +191,8 @@ class GrowsByTask:
 
         Raises ``TaskStateError`` (and leaves the model as it was) when a tensor is missing, extra or of the
         wrong shape; the novelty tensors may be absent (that task then never falls back to the base model).
+        The tensors are used as they are, not copied (a loaded directory's map its files): do not modify them
+        afterwards.
         """
         if name in self.task_names:
             raise TaskStateError(f"task '{name}' is already in the bank")
@@ -295,6 +297,8 @@ class GrowsByTask:
         this task's entries, see ``store.remove``).
         """
         t = self.task_index(name)
+        for i in range(t):  # the pool is summed again from the kept tasks' scatters: their files are verified
+            self._read_task(i)  # first (a loaded model maps them; ``before_read``)
         later = [(self.task_names[i], self.label_names[i], {k: v.clone() for k, v in self.task_state(i).items()})
                  for i in range(t + 1, len(self.task_names))]
         while len(self.task_names) > t:
