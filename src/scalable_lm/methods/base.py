@@ -161,6 +161,19 @@ class GrowsByTask:
             target.data = tensor.to(device=target.device, dtype=target.dtype)
         checked.add(name)
 
+    def _new_entries(self, generator: torch.Generator, state: dict[str, torch.Tensor] | None = None) -> list:
+        """A new task's keys and values at every wrapped layer (keys first): drawn from ``generator``, or
+        ``state``'s tensors as they are (``add_task_state``). ``_add_task`` adds the rest (a head, names)."""
+        if state is not None:
+            params = [self.bank.add_task(keys=state["keys"])]
+            for name, layer in self.layers.items():
+                params += layer.add_factors(state[f"values.{name}.A"], state[f"values.{name}.B"])
+            return params
+        params = [self.bank.add_task(generator)]
+        for layer in self.layers.values():
+            params += layer.add_task(self.bank.entries_per_task, generator)
+        return params
+
     def _state_options(self, state: dict[str, torch.Tensor]) -> dict:
         """Keyword arguments of ``_add_task`` that a task's state implies (the kind of its head)."""
         return {}

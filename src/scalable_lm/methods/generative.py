@@ -123,14 +123,7 @@ class GenerativeSLM(GrowsByTask):
     def _add_task(self, name: str, label_names: list[str] | None, generator: torch.Generator,
                   state: dict[str, torch.Tensor] | None = None) -> list[nn.Parameter]:
         """A task's keys and values: drawn, or (``add_task_state``) ``state``'s tensors."""
-        if state is not None:
-            params = [self.bank.add_task(keys=state["keys"])]
-            for lname, layer in self.layers.items():
-                params += layer.add_factors(state[f"values.{lname}.A"], state[f"values.{lname}.B"])
-        else:
-            params = [self.bank.add_task(generator)]
-            for layer in self.layers.values():
-                params += layer.add_task(self.bank.entries_per_task, generator)
+        params = self._new_entries(generator, state)
         self.task_names.append(name)
         self.label_names.append([])
         return params

@@ -78,14 +78,7 @@ class SLM(GrowsByTask):
                   first_token: bool = False, state: dict[str, torch.Tensor] | None = None) -> list[nn.Parameter]:
         """Create a task's keys, values and head (a ``TokenHead`` when ``first_token``); returns the new tensors
         (keys first). With ``state`` (``add_task_state``) keys and values are its tensors, not drawn."""
-        if state is not None:
-            params = [self.bank.add_task(keys=state["keys"])]
-            for lname, layer in self.layers.items():
-                params += layer.add_factors(state[f"values.{lname}.A"], state[f"values.{lname}.B"])
-        else:
-            params = [self.bank.add_task(generator)]
-            for layer in self.layers.values():
-                params += layer.add_task(self.bank.entries_per_task, generator)
+        params = self._new_entries(generator, state)
         params += list(self.classifier.add_head(len(label_names), first_token).parameters())
         self.task_names.append(name)
         self.label_names.append(list(label_names))
