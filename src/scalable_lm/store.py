@@ -508,9 +508,15 @@ def index_tensors(slm) -> dict[str, torch.Tensor]:
     rows.update({"pooled.scatter": scatter, "pooled.count": count})
     if kind_of(slm) == "classifier":
         rows["head.temperature"] = torch.tensor(slm.temperatures, dtype=torch.float32)
-    single = ("keys", "head.temperature")  # float32 as the model holds them; statistics float64
-    return {k: v.detach().to("cpu", dtype=torch.float32 if k in single else torch.float64).contiguous()
-            for k, v in rows.items()}
+    return _index_dtypes({k: v.detach().to("cpu") for k, v in rows.items()})
+
+
+def _index_dtypes(rows: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Keys and temperatures float32 as the model holds them, statistics float64; contiguous, as saved."""
+    import torch
+
+    single = ("keys", "head.temperature")
+    return {k: v.to(torch.float32 if k in single else torch.float64).contiguous() for k, v in rows.items()}
 
 
 def _write_index(directory: Path, manifest: dict, tensors: dict[str, torch.Tensor]) -> None:
@@ -530,20 +536,20 @@ def _write_index(directory: Path, manifest: dict, tensors: dict[str, torch.Tenso
 def _read_index(directory: Path, manifest: dict) -> dict[str, torch.Tensor] | None:
     """The verified index of ``manifest``'s tasks, or ``None`` when there is none or it does not match (a
     write cut short between the index and the manifest): the caller then reads every task file instead."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
     entry, path = manifest.get("index"), directory / INDEX
     if not manifest["tasks"] or not isinstance(entry, dict) or not path.is_file():
         return None
     try:
-        if sha256(path) != entry.get("sha256"):
+        data = path.read_bytes()  # read once: hashed, then parsed
+        if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
             logging.getLogger(__name__).warning("%s does not match the manifest; reading every task file instead", path)
             return None
-        with safe_open(str(path), framework="pt") as f:
-            names = json.loads((f.metadata() or {}).get("tasks", "null"))
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as err:
+        header = json.loads(data[8: 8 + int.from_bytes(data[:8], "little")])
+        names = json.loads((header.get("__metadata__") or {}).get("tasks", "null"))
+        tensors = load(data)
+    except (SafetensorError, OSError, ValueError, AttributeError) as err:
         logging.getLogger(__name__).warning("cannot read %s (%s); reading every task file instead", path, err)
         return None
     if names != [t["name"] for t in manifest["tasks"]] or any(
@@ -629,58 +635,57 @@ def _add_mapped(slm, directory: Path, entries: list[dict], index: dict[str, torc
         entry = by_name.get(name)
         if entry is None:  # a task learned or imported since the model was loaded: in memory
             return None
-        path = safe_task_path(directory, entry["file"])
-        try:
-            data = bytearray(path.read_bytes())
-        except OSError as err:
-            raise ModelDirError(f"task file {path} cannot be read: {err.strerror}") from None
-        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
-            raise ModelDirError(f"task file {path} is corrupted or was edited (checksum mismatch)")
-        try:  # values and head (what answering reads), copied out of the verified bytes
-            used = _tensors_in(data, lambda k: k.startswith(("values.", "head.")) and k != TEMPERATURE)
-        except (ValueError, KeyError, TypeError) as err:
-            raise ModelDirError(f"task file {path} is corrupted (cannot read it: {err})") from err
-        return {k: v.clone() for k, v in used.items()}
+        used = _verified_tensors(directory, entry, lambda k: k.startswith(("values.", "head.")) and k != TEMPERATURE)
+        return {k: v.clone() for k, v in used.items()}  # values and head (what answering reads)
 
     slm.before_read = verify
 
 
+def _verified_tensors(directory: Path, entry: dict, names) -> dict[str, torch.Tensor]:
+    """Tensors (those ``names(key)`` accepts) of a task file read once and checked against the manifest's
+    SHA-256: views of the verified bytes."""
+    path = safe_task_path(directory, entry["file"])
+    try:
+        data = bytearray(path.read_bytes())
+    except FileNotFoundError:
+        raise ModelDirError(f"task file missing: {path}") from None
+    except OSError as err:
+        raise ModelDirError(f"task file {path} cannot be read: {err.strerror}") from None
+    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        raise ModelDirError(f"task file {path} is corrupted or was edited (checksum mismatch)")
+    try:
+        return _tensors_in(data, names)
+    except (ValueError, KeyError, TypeError) as err:
+        raise ModelDirError(f"task file {path} is corrupted (cannot read it: {err})") from err
+
+
 def build_index(directory: Path, manifest: dict) -> dict[str, torch.Tensor]:
-    """The index of ``manifest``'s tasks read from their files (each verified): after a removal or a merge,
-    or for a directory written before indexes. The pool is summed in task order (``routers.pool``), so it
-    has the bits a model that learned these tasks in this order keeps."""
+    """The index of ``manifest``'s tasks read from their files (each read once and verified): after a removal
+    or a merge. The pool is summed in task order as it goes (``routers.pool``'s order: the bits a model that
+    learned these tasks in this order keeps), so only one scatter is held at a time."""
     import torch
-    from safetensors import safe_open
 
-    from scalable_lm.core.routers import pool
-
-    rows: dict[str, list[torch.Tensor]] = {k: [] for k in (*_INDEX_ROWS, "head.temperature", "stats.scatter")}
-    classifier = manifest.get("kind", "classifier") == "classifier"
-    d = None
-    for entry in manifest["tasks"]:
-        path = _checked_file(directory, entry)
-        with safe_open(str(path), framework="pt") as f:
-            names = set(f.keys())
-            for k in ("keys", "stats.mean", "stats.count", "stats.scatter"):
-                if k not in names:
-                    raise ModelDirError(f"task file {path} has no {k}")
-                rows[k].append(f.get_tensor(k))
-            d = rows["stats.mean"][-1].shape[0]
-            centre = f.get_tensor("novelty.centre") if "novelty.centre" in names else torch.zeros(d, dtype=torch.float64)
-            spread = (f.get_tensor("novelty.spread") if "novelty.spread" in names
-                      else torch.tensor([0.0, float("inf")], dtype=torch.float64))
-            rows["novelty.centre"].append(centre)
-            rows["novelty.spread"].append(spread)
-            if classifier:
-                rows["head.temperature"].append(f.get_tensor("head.temperature") if "head.temperature" in names
-                                                else torch.tensor(1.0))
     if not manifest["tasks"]:
         return {}
-    scatters = rows.pop("stats.scatter")
-    scatter, count = pool([s.to(torch.float64) for s in scatters], [c.to(torch.float64) for c in rows["stats.count"]])
-    out = {k: torch.stack(v) for k, v in rows.items() if v}
-    out = {k: v.to(torch.float32 if k in ("keys", "head.temperature") else torch.float64).contiguous()
-           for k, v in out.items()}
+    wanted = {*_INDEX_ROWS, "stats.scatter", "head.temperature"}
+    rows: dict[str, list[torch.Tensor]] = {k: [] for k in (*_INDEX_ROWS, "head.temperature")}
+    classifier = manifest.get("kind", "classifier") == "classifier"
+    scatter = count = None
+    for entry in manifest["tasks"]:
+        tensors = _verified_tensors(directory, entry, lambda k: k in wanted)
+        missing = [k for k in ("keys", "stats.mean", "stats.count", "stats.scatter") if k not in tensors]
+        if missing:
+            raise ModelDirError(f"task file {safe_task_path(directory, entry['file'])} has no {missing[0]}")
+        d = tensors["stats.mean"].shape[0]
+        tensors.setdefault("novelty.centre", torch.zeros(d, dtype=torch.float64))
+        tensors.setdefault("novelty.spread", torch.tensor([0.0, float("inf")], dtype=torch.float64))
+        for k in _INDEX_ROWS:
+            rows[k].append(tensors[k].clone())
+        if classifier:
+            rows["head.temperature"].append(tensors.get("head.temperature", torch.tensor(1.0)).clone())
+        s, c = tensors["stats.scatter"].to(torch.float64), tensors["stats.count"].to(torch.float64)
+        scatter, count = (s.clone(), c.clone()) if scatter is None else (scatter + s, count + c)
+    out = _index_dtypes({k: torch.stack(v) for k, v in rows.items() if v})
     return {**out, "pooled.scatter": scatter.contiguous(), "pooled.count": count}
 
 
