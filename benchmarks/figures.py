@@ -20,6 +20,8 @@ import textwrap
 from collections import defaultdict
 from pathlib import Path
 
+from scalable_lm.figures import pyplot  # matplotlib on the Agg backend, or a clear error
+
 ROOT = Path(__file__).resolve().parent / "results"
 
 # canonical method label (``method_label``) -> (colour, marker, line style); the label is what the legend says
@@ -120,6 +122,15 @@ def write_csv(rows: list[dict], path: Path) -> Path:
     return out
 
 
+def finish(fig, path: Path, rows: list[dict]) -> Path:
+    """Lay out, write ``fig`` to ``path`` (PNG) and its data ``rows`` beside it (``write_csv``); returns ``path``."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    pyplot().close(fig)
+    write_csv(rows, path)
+    return path
+
+
 def _order_methods(labels) -> list[str]:
     known = [m for m in STYLES if m in labels]
     return known + sorted(set(labels) - set(known))
@@ -127,10 +138,7 @@ def _order_methods(labels) -> list[str]:
 
 def lines(rows: list[dict], path: Path, ylabel: str, title: str, xlabel: str = "tasks learned") -> Path:
     """A line figure of ``curves`` rows (mean line, min-max band), legend outside; writes the PNG and CSV."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(9, 4.5))
@@ -150,11 +158,7 @@ def lines(rows: list[dict], path: Path, ylabel: str, title: str, xlabel: str = "
     ax.set_title("\n".join(textwrap.wrap(title, 80)), fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    write_csv(rows, path)
-    return path
+    return finish(fig, path, rows)
 
 
 def stream_figures(records: list[tuple[str, dict]], out: Path, backbone: str = "MiniLM") -> list[Path]:
@@ -184,10 +188,7 @@ def _records(directory: Path) -> list[tuple[str, dict]]:
 def final_bars(out: Path) -> Path:
     """Final average accuracy on CL-5 order 4 per method, mean and min-max over seeds: cl5_seeds (three seeds
     for the main methods) and, for methods run only there, cl5 (seed 0)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     records = [(s, r) for s, r in _records(ROOT / "cl5_seeds") if s.endswith(("order4", "order4_seed1", "order4_seed2"))
                and not s.startswith("ablation_")]
@@ -215,21 +216,13 @@ def final_bars(out: Path) -> Path:
                  "right task and right label, no task-ID unless 'task given'; bar: mean over seeds, whisker: min-max",
                  fontsize=9)
     ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    path = out / "cl5_final_accuracy.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    write_csv([{**r, "step": 5} for r in rows], path)
-    return path
+    return finish(fig, out / "cl5_final_accuracy.png", [{**r, "step": 5} for r in rows])
 
 
 def serve_figure(out: Path) -> Path:
     """Served throughput against concurrency: the classifier (slm serve vs the plain backbone), the generative
     model (slm serve vs one merged LoRA) and the vLLM front (benchmarks/results/serve)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     serve = json.loads((ROOT / "serve" / "serve.json").read_text())
     panels = [("classifier (MiniLM, 5 tasks): requests/s", "requests_per_s", serve["classifier"]["runs"],
@@ -266,12 +259,7 @@ def serve_figure(out: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle("Served throughput on this 2-core CPU (benchmarks/results/serve)", fontsize=10)
-    fig.tight_layout()
-    path = out / "serve_throughput.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    write_csv(rows, path)
-    return path
+    return finish(fig, out / "serve_throughput.png", rows)
 
 
 def scale_figure(out: Path) -> Path | None:
@@ -279,10 +267,7 @@ def scale_figure(out: Path) -> Path | None:
     path = ROOT / "scale" / "scale.json"
     if not path.exists():
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     sizes = json.loads(path.read_text())["sizes"]
     ts = sorted(int(t) for t in sizes)
@@ -309,12 +294,7 @@ def scale_figure(out: Path) -> Path | None:
         ax.legend(fontsize=8)
     fig.suptitle("Thousands of tasks: memory and latency (MiniLM classifier, 2 CPU cores; benchmarks/results/scale)",
                  fontsize=10)
-    fig.tight_layout()
-    target = out / "scale.png"
-    fig.savefig(target, dpi=100)
-    plt.close(fig)
-    write_csv(rows, target)
-    return target
+    return finish(fig, out / "scale.png", rows)
 
 
 def readme(out: Path = ROOT / "readme") -> list[Path]:

@@ -417,7 +417,7 @@ def _plot_matrix(args, slm, tasks, score, last: dict[str, float], what: str) -> 
     from scalable_lm import figures
     from scalable_lm.runner import score_matrix
 
-    figures._pyplot()  # matplotlib missing: said before any scoring
+    figures.pyplot()  # matplotlib missing: said before any scoring
     if len(slm.task_names) > 1:
         print(f"scoring the {len(slm.task_names) - 1} earlier states of {args.model} for the {what} matrix "
               "(the model with its later tasks removed)", file=sys.stderr)

@@ -16,7 +16,8 @@ class PlotError(RuntimeError):
     """A figure that cannot be drawn (matplotlib missing, a path that cannot be written)."""
 
 
-def _pyplot():
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend (files, no display); ``PlotError`` when matplotlib is missing."""
     try:
         import matplotlib
     except ImportError as err:
@@ -33,7 +34,7 @@ def heatmap(R: list[list[float | None]], tasks: list[str], title: str, path: str
     writes from the suffix). ``rows`` names the rows (default ``after <task>``). Returns ``path``."""
     import numpy as np
 
-    plt = _pyplot()
+    plt = pyplot()
     path = Path(path)
     M = np.array([[np.nan if x is None else 100 * x for x in row] for row in R])
     fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * len(tasks) + 2), max(4.0, 0.45 * len(R) + 1.5)))
