@@ -3,6 +3,11 @@
 The encoder never trains, so every text is encoded at most once per process (in-memory cache), and the
 cache can be saved to / loaded from a safetensors file to survive across runs. It does not normalise:
 DTKR normalises per group.
+
+Two kinds: a separate encoder (``QueryEncoder``: its own model, e.g. the first 4 layers of MiniLM), or the
+served backbone's own first layers (``SharedPrefixEncoder``, ``--encoder shared-lN``): the query is the
+backbone's hidden state after block N, pooled the same way; increments then live only in blocks above N,
+so that one forward pass can both route (at block N) and answer (``adapters.inject.routed_from``).
 """
 
 from __future__ import annotations
@@ -49,6 +54,53 @@ def max_positions(model: nn.Module) -> int:
     return int(n) if isinstance(n, int) and n > 0 else 1 << 30
 
 
+def layer_stack(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """``(qualified name, blocks)``: the model's stack of transformer blocks (``encoder.layer`` of BERT and
+    MPNet, ``model.layers`` of LLaMA and Gemma), found as the longest ``nn.ModuleList`` whose items are all of
+    one class. Raises ``ValueError`` for a model with none, or with two such stacks of the greatest length
+    (an encoder-decoder's encoder and decoder): which one a query should come from would be a guess."""
+    stacks = [(name, m) for name, m in model.named_modules()
+              if isinstance(m, nn.ModuleList) and len(m) > 0 and len({type(b) for b in m}) == 1]
+    if not stacks:
+        raise ValueError(f"{type(model).__name__} has no stack of transformer blocks (an nn.ModuleList)")
+    longest = max(len(m) for _, m in stacks)
+    best = [(name, m) for name, m in stacks if len(m) == longest]
+    if len(best) > 1:
+        raise ValueError(f"{type(model).__name__} has {len(best)} stacks of {longest} blocks "
+                         f"({', '.join(name for name, _ in best)}): a shared-prefix query needs exactly one")
+    return best[0]
+
+
+def block_index(name: str, stack: str) -> int | None:
+    """The block a module named ``name`` lies in (``encoder.layer.3.attention...`` → 3), None outside ``stack``."""
+    prefix = stack + "." if stack else ""
+    if not name.startswith(prefix):
+        return None
+    head = name[len(prefix):].split(".", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def shared_prefix_depth(name: str) -> int | None:
+    """``shared-lN`` → N (the query is read after the backbone's block N); None for any other encoder name."""
+    if not name.startswith("shared-l"):
+        return None
+    digits = name.removeprefix("shared-l")
+    if not digits.isdigit() or int(digits) < 1:
+        raise ValueError(f"encoder {name!r}: expected shared-lN with N >= 1 (the query is read after block N)")
+    return int(digits)
+
+
+class _Stop(Exception):  # noqa: N818 - not an error: ends a forward pass once the query's block has run
+    def __init__(self, hidden: torch.Tensor):
+        super().__init__()
+        self.hidden = hidden
+
+
+def block_output(output) -> torch.Tensor:
+    """A block's hidden state ``[B, T, H]`` (transformers blocks return it alone or first in a tuple)."""
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
 def cache_dir() -> Path:
     """``$SLM_CACHE_DIR`` (default ``~/.cache/scalable_lm``): where caches and the vLLM front's state live."""
     return Path(os.environ.get("SLM_CACHE_DIR", Path.home() / ".cache" / "scalable_lm"))
@@ -77,6 +129,8 @@ class QueryEncoder:
         self._cache: dict[str, torch.Tensor] = {}
         self._on_disk: set[str] = set()  # keys already in the on-disk cache (save_cache writes only the others)
         self.cache_limit: int | None = None  # most cached queries (None: all; a server sets a bound)
+
+    shared = False  # True: the served backbone's own first blocks (SharedPrefixEncoder)
 
     @classmethod
     def from_name(cls, name: str, **kwargs) -> QueryEncoder:
@@ -190,6 +244,79 @@ class QueryEncoder:
             self._on_disk.update(keys)
             read += len(keys)
         return read
+
+
+class SharedPrefixEncoder(QueryEncoder):
+    """Queries from the served backbone itself: its hidden state after block ``depth``, masked-mean pooled.
+
+    For the default MiniLM classifier, ``shared-l4`` gives the queries of the separate ``minilm-l4`` encoder
+    (the same weights) without loading a second model. ``encode`` runs only the first ``depth`` blocks (the
+    forward pass is stopped there); inside a full forward, ``adapters.inject.routed_from`` reads the same
+    hidden state on the way up, so routing costs no pass of its own. Blocks up to ``depth`` must carry no
+    increments (the methods inject above it only), which keeps the query independent of every task.
+
+    Args:
+        model: the backbone (an encoder, or a decoder LM: its prompt's hidden states are pooled).
+        tokenizer: its tokenizer.
+        depth: N of ``shared-lN``: 1 <= N < the number of blocks (some block must remain for increments).
+        max_length: tokens per text: the classifier's own, so a query is computed on the tokens it answers.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, depth: int, max_length: int = 128, batch_size: int = 64):
+        self.stack_name, stack = layer_stack(model)
+        if not 1 <= depth < len(stack):
+            raise ValueError(f"encoder shared-l{depth}: the backbone has {len(stack)} blocks; N must be at least 1 "
+                             f"and below {len(stack)} (increments live in the blocks above N)")
+        self.depth, self.block, self.shared = depth, stack[depth - 1], True
+        # initialised without QueryEncoder.__init__'s eval()/requires_grad_: the backbone is the method's
+        # (already frozen), and its train/eval mode is the method's to set
+        self.model, self.tokenizer, self.name = model, tokenizer, f"shared-l{depth}"
+        self.max_length, self.batch_size = min(max_length, max_positions(model)), batch_size
+        self.dim = int(model.config.hidden_size)
+        self._cache, self._on_disk, self.cache_limit = {}, set(), None
+
+    def pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``[B, d]`` float32 queries from block ``depth``'s hidden state ``[B, T, H]`` and the mask ``[B, T]``."""
+        return mean_pool(hidden, mask).float()
+
+    @torch.no_grad()
+    def _encode_batch(self, texts: list[str]) -> torch.Tensor:
+        # right-padded by hand: a decoder's tokenizer may have no pad token, and with the mask (and, in a
+        # decoder, causal attention) what follows a text's last token does not change its hidden states
+        ids = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+        width, pad = max(len(x) for x in ids), self.tokenizer.pad_token_id or 0
+        input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids], device=self.device)
+        mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids], device=self.device)
+
+        def stop(module, args, output):
+            raise _Stop(block_output(output))
+
+        was_training = self.model.training
+        self.model.eval()  # the query never sees dropout, whatever the method is doing
+        handle = self.block.register_forward_hook(stop)
+        try:
+            self.model(input_ids=input_ids, attention_mask=mask)
+        except _Stop as done:
+            return self.pool(done.hidden, mask)
+        finally:
+            handle.remove()
+            self.model.train(was_training)
+        raise RuntimeError(f"block {self.depth} of {self.stack_name} did not run in the backbone's forward pass")
+
+    def default_cache_path(self) -> Path:
+        """As ``QueryEncoder``'s, with the depth and token limit in the name (the backbone's fingerprint alone
+        does not say where its queries are read)."""
+        base = super().default_cache_path()
+        return base.with_name(f"{base.name}-{self.name}-t{self.max_length}")
+
+
+def query_encoder(name: str, backbone: nn.Module, tokenizer, max_length: int) -> QueryEncoder:
+    """The query encoder a method's ``--encoder`` names: ``shared-lN`` reads the backbone's own block N
+    (``SharedPrefixEncoder``, at the method's ``max_length``), any other name loads a separate encoder."""
+    depth = shared_prefix_depth(name)
+    if depth is None:
+        return QueryEncoder.from_name(name)
+    return SharedPrefixEncoder(backbone, tokenizer, depth, max_length)
 
 
 # ---- the on-disk query cache (QueryEncoder.save_cache / load_cache) ------------------------------------------

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
 
 from scalable_lm.core.mixing import apply_row_factors, row_factors
+from scalable_lm.encoder import block_index, block_output, layer_stack
 
 
 class BankLinear(nn.Module):
@@ -130,19 +131,31 @@ class BankLinear(nn.Module):
         return a_t, b_w
 
 
-def inject(model: nn.Module, targets: list[str], rank: int, alpha: float) -> dict[str, BankLinear]:
+def inject(model: nn.Module, targets: list[str], rank: int, alpha: float, above: int = 0) -> dict[str, BankLinear]:
     """Replace every ``nn.Linear`` whose qualified name ends with one of ``targets`` by a ``BankLinear``.
+
+    ``above=N`` (a shared-prefix query read after block N): only layers in the blocks above N are wrapped,
+    so the first N blocks, and with them the query, never change.
 
     Returns:
         ``{qualified name: wrapper}`` in model order. Raises if nothing matched.
     """
+    stack = layer_stack(model)[0] if above else None
+
+    def kept(name: str) -> bool:
+        if stack is None:
+            return True
+        block = block_index(name, stack)
+        return block is not None and block >= above
+
     found = [
         (name, module)
         for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and any(name == t or name.endswith("." + t) for t in targets)
+        if isinstance(module, nn.Linear) and any(name == t or name.endswith("." + t) for t in targets) and kept(name)
     ]
     if not found:
-        raise ValueError(f"no nn.Linear in the model matches targets {targets}")
+        where = f" above block {above} of {stack}" if stack is not None else ""
+        raise ValueError(f"no nn.Linear in the model{where} matches targets {targets}")
     wrappers = {}
     for name, module in found:
         parent_name, _, child = name.rpartition(".")
@@ -151,6 +164,29 @@ def inject(model: nn.Module, targets: list[str], rank: int, alpha: float) -> dic
         setattr(parent, child, wrapper)
         wrappers[name] = wrapper
     return wrappers
+
+
+@contextlib.contextmanager
+def routed_from(layers: dict[str, BankLinear], block: nn.Module,
+                route_fn: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]) -> Iterator[None]:
+    """Within the block, a forward pass decides its own route on the way up: when ``block`` has run,
+    ``route_fn(hidden [B, T, H])`` returns ``(indices [B, K], weights [B, K])`` and every wrapped layer mixes
+    them for the rest of that pass. The wrapped layers must all lie above ``block`` (``inject(above=...)``):
+    one below it would have run unrouted. One pass then serves routing and answering.
+    """
+
+    def decide(module, args, output):
+        route = route_fn(block_output(output))
+        for layer in layers.values():
+            layer.route, layer._route_cache = route, None
+
+    handle = block.register_forward_hook(decide)
+    try:
+        yield
+    finally:
+        handle.remove()
+        for layer in layers.values():
+            layer.route, layer._route_cache = None, None
 
 
 @contextlib.contextmanager

@@ -124,10 +124,23 @@ class GrowsByTask:
             layer.to_device(device)
         for head in self._heads():
             head.to(device=device, dtype=torch.float32)
-        self.encoder.model.to(device=device, dtype=dtype)
+        if self.encoder.model is not self.backbone_module:  # a shared prefix is the backbone, moved above
+            self.encoder.model.to(device=device, dtype=dtype)
         self.bank.to_device(device, precise_dtype(device))
         self.device, self.dtype = device, dtype
         return self
+
+    def _query_encoder(self, given, model: torch.nn.Module, tokenizer):
+        """The query encoder ``config.model.encoder`` names (``given``, if a caller passed one): a separate
+        encoder, or for ``shared-lN`` the backbone's own first N blocks (``encoder.SharedPrefixEncoder``)."""
+        from scalable_lm.encoder import query_encoder, shared_prefix_depth
+
+        name = self.config.model.encoder
+        if given is None:
+            return query_encoder(name, model, tokenizer, self.config.train.max_length)
+        if shared_prefix_depth(name) is not None and not (getattr(given, "shared", False) and given.model is model):
+            raise ValueError(f"encoder {name!r} reads the backbone's own blocks: pass no separate encoder")
+        return given
 
     def _heads(self) -> list[torch.nn.Module]:
         """Modules outside the backbone that are trained per task (classification heads)."""

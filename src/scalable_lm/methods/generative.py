@@ -25,7 +25,7 @@ from scalable_lm.config import BankConfig, SLMConfig
 from scalable_lm.core import routers
 from scalable_lm.core.bank import KnowledgeBank
 from scalable_lm.data.tasks import DataError
-from scalable_lm.encoder import QueryEncoder
+from scalable_lm.encoder import QueryEncoder, shared_prefix_depth
 from scalable_lm.methods.base import GrowsByTask, Prediction
 from scalable_lm.progress import progress as progress_bar
 
@@ -107,8 +107,9 @@ class GenerativeSLM(GrowsByTask):
                  dtype: str | torch.dtype = "float32"):
         self.config, self.lm = generative_backbone(config, backbone)
         b = self.config.bank
-        self.layers = inject(self.lm.model, b.targets, b.rank, b.alpha)
-        self.encoder = encoder if encoder is not None else QueryEncoder.from_name(self.config.model.encoder)
+        depth = shared_prefix_depth(self.config.model.encoder)  # shared-lN: increments only above block N
+        self.layers = inject(self.lm.model, b.targets, b.rank, b.alpha, above=depth or 0)
+        self.encoder = self._query_encoder(encoder, self.lm.model, self.lm.tokenizer)
         self.bank = KnowledgeBank(self.encoder.dim, b.groups, b.entries_per_task)
         self.task_names: list[str] = []
         self.label_names: list[list[str]] = []  # always empty lists: answers are free text

@@ -16,12 +16,12 @@ from torch import nn
 
 from scalable_lm import training
 from scalable_lm.adapters.classification import EncoderClassifier, TokenHead
-from scalable_lm.adapters.inject import inject, routed
+from scalable_lm.adapters.inject import inject, routed, routed_from
 from scalable_lm.config import SLMConfig
 from scalable_lm.core.bank import KnowledgeBank
 from scalable_lm.core.routers import novelty_statistics, task_statistics
 from scalable_lm.data.tasks import DataError
-from scalable_lm.encoder import QueryEncoder, max_positions
+from scalable_lm.encoder import QueryEncoder, max_positions, shared_prefix_depth
 from scalable_lm.methods.base import TEMPERATURE, UNKNOWN, GrowsByTask, Prediction, TaskStateError
 from scalable_lm.progress import progress as progress_bar
 
@@ -55,8 +55,9 @@ class SLM(GrowsByTask):
         model, tokenizer = backbone if backbone is not None else load_encoder(self.config.model.backbone)
         self.classifier = EncoderClassifier(model, tokenizer)
         bank_cfg = self.config.bank
-        self.layers = inject(model, bank_cfg.targets, bank_cfg.rank, bank_cfg.alpha)
-        self.encoder = encoder if encoder is not None else QueryEncoder.from_name(self.config.model.encoder)
+        depth = shared_prefix_depth(self.config.model.encoder)  # shared-lN: increments only above block N
+        self.layers = inject(model, bank_cfg.targets, bank_cfg.rank, bank_cfg.alpha, above=depth or 0)
+        self.encoder = self._query_encoder(encoder, model, tokenizer)
         self.bank = KnowledgeBank(self.encoder.dim, bank_cfg.groups, bank_cfg.entries_per_task)
         if bank_cfg.router not in ("dtkr", "gaussian"):
             raise ValueError(f"unknown router {bank_cfg.router!r}; use 'dtkr' or 'gaussian'")
@@ -205,7 +206,7 @@ class SLM(GrowsByTask):
         texts, labels = [x for x, _ in rows], torch.tensor([y for _, y in rows], device=self.device)
         out = []
         for idx in training.batches(len(rows), 64):
-            feats, _, _ = self._features([texts[i] for i in idx], **route)
+            feats = self._features([texts[i] for i in idx], **route)[0]
             out.append(self.classifier.head_logits(feats, t))
         return torch.cat(out), labels
 
@@ -224,12 +225,26 @@ class SLM(GrowsByTask):
 
     def _features(self, texts: list[str], upto: int | None = None, only: int | None = None,
                   queries: torch.Tensor | None = None):
-        """``(features [B, 2, H], entries [B, K], weights [B, K])`` with per-row retrieval (``queries [B, d]``
-        when already encoded); the features are ``EncoderClassifier.pooled``'s, for heads of either kind."""
-        entries, weights = self._route(self.encoder.encode(texts) if queries is None else queries, upto, only)
+        """``(features [B, 2, H], entries [B, K], weights [B, K], queries [B, d])`` with per-row retrieval
+        (``queries`` when already encoded); the features are ``EncoderClassifier.pooled``'s, for heads of
+        either kind. With a shared-prefix encoder and no ``queries``, one forward pass reads the query at
+        block N, routes, and goes on up through the routed blocks."""
         batch = self.classifier.tokenize(texts, self.config.train.max_length)
+        if queries is None and self.encoder.shared:
+            seen: dict[str, torch.Tensor] = {}
+
+            def route(hidden: torch.Tensor):
+                seen["queries"] = self.encoder.pool(hidden, batch["attention_mask"])
+                seen["entries"], seen["weights"] = self._route(seen["queries"], upto, only)
+                return seen["entries"], seen["weights"]
+
+            with routed_from(self.layers, self.encoder.block, route):
+                feats = self.classifier.pooled(batch)
+            return feats, seen["entries"], seen["weights"], seen["queries"]
+        queries = self.encoder.encode(texts) if queries is None else queries
+        entries, weights = self._route(queries, upto, only)
         with routed(self.layers, entries, weights):
-            return self.classifier.pooled(batch), entries, weights
+            return self.classifier.pooled(batch), entries, weights, queries
 
     @torch.no_grad()
     def predict(self, texts: list[str], batch_size: int = 32, progress: bool = False, task: str | None = None,
@@ -251,13 +266,16 @@ class SLM(GrowsByTask):
         self.classifier.eval()
         only = self.task_index(task) if task is not None else None
         owner = self.bank.entry_task()
-        queries = self.encoder.encode(texts, progress=progress)  # once, in one pass
+        # a separate encoder: every query once, in one pass; a shared prefix reads them inside each forward
+        queries = None if self.encoder.shared else self.encoder.encode(texts, progress=progress)
         out: list[Prediction] = []
         for idx in progress_bar(training.batches(len(texts), batch_size), "predicting", progress):
-            feats, entries, weights = self._features([texts[i] for i in idx], only=only, queries=queries[idx])
+            given = queries[idx] if queries is not None else None
+            feats, entries, weights, batch_queries = self._features([texts[i] for i in idx], only=only,
+                                                                    queries=given)
             per_task = weights.new_zeros(len(idx), len(self.task_names)).scatter_add_(1, owner[entries], weights)
             chosen = per_task.argmax(dim=-1)  # head of the task owning most retrieved weight
-            far = (self.bank.unfamiliar(queries[idx], chosen, abstain) if abstain is not None
+            far = (self.bank.unfamiliar(batch_queries, chosen, abstain) if abstain is not None
                    else torch.zeros(len(idx), dtype=torch.bool))
             for row in range(len(idx)):
                 answer = self._answer(feats[row], int(chosen[row]), entries[row], weights[row], owner)
