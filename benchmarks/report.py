@@ -665,9 +665,13 @@ def serve_report(out: Path) -> str:
              "it). Latency is per request, from send to the last byte.\n"]
     names = {"routed": "slm serve (routing per request)", "plain": "same server, plain backbone (no routing)",
              "merged_lora": "same server, one merged LoRA (no routing)", "max_batch_1": "slm serve --max-batch 1"}
-    for part, title, unit in (("classifier", "Classifier: MiniLM, the 5 CL-5 tasks, /v1/classify (one text per request)", "req"),
-                              ("generative", "Generative: SmolLM2-135M-Instruct, the 3 Instruct-3 tasks, "
-                               "/v1/chat/completions, 32 tokens per answer (ignore_eos), temperature 0", "tok")):
+    parts = [("classifier", "Classifier: MiniLM, the 5 CL-5 tasks, /v1/classify (one text per request)")]
+    parts += [(key, f"Classifier, query read from the backbone's own block (`--encoder {data[key]['encoder']} --targets "
+               f"{' '.join(data[key]['targets'])}`): MiniLM, the 5 CL-5 tasks, /v1/classify")
+              for key in sorted(data) if key.startswith("classifier-")]
+    parts += [("generative", "Generative: SmolLM2-135M-Instruct, the 3 Instruct-3 tasks, "
+               "/v1/chat/completions, 32 tokens per answer (ignore_eos), temperature 0")]
+    for part, title in parts:
         if part not in data:
             continue
         d = data[part]
@@ -696,9 +700,9 @@ def serve_report(out: Path) -> str:
                   f"| {d['seconds']:.0f} | {d['requests']} | {d['failed']} | {d['requests_per_s']:.2f} | {d['p50_s']:.3f} | "
                   f"{d['p99_s']:.3f} | {d['rss_after_warmup_mb']:.0f} | {d['rss_max_after_warmup_mb']:.0f} | "
                   f"{d['rss_growth_pct']:.2f} |", ""]
-    if (out / "cost_split.json").exists():
-        d = json.loads((out / "cost_split.json").read_text())
-        lines += ["## Where a classifier request's time goes (in-process, no HTTP)\n",
+    for path in sorted(out.glob("cost_split*.json")):
+        d = json.loads(path.read_text())
+        lines += [f"## Where a classifier request's time goes (in-process, no HTTP; [{path.name}]({path.name}))\n",
                   f"Command: `{d['command']}` (commit {d['commit']}; {d['texts']} test texts, {d['max_length']} tokens, "
                   f"{d['threads']} threads, query encoder {d['encoder']}; best of 3).\n",
                   "| part | ms per text, batch 1 | ms per text, batch 16 |", "|---|---|---|"]

@@ -22,9 +22,9 @@ def tokenizer():
     return AutoTokenizer.from_pretrained(resolve("minilm"))
 
 
-def tiny_bert(seed: int, hidden: int = 48) -> BertModel:
+def tiny_bert(seed: int, hidden: int = 48, layers: int = 2) -> BertModel:
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4,
+    config = BertConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
                         intermediate_size=64, max_position_embeddings=64)
     return BertModel(config).eval()
 
@@ -63,6 +63,22 @@ def make_slm(tokenizer):
     def make(config: SLMConfig | None = None, backbone_seed: int = 0) -> SLM:
         encoder = QueryEncoder(tiny_query_model(), tokenizer, name="tiny-encoder", max_length=24)
         return SLM(config or tiny_config(), backbone=(tiny_bert(backbone_seed), tokenizer), encoder=encoder)
+
+    return make
+
+
+def shared_config(depth: int = 1, **bank) -> SLMConfig:
+    """``tiny_config`` with the query read from the backbone's own block ``depth`` (``--encoder shared-lN``)."""
+    config = tiny_config(**bank)
+    config.model.encoder = f"shared-l{depth}"
+    return config
+
+
+@pytest.fixture
+def make_shared_slm(tokenizer):
+    """An SLM whose queries come from its own 3-block tiny BERT (no separate encoder)."""
+    def make(config: SLMConfig | None = None, backbone_seed: int = 0) -> SLM:
+        return SLM(config or shared_config(), backbone=(tiny_bert(backbone_seed, layers=3), tokenizer))
 
     return make
 

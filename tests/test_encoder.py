@@ -1,5 +1,6 @@
 """The query encoder's on-disk cache: append-only shards, bounded, safe with several writers."""
 
+import pytest
 import torch
 
 from scalable_lm import encoder as encoder_module
@@ -68,3 +69,50 @@ def test_a_cache_file_from_before_shards_is_read_and_moved_into_a_shard(tmp_path
     assert new.load_cache(cache) == 1 and torch.equal(new.encode(["apple sweet"]), q)
     new.save_cache(cache)
     assert not (tmp_path / "queries-x.safetensors").exists() and _encoder(tokenizer).load_cache(cache) == 1
+
+
+# ---- the shared prefix: queries from the backbone's own blocks (--encoder shared-lN) ------------------------
+def test_shared_prefix_query_is_the_truncated_backbones_pooled_state(make_shared_slm, toy_stream, tokenizer):
+    """``shared-lN`` = the masked mean of the backbone's hidden state after block N: the same as a separate
+    encoder made of the backbone's first N blocks, whether read by ``encode`` (a pass stopped at block N) or
+    inside the full routed forward pass, before and after tasks are learned (nothing below N ever changes)."""
+    import copy
+
+    from scalable_lm.encoder import SharedPrefixEncoder
+    from tests.conftest import shared_config
+
+    for depth in (1, 2):
+        slm = make_shared_slm(shared_config(depth))
+        assert isinstance(slm.encoder, SharedPrefixEncoder) and slm.encoder.model is slm.classifier.backbone
+        texts = [x for task in toy_stream for x, _ in task.test[:5]] + ["a much longer text about a truck " * 3]
+        truncated = copy.deepcopy(slm.classifier.backbone)
+        truncated.encoder.layer = truncated.encoder.layer[:depth]
+        separate = QueryEncoder(truncated, tokenizer, max_length=24).encode(texts)
+        assert torch.allclose(slm.encoder.encode(texts), separate, atol=1e-6)
+        slm.learn(toy_stream[0], progress=False)
+        slm.learn(toy_stream[1], progress=False)
+        with slm.encoder.cold():
+            assert torch.allclose(slm.encoder.encode(texts), separate, atol=1e-6)
+        inside = slm._features(texts)[3]  # the query the one-pass forward routed with
+        assert torch.allclose(inside, separate, atol=1e-5)
+        assert not slm.classifier.backbone.training  # encode() does not leave the backbone in another mode
+
+
+def test_shared_prefix_depth_and_stack_are_checked(tokenizer):
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from scalable_lm.encoder import SharedPrefixEncoder, layer_stack, shared_prefix_depth
+    from tests.conftest import tiny_bert
+
+    assert shared_prefix_depth("minilm-l4") is None and shared_prefix_depth("shared-l3") == 3
+    for bad in ("shared-l0", "shared-lx", "shared-l"):
+        with pytest.raises(ValueError, match="expected shared-lN with N >= 1"):
+            shared_prefix_depth(bad)
+    model = tiny_bert(0, layers=3)
+    assert layer_stack(model)[0] == "encoder.layer"
+    for depth in (0, 3):  # block 3 of 3 would leave no block for increments
+        with pytest.raises(ValueError, match="the backbone has 3 blocks"):
+            SharedPrefixEncoder(model, tokenizer, depth)
+    t5 = T5ForConditionalGeneration(T5Config(vocab_size=100, d_model=16, d_ff=32, num_layers=2, num_heads=2, d_kv=8))
+    with pytest.raises(ValueError, match="2 stacks of 2 blocks .*needs exactly one"):
+        layer_stack(t5)

@@ -337,3 +337,42 @@ def test_a_mistyped_model_directory_leaves_nothing_behind(tmp_path, command):
         assert cli.main(["-q", *argv]) != 0
         assert not (tmp_path / "typo").exists()
         assert sorted(p.name for p in (tmp_path / "notes").iterdir()) == []
+
+
+def test_a_shared_prefix_task_exports_to_peft_and_imports_back(make_shared_slm, toy_stream, tokenizer, tmp_path):
+    """With ``--encoder shared-l1`` the exported adapter holds only the blocks above 1, loads with PEFT, and
+    equals SLM at the task's frozen weights; imported into another shared-prefix directory, it answers as before."""
+    from safetensors.torch import load_file
+
+    slm = make_shared_slm()
+    for task in toy_stream:
+        slm.learn(task, progress=False)
+    store.save(slm, tmp_path / "m")
+    out = sharing.export_task(tmp_path / "m", "vehicle", tmp_path / "vehicle", slm=slm)
+    targets = json.loads((tmp_path / "vehicle" / "adapter_config.json").read_text())["target_modules"]
+    assert sorted(targets) == sorted(slm.layers) and not any(".layer.0." in m for m in targets)
+    model = peft.PeftModel.from_pretrained(tiny_bert(0, layers=3), str(tmp_path / "vehicle")).eval()
+    head = load_file(str(tmp_path / "vehicle" / "head.safetensors"))
+    texts = [x for x, _ in toy_stream[1].test]
+    batch = tokenizer(texts, padding=True, truncation=True, max_length=24, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        logits = mean_pool(hidden, batch["attention_mask"]) @ head["weight"].T + head["bias"]
+    t, p = 1, slm.bank.entries_per_task
+    entries = torch.arange(t * p, t * p + p)[None].expand(len(texts), -1)
+    with torch.no_grad(), routed(slm.layers, entries, torch.tensor(out["weights"])[None].expand(len(texts), -1)):
+        ours = slm.classifier.head_logits(slm.classifier.features(slm.classifier.tokenize(texts, 24)), t)
+    assert torch.allclose(ours, logits, atol=1e-5)
+
+    other = make_shared_slm()
+    other.learn(toy_stream[0], progress=False)
+    store.save(other, tmp_path / "n")
+
+    def load(directory):
+        return store.load(directory, backbone=(tiny_bert(0, layers=3), tokenizer))
+
+    sharing.import_adapter(tmp_path / "n", "vehicle", tmp_path / "vehicle", [x for x, _ in toy_stream[1].train],
+                           loader=load)
+    back = load(tmp_path / "n")
+    assert [q.label for q in back.predict(texts, task="vehicle")] == [q.label for q in slm.predict(texts, task="vehicle")]
+    assert sum(q.task == "vehicle" for q in back.predict(texts)) >= 0.9 * len(texts)

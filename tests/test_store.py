@@ -735,3 +735,51 @@ def test_a_task_answers_with_the_bytes_that_were_verified(saved, tokenizer):
     before = _predictions(slm, texts)
     _poison(next((directory / "tasks").iterdir()))
     assert _predictions(slm, texts) == before
+
+
+def test_a_shared_prefix_directory_saves_loads_removes_and_merges_exactly(make_shared_slm, toy_stream, tokenizer,
+                                                                          tmp_path):
+    """``--encoder shared-lN``: no separate encoder is saved or needed; load, remove and merge give what
+    learning in sequence gives, bit for bit, as with a separate encoder."""
+    from tests.conftest import shared_config, tiny_bert
+
+    def learn_into(tasks, directory, seed=0):
+        config = shared_config()
+        config.train.seed = seed
+        slm = make_shared_slm(config)
+        for task in tasks:
+            slm.learn(task, progress=False)
+        store.save(slm, directory)
+        return slm
+
+    def load(directory):
+        return store.load(directory, backbone=(tiny_bert(0, layers=3), tokenizer))
+
+    fruit, vehicle, weather = toy_stream
+    texts = [x for t in toy_stream for x, _ in t.test]
+    full = learn_into(toy_stream, tmp_path / "full")
+    manifest = store.read_manifest(tmp_path / "full")
+    assert manifest["encoder"]["name"] == "shared-l1" and manifest["config"]["model"]["encoder"] == "shared-l1"
+    loaded = load(tmp_path / "full")
+    assert loaded.encoder.model is loaded.classifier.backbone and sorted(loaded.layers) == sorted(full.layers)
+    assert _predictions(loaded, texts) == _predictions(full, texts)
+    # remove: the directory that never learned 'vehicle' ('weather' keeps the seed it had as third task)
+    never = make_shared_slm()
+    never.learn(fruit, progress=False)
+    never.config.train.seed = 1
+    never.learn(weather, progress=False)
+    assert store.remove(tmp_path / "full", "vehicle")["exact"]
+    assert _predictions(load(tmp_path / "full"), texts) == _predictions(never, texts)
+    _assert_index_is_the_models(tmp_path / "full", never)
+    # merge: two directories = one that learned their tasks in sequence
+    learn_into(toy_stream[:2], tmp_path / "a")
+    learn_into(toy_stream[2:], tmp_path / "b", seed=2)
+    assert store.merge([tmp_path / "a", tmp_path / "b"], tmp_path / "ab") == ["fruit", "vehicle", "weather"]
+    assert _predictions(load(tmp_path / "ab"), texts) == _predictions(full, texts)
+    # the query is part of the model: a directory whose queries come from another source does not merge in
+    learn_into(toy_stream[:1], tmp_path / "c")
+    other = json.loads((tmp_path / "c" / store.MANIFEST).read_text())
+    other["config"]["model"]["encoder"] = other["encoder"]["name"] = "shared-l2"
+    (tmp_path / "c" / store.MANIFEST).write_text(json.dumps(other))
+    with pytest.raises(ModelDirError, match="encoder"):
+        store.merge([tmp_path / "b", tmp_path / "c"], tmp_path / "bc")

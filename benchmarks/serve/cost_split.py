@@ -40,9 +40,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "datasets")
     parser.add_argument("--texts", type=int, default=96)
+    parser.add_argument("--encoder", help="measure runs/serve/classifier-ENCODER (built by run.py --encoder) and "
+                        "write cost_split-ENCODER.json")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    slm = store.load(RUNS / "classifier")
+    slm = store.load(RUNS / ("classifier" if args.encoder is None else f"classifier-{args.encoder}"))
     slm.encoder.cache_limit = 0  # as served: every input encoded afresh
     texts = [text for _, text, _ in classifier_rows(args.data_dir, 100)][: args.texts]
 
@@ -50,13 +52,16 @@ def main() -> None:
     def backbone(chunk):
         slm.classifier.features(slm.classifier.tokenize(chunk, slm.config.train.max_length))
 
+    # with a shared prefix, "query encoding" is a pass stopped at block N, which predict does not make: there
+    # the query is read inside predict's own forward pass
     parts = {"query encoding": lambda chunk: slm.encoder.encode(chunk), "backbone alone (no routing)": backbone,
              "routed predict (encode + route + mixed backbone + head)": lambda chunk: slm.predict(chunk, batch_size=len(chunk))}
     result = {name: {str(b): per_text_ms(fn, texts, b) for b in (1, 16)} for name, fn in parts.items()}
     for name, row in result.items():
         print(f"{name:60s} ms/text  batch 1: {row['1']:7.2f}   batch 16: {row['16']:7.2f}")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
-    (OUT / "cost_split.json").write_text(json.dumps({
+    name = "cost_split.json" if args.encoder is None else f"cost_split-{args.encoder}.json"
+    (OUT / name).write_text(json.dumps({
         "ms_per_text": result, "texts": len(texts), "max_length": slm.config.train.max_length,
         "encoder": slm.encoder.name, "threads": torch.get_num_threads(), "commit": commit,
         "command": "python benchmarks/serve/cost_split.py " + " ".join(sys.argv[1:])}, indent=2))

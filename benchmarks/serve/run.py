@@ -7,7 +7,8 @@ Parts (each writes its own key into benchmarks/results/serve/serve.json as soon 
 resumed part by part; `--part` may be repeated):
 
 - classifier: the 5 CL-5 tasks learned with `slm learn` (MiniLM, defaults, --max-train rows per task) into
-  runs/serve/classifier; single-text /v1/classify requests drawn mixed from all tasks' test rows at
+  runs/serve/classifier (with `--encoder E [--targets ...]`: learned so into runs/serve/classifier-E, and
+  recorded as the part `classifier-E`); single-text /v1/classify requests drawn mixed from all tasks' test rows at
   concurrency 1, 8 and 32. Beside it, in the same run: the same server serving the plain backbone (no
   query encoding, no mixing: task 0's head answers every input; benchmarks/serve/variant.py), and
   `--max-batch 1` at concurrency 32. The answers of the concurrency-32 run cover every test row once and
@@ -180,10 +181,12 @@ def learn(model_dir: Path, task: str, data: Path, *flags) -> None:
     subprocess.run(cmd, check=True, env=_env(), cwd=REPO)
 
 
-def classifier_dir(data_dir: Path, max_train: int) -> Path:
-    model_dir = RUNS / "classifier"
+def classifier_dir(data_dir: Path, max_train: int, encoder: str | None = None, targets: list[str] | None = None) -> Path:
+    """The 5 CL-5 tasks learned into runs/serve/classifier (defaults) or runs/serve/classifier-ENCODER."""
+    model_dir = RUNS / ("classifier" if encoder is None else f"classifier-{encoder}")
+    flags = [*(["--encoder", encoder] if encoder else []), *(["--targets", *targets] if targets else [])]
     for task in CL5:
-        learn(model_dir, task, data_dir / task / "train.jsonl", "--max-train", max_train)
+        learn(model_dir, task, data_dir / task / "train.jsonl", "--max-train", max_train, *flags)
     return model_dir
 
 
@@ -217,14 +220,16 @@ def generative_dir(data_dir: Path, max_train: int) -> tuple[Path, dict]:
 
 # ---- parts --------------------------------------------------------------------------------------------
 def part_classifier(args) -> dict:
-    model_dir = classifier_dir(args.data_dir, args.max_train)
+    model_dir = classifier_dir(args.data_dir, args.max_train, args.encoder, args.targets)
     rows = classifier_rows(args.data_dir, args.test_per_task)
     bodies = [{"model": "auto", "input": text} for _, text, _ in rows]
     plan = {1: min(100, len(rows)), 8: min(200, len(rows)), 32: len(rows)}
-    out: dict = {"model_dir_tasks": CL5, "test_rows": len(rows), "max_train": args.max_train, "runs": {}}
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    out: dict = {"model_dir_tasks": CL5, "test_rows": len(rows), "max_train": args.max_train, "runs": {},
+                 "encoder": manifest["config"]["model"]["encoder"], "targets": manifest["config"]["bank"]["targets"]}
     for name, argv in (("routed", slm_serve(model_dir)), ("plain", variant("plain", model_dir)),
                        ("max_batch_1", slm_serve(model_dir, "--max-batch", 1))):
-        server = Server(argv, RUNS / f"classifier-{name}.log")
+        server = Server(argv, RUNS / f"{model_dir.name}-{name}.log")
         try:
             levels = [32] if name == "max_batch_1" else [1, 8, 32]
             out["runs"][name] = {}
@@ -336,6 +341,9 @@ def main(argv=None) -> None:
     parser.add_argument("--max-train", type=int, default=300, help="training rows per CL-5 task")
     parser.add_argument("--test-per-task", type=int, default=100, help="CL-5 test rows per task sent to the server")
     parser.add_argument("--gen-max-train", type=int, default=60, help="training rows per Instruct-3 task")
+    parser.add_argument("--encoder", help="classifier part: learn with this --encoder (e.g. shared-l4) into "
+                        "runs/serve/classifier-ENCODER and record the part as classifier-ENCODER")
+    parser.add_argument("--targets", nargs="+", help="classifier part: the --targets to learn with (with --encoder)")
     parser.add_argument("--soak-s", type=float, default=600.0)
     parser.add_argument("--warmup-s", type=float, default=60.0)
     args = parser.parse_args(argv)
@@ -352,9 +360,10 @@ def main(argv=None) -> None:
         record.update(command="python benchmarks/serve/run.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                       commit=commit, src_dirty=dirty, cpu_threads=os.cpu_count(), minutes=round((time.time() - start) / 60, 1),
                       date=time.strftime("%Y-%m-%d"))
-        results[part] = record
+        key = f"{part}-{args.encoder}" if part == "classifier" and args.encoder else part
+        results[key] = record
         path.write_text(json.dumps(results, indent=2))
-        print(f"wrote {part} to {path}", flush=True)
+        print(f"wrote {key} to {path}", flush=True)
 
 
 if __name__ == "__main__":

@@ -76,7 +76,9 @@ class ModelConfig:
     # 4 layers of MiniLM route best (98.8% validation retrieval vs 93.2% for all 6 layers and 94.4% for mpnet)
     encoder: str = field(default="minilm-l4", metadata={
         "help": "query encoder: 'minilm-l4' (default: the first 4 layers of MiniLM), 'minilm', 'minilm-lN', "
-                "'mpnet' (after `make mpnet`), a local folder or hub id"})
+                "'mpnet' (after `make mpnet`), a local folder or hub id; or 'shared-lN': the backbone's own hidden "
+                "state after block N (no second model; routing and answering share one forward pass; increments "
+                "only in the blocks above N)"})
     prompt_format: str = field(default="", metadata={
         "help": "generative model without a chat template (a base model): how it reads a prompt, a text with "
                 "'{prompt}' in it, e.g. '{prompt}\\nAnswer:' (an answer after ':' follows a space); "
@@ -141,6 +143,10 @@ class SLMConfig:
         for name in ("backbone", "encoder"):
             value = getattr(self.model, name)
             need(isinstance(value, str) and bool(value.strip()), name, "a model name or folder", value)
+        shared = self.model.encoder.removeprefix("shared-l") if isinstance(self.model.encoder, str) else ""
+        if isinstance(self.model.encoder, str) and self.model.encoder.startswith("shared-l"):
+            need(shared.isdigit() and int(shared) >= 1, "encoder", "shared-lN with N a whole number >= 1",
+                 self.model.encoder)
         fmt = self.model.prompt_format
         need(isinstance(fmt, str) and (fmt == "" or fmt.count("{prompt}") == 1), "prompt_format",
              "empty or a text holding '{prompt}' once", fmt)

@@ -217,3 +217,33 @@ def test_dolly_style_rows_are_instruction_rows(tmp_path):
     path.write_text('{"instruction": "Summarise", "context": "A long text.", "response": "Short.", "category": "x"}\n')
     assert is_instruction_row({"instruction": "x", "response": "y"}) and not is_instruction_row({"text": "x"})
     assert load_instruction_task("t", path).train == [("Summarise\n\nA long text.", "Short.")]
+
+
+def test_a_decoder_reads_its_query_from_its_own_first_block(lm_tokenizer, tmp_path):
+    """``--encoder shared-l1`` on a decoder: no second model; the query is the prompt's mean hidden state after
+    block 1 (the same with or without padding beside it), increments only above it; two tasks answered in
+    their own format without task-ID, the first left bit-identical, and a saved directory answers the same."""
+    from scalable_lm import store
+    from scalable_lm.encoder import SharedPrefixEncoder, mean_pool
+
+    config = tiny_config(router="gaussian", targets=["o_proj"])
+    config.train.epochs, config.train.lr = 8, 2e-2
+    config.model.encoder = "shared-l1"
+    slm = GenerativeSLM(config, backbone=(tiny_llama(), lm_tokenizer), max_new_tokens=3)
+    assert isinstance(slm.encoder, SharedPrefixEncoder) and list(slm.layers) == ["model.layers.1.self_attn.o_proj"]
+    fruit, vehicle = instruction_task("fruit", "sweet"), instruction_task("vehicle", "fast", seed=1)
+    prompts = [p for p, _ in fruit.test[:4]] + [p for p, _ in vehicle.test[:4]]
+    ids = lm_tokenizer(prompts[0], truncation=True, max_length=config.train.max_length, return_tensors="pt")
+    with torch.no_grad():
+        hidden = slm.lm.model(**ids, output_hidden_states=True).hidden_states[1]  # after block 1 (0: embeddings)
+    assert torch.allclose(slm.encoder.encode(prompts)[0], mean_pool(hidden, ids["attention_mask"])[0], atol=1e-5)
+    slm.learn(fruit, progress=False)
+    before = [t.clone() for t in slm._values(0)]
+    slm.learn(vehicle, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, slm._values(0)))
+    preds = slm.predict(prompts, batch_size=8)
+    assert [p.task for p in preds] == ["fruit"] * 4 + ["vehicle"] * 4
+    assert [p.label.split()[0] for p in preds] == ["sweet"] * 4 + ["fast"] * 4, [p.label for p in preds]
+    store.save(slm, tmp_path / "m")
+    loaded = store.load(tmp_path / "m", backbone=(tiny_llama(), lm_tokenizer))
+    assert [(p.label, p.entries) for p in loaded.predict(prompts)] == [(p.label, p.entries) for p in preds]

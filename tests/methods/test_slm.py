@@ -201,3 +201,29 @@ def test_abstain_answers_unknown_far_from_every_task(make_slm, toy_stream):
     for bad in (-1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="abstain"):
             slm.predict(in_task[:1], abstain=bad)
+
+
+def test_shared_prefix_routes_in_one_pass_as_two_passes_would_and_keeps_old_tasks(make_shared_slm, toy_stream):
+    """``--encoder shared-l1``: increments only above block 1; one forward pass routes at block 1 and answers
+    exactly as routing first (a stopped pass) and answering second would; old tasks stay bit-identical."""
+    slm = make_shared_slm()
+    assert sorted({name.split(".")[2] for name in slm.layers}) == ["1", "2"]  # blocks 1 and 2 of 0..2
+    slm.learn(toy_stream[0], progress=False)
+    before = {k: v.clone() for k, v in slm.task_state(0).items()}
+    base = {k: v.clone() for k, v in slm.classifier.backbone.state_dict().items() if "lora_" not in k}
+    for task in toy_stream[1:]:
+        slm.learn(task, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in slm.task_state(0).items())
+    assert all(torch.equal(base[k], v) for k, v in slm.classifier.backbone.state_dict().items() if k in base)
+    texts = [x for task in toy_stream for x, _ in task.test]
+    one_pass = slm._features(texts)
+    two_pass = slm._features(texts, queries=slm.encoder.encode(texts))
+    assert torch.equal(one_pass[1], two_pass[1])  # the same entries
+    for a, b in zip(one_pass, two_pass):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5)
+    preds = slm.predict(texts, batch_size=7)
+    assert [p.task for p in preds] == [t.name for t in toy_stream for _ in t.test]  # routed to its own task
+    alone = [slm.predict([x])[0] for x in texts[:6]]
+    assert [(p.label, p.entries) for p in alone] == [(p.label, p.entries) for p in preds[:6]]
+    scores = evaluate(slm, toy_stream)
+    assert sum(s["accuracy"] for s in scores.values()) / len(scores) >= 0.7, scores

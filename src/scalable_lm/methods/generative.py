@@ -107,9 +107,9 @@ class GenerativeSLM(GrowsByTask):
                  dtype: str | torch.dtype = "float32"):
         self.config, self.lm = generative_backbone(config, backbone)
         b = self.config.bank
+        self.encoder = self._query_encoder(encoder, self.lm.model, self.lm.tokenizer)  # first: checks shared-lN
         depth = shared_prefix_depth(self.config.model.encoder)  # shared-lN: increments only above block N
         self.layers = inject(self.lm.model, b.targets, b.rank, b.alpha, above=depth or 0)
-        self.encoder = self._query_encoder(encoder, self.lm.model, self.lm.tokenizer)
         self.bank = KnowledgeBank(self.encoder.dim, b.groups, b.entries_per_task)
         self.task_names: list[str] = []
         self.label_names: list[list[str]] = []  # always empty lists: answers are free text

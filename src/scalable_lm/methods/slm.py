@@ -55,9 +55,9 @@ class SLM(GrowsByTask):
         model, tokenizer = backbone if backbone is not None else load_encoder(self.config.model.backbone)
         self.classifier = EncoderClassifier(model, tokenizer)
         bank_cfg = self.config.bank
+        self.encoder = self._query_encoder(encoder, model, tokenizer)  # first: it checks a shared-lN's N
         depth = shared_prefix_depth(self.config.model.encoder)  # shared-lN: increments only above block N
         self.layers = inject(model, bank_cfg.targets, bank_cfg.rank, bank_cfg.alpha, above=depth or 0)
-        self.encoder = self._query_encoder(encoder, model, tokenizer)
         self.bank = KnowledgeBank(self.encoder.dim, bank_cfg.groups, bank_cfg.entries_per_task)
         if bank_cfg.router not in ("dtkr", "gaussian"):
             raise ValueError(f"unknown router {bank_cfg.router!r}; use 'dtkr' or 'gaussian'")
