@@ -227,3 +227,7 @@ def test_shared_prefix_routes_in_one_pass_as_two_passes_would_and_keeps_old_task
     assert [(p.label, p.entries) for p in alone] == [(p.label, p.entries) for p in preds[:6]]
     scores = evaluate(slm, toy_stream)
     assert sum(s["accuracy"] for s in scores.values()) / len(scores) >= 0.7, scores
+    # a later task trained with another --max-length: the queries stay cut where they were, so does routing
+    slm.config.train.max_length = 12
+    assert not slm._one_pass()
+    assert [p.entries for p in slm.predict(texts[:6])] == [p.entries for p in preds[:6]]

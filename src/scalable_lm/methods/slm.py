@@ -223,6 +223,13 @@ class SLM(GrowsByTask):
         self._reading(entries)
         return entries, weights
 
+    def _one_pass(self) -> bool:
+        """Whether a forward pass can read its own query: a shared prefix, and answers cut at the tokens the
+        queries were cut at (a later task learned with another ``--max-length`` makes answers and queries differ:
+        then the query is encoded apart, as the training queries were)."""
+        limit = min(self.config.train.max_length, max_positions(self.classifier.backbone))
+        return self.encoder.shared and self.encoder.max_length == limit
+
     def _features(self, texts: list[str], upto: int | None = None, only: int | None = None,
                   queries: torch.Tensor | None = None):
         """``(features [B, 2, H], entries [B, K], weights [B, K], queries [B, d])`` with per-row retrieval
@@ -230,7 +237,7 @@ class SLM(GrowsByTask):
         either kind. With a shared-prefix encoder and no ``queries``, one forward pass reads the query at
         block N, routes, and goes on up through the routed blocks."""
         batch = self.classifier.tokenize(texts, self.config.train.max_length)
-        if queries is None and self.encoder.shared:
+        if queries is None and self._one_pass():
             seen: dict[str, torch.Tensor] = {}
 
             def route(hidden: torch.Tensor):
@@ -267,7 +274,7 @@ class SLM(GrowsByTask):
         only = self.task_index(task) if task is not None else None
         owner = self.bank.entry_task()
         # a separate encoder: every query once, in one pass; a shared prefix reads them inside each forward
-        queries = None if self.encoder.shared else self.encoder.encode(texts, progress=progress)
+        queries = None if self._one_pass() else self.encoder.encode(texts, progress=progress)
         out: list[Prediction] = []
         for idx in progress_bar(training.batches(len(texts), batch_size), "predicting", progress):
             given = queries[idx] if queries is not None else None
