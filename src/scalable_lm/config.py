@@ -8,6 +8,35 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+AUTO = "auto"  # a default resolved when the model is built (``resolve_classifier``), then stored resolved
+PAPER_TARGETS = ["attention.output.dense"]  # the paper's: the attention output of every block
+# a shared-prefix classifier (BERT/MiniLM names): every linear layer of the blocks above the query's block; chosen
+# on validation rows against the attention output alone (benchmarks/results/route_free)
+SHARED_PREFIX_TARGETS = ["attention.self.query", "attention.self.key", "attention.self.value",
+                         "attention.output.dense", "intermediate.dense", "output.dense"]
+CLASSIFIER_ENCODER = "shared-l4"  # what encoder 'auto' is for a classifier (route_free); generative: minilm-l4
+GENERATIVE_ENCODER = "minilm-l4"
+
+
+def resolve_targets(targets: list[str], encoder: str | None) -> list[str]:
+    """``targets`` with ``['auto']`` made concrete for an encoder classifier: every linear layer above a shared
+    prefix (``encoder`` = ``shared-lN``), else the paper's attention output (also for ``encoder=None``: the
+    classifier baselines, which route nothing)."""
+    if targets != [AUTO]:
+        return list(targets)
+    return list(SHARED_PREFIX_TARGETS if encoder and encoder.startswith("shared-l") else PAPER_TARGETS)
+
+
+def resolve_classifier(config: "SLMConfig", given_encoder=None) -> "SLMConfig":
+    """Make an encoder classifier's 'auto' defaults concrete, in place: the encoder (the given encoder's name
+    when one is passed, else ``CLASSIFIER_ENCODER``), then the targets (``resolve_targets``). A directory
+    stores the resolved values, so a later change of a default never changes a saved model."""
+    if config.model.encoder == AUTO:
+        config.model.encoder = given_encoder.name if given_encoder is not None else CLASSIFIER_ENCODER
+    config.bank.targets = resolve_targets(config.bank.targets, config.model.encoder)
+    return config
+
+
 @dataclass
 class BankConfig:
     """Shape of the knowledge bank and the retrieval rule (SPEC: DTKR and JARe)."""
@@ -18,8 +47,11 @@ class BankConfig:
     alpha: float = field(default=24.0, metadata={"help": "increments are scaled by alpha/rank"})
     top_k: int = field(default=4, metadata={"help": "K: entries mixed per input"})
     targets: list[str] = field(
-        default_factory=lambda: ["attention.output.dense"],
-        metadata={"help": "suffixes of the nn.Linear layers that get increments (paper: attention output)"},
+        default_factory=lambda: [AUTO],
+        metadata={"help": "suffixes of the nn.Linear layers that get increments; 'auto' (default): every linear layer "
+                          "of the blocks above the query's (a classifier with --encoder shared-lN), the attention "
+                          "output (the paper's choice: a separate encoder, and the classifier baselines), o_proj "
+                          "(decoder LMs)"},
     )
     # default chosen on validation data by benchmarks/retrieval.py (results/retrieval/minilm.json):
     # gaussian 93.2% vs dtkr 73.6% retrieval on the CL-5 validation splits
@@ -74,11 +106,14 @@ class ModelConfig:
                 "minilm) or 'gemma3' (a base model, after `make gemma3`); or a local folder or hub id"})
     # default chosen on validation data by benchmarks/retrieval.py (results/retrieval/README.md): the first
     # 4 layers of MiniLM route best (98.8% validation retrieval vs 93.2% for all 6 layers and 94.4% for mpnet)
-    encoder: str = field(default="minilm-l4", metadata={
-        "help": "query encoder: 'minilm-l4' (default: the first 4 layers of MiniLM), 'minilm', 'minilm-lN', "
-                "'mpnet' (after `make mpnet`), a local folder or hub id; or 'shared-lN': the backbone's own hidden "
-                "state after block N (no second model; routing and answering share one forward pass; increments "
-                "only in the blocks above N)"})
+    # 'auto' = shared-l4 for classifiers, chosen on validation rows by benchmarks/results/route_free (same
+    # routing as the separate minilm-l4 encoder, one forward pass instead of two); minilm-l4 for generative models
+    encoder: str = field(default=AUTO, metadata={
+        "help": "query encoder: 'auto' (default: 'shared-l4' for classifiers, 'minilm-l4' for generative models); "
+                "'shared-lN': the backbone's own hidden state after block N (no second model; one forward pass "
+                "routes and answers; increments only in the blocks above N); or a separate encoder: 'minilm-l4' "
+                "(the first 4 layers of MiniLM), 'minilm', 'minilm-lN', 'mpnet' (after `make mpnet`), a local "
+                "folder or hub id"})
     prompt_format: str = field(default="", metadata={
         "help": "generative model without a chat template (a base model): how it reads a prompt, a text with "
                 "'{prompt}' in it, e.g. '{prompt}\\nAnswer:' (an answer after ':' follows a space); "

@@ -16,7 +16,7 @@ import torch
 
 from scalable_lm import training
 from scalable_lm.adapters.classification import EncoderClassifier
-from scalable_lm.config import BankConfig, TrainConfig
+from scalable_lm.config import BankConfig, TrainConfig, resolve_targets
 from scalable_lm.data.tasks import Task, check_new_task, split_validation
 from scalable_lm.methods.base import Prediction
 
@@ -55,7 +55,7 @@ class Arrow:
         from peft import LoraConfig
 
         return LoraConfig(r=self.bank.rank, lora_alpha=self.bank.alpha, lora_dropout=0.0,
-                          target_modules=self.bank.targets, **extra)
+                          target_modules=resolve_targets(self.bank.targets, None), **extra)
 
     def _add_adapter(self, name: str) -> None:
         from peft import get_peft_model

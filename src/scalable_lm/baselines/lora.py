@@ -16,7 +16,7 @@ from scalable_lm import training
 from scalable_lm.adapters.classification import EncoderClassifier
 from scalable_lm.adapters.inject import inject, routed
 from scalable_lm.baselines.head import UnionHead
-from scalable_lm.config import BankConfig, TrainConfig
+from scalable_lm.config import BankConfig, TrainConfig, resolve_targets
 from scalable_lm.data.tasks import Task, check_new_task, split_validation
 from scalable_lm.methods.base import Prediction
 
@@ -41,7 +41,7 @@ class UnionLoRA:
         self.device = resolve_device(device)
         self.cfg, bank = train or TrainConfig(), bank or BankConfig()
         self.classifier = EncoderClassifier(model.to(self.device), tokenizer)
-        self.layers = inject(model, bank.targets, bank.rank, bank.alpha)
+        self.layers = inject(model, resolve_targets(bank.targets, None), bank.rank, bank.alpha)
         self.head = UnionHead(self.classifier.hidden, self.device)
         self.learned: list[str] = []
 

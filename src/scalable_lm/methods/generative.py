@@ -21,7 +21,7 @@ from torch import nn
 from scalable_lm import training
 from scalable_lm.adapters.causal import BASE_FORMAT, PLAIN_FORMAT, CausalLM, Seq2SeqLM
 from scalable_lm.adapters.inject import inject, routed
-from scalable_lm.config import BankConfig, SLMConfig
+from scalable_lm.config import AUTO, GENERATIVE_ENCODER, PAPER_TARGETS, SLMConfig
 from scalable_lm.core import routers
 from scalable_lm.core.bank import KnowledgeBank
 from scalable_lm.data.tasks import DataError
@@ -47,9 +47,11 @@ def generative_backbone(config: SLMConfig | None, backbone=None) -> tuple[SLMCon
     config = copy.deepcopy(config) if config is not None else SLMConfig()
     if config.model.backbone == "minilm":
         config.model.backbone = "smollm2"
+    if config.model.encoder == AUTO:
+        config.model.encoder = GENERATIVE_ENCODER
     model, tokenizer = backbone if backbone is not None else load_generator(config.model.backbone)
     seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
-    if config.bank.targets == BankConfig().targets:
+    if config.bank.targets in ([AUTO], PAPER_TARGETS):  # left at a default: the decoder's own
         config.bank.targets = list(SEQ2SEQ_TARGETS if seq2seq else DECODER_TARGETS)
     if seq2seq:
         return config, Seq2SeqLM(model, tokenizer, config.train.max_length)

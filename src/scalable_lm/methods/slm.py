@@ -17,7 +17,7 @@ from torch import nn
 from scalable_lm import training
 from scalable_lm.adapters.classification import EncoderClassifier, TokenHead
 from scalable_lm.adapters.inject import inject, routed, routed_from
-from scalable_lm.config import SLMConfig
+from scalable_lm.config import SLMConfig, resolve_classifier
 from scalable_lm.core.bank import KnowledgeBank
 from scalable_lm.core.routers import novelty_statistics, task_statistics
 from scalable_lm.data.tasks import DataError
@@ -51,7 +51,7 @@ class SLM(GrowsByTask):
                  accelerator=None, device: str | torch.device | None = "auto", dtype: str | torch.dtype = "float32"):
         from scalable_lm.backbones import load_encoder
 
-        self.config = config or SLMConfig()
+        self.config = resolve_classifier(config or SLMConfig(), encoder)  # 'auto' encoder and targets
         model, tokenizer = backbone if backbone is not None else load_encoder(self.config.model.backbone)
         self.classifier = EncoderClassifier(model, tokenizer)
         bank_cfg = self.config.bank
