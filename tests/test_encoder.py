@@ -116,3 +116,15 @@ def test_shared_prefix_depth_and_stack_are_checked(tokenizer):
     t5 = T5ForConditionalGeneration(T5Config(vocab_size=100, d_model=16, d_ff=32, num_layers=2, num_heads=2, d_kv=8))
     with pytest.raises(ValueError, match="2 stacks of 2 blocks .*needs exactly one"):
         layer_stack(t5)
+
+
+def test_the_default_classifier_query_is_the_minilm_l4_encoders():
+    """On the packaged MiniLM, ``shared-l4`` (the default classifier's query) equals the separate ``minilm-l4``
+    encoder's query (0.2.0's default), so routing is unchanged by sharing the blocks."""
+    from scalable_lm.backbones import load_encoder
+    from scalable_lm.encoder import SharedPrefixEncoder
+
+    texts = ["My parcel never arrived", "The battery died after two days, avoid it", "Stocks fell on Monday " * 20]
+    separate = QueryEncoder.from_name("minilm-l4").encode(texts)
+    shared = SharedPrefixEncoder(*load_encoder("minilm"), depth=4).encode(texts)
+    assert torch.allclose(shared, separate, atol=1e-5)

@@ -24,12 +24,11 @@ class PlainClassifier:
         self.slm, self.classifier, self.task_names = slm, slm.classifier, slm.task_names
         self.label_names, self.config = slm.label_names, slm.config
 
-    @property
-    def backbone_module(self):
-        return self.slm.backbone_module
+    def __getattr__(self, name):  # everything else the server reads (kind, encoder, ...) is the directory's
+        return getattr(self.slm, name)
 
     @torch.no_grad()
-    def predict(self, texts, batch_size=32, progress=False, task=None):
+    def predict(self, texts, batch_size=32, progress=False, task=None, abstain=None):
         batch = self.classifier.tokenize(texts, self.config.train.max_length)
         probs = torch.softmax(self.classifier.head_logits(self.classifier.features(batch), 0), dim=-1)
         return [Prediction(label=self.label_names[0][int(p.argmax())], task=self.task_names[0],
