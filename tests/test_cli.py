@@ -581,7 +581,9 @@ def test_importing_the_package_and_help_do_not_load_torch():
               "print('torch' in sys.modules)\n")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["False", "0.2.0", "True"]
+    from scalable_lm import __version__
+
+    assert proc.stdout.split() == ["False", __version__, "True"]
 
 
 def test_eval_plot_draws_the_directorys_own_accuracy_matrix(tmp_path, models, data, capsys):

@@ -2,11 +2,15 @@
 
 ``BankLinear`` owns, per task, the factors ``A [P, r, d_in]`` and ``B [P, d_out, r]`` of that task's
 ``P`` entries at this layer. Routing (which entries and weights each row uses) is computed once per batch
-outside the model and handed to every wrapped layer by the ``routed`` context manager; without routing
-the layer is exactly its base layer.
+and handed to every wrapped layer: before the forward pass by the ``routed`` context manager, or inside it
+by ``routed_from`` (a shared-prefix query, read when a given block has run); without routing the layer is
+exactly its base layer.
 
     x ──► base(x) ─────────────────────────────┐
       └─► gather A,B of the K entries per row ─► Σ w·B(Ax)·scale ─► (+) ─► y
+
+When every row's entries belong to one task (training; a batch of one task's inputs) the gather is skipped:
+``x A_t^T`` weighted per row and entry, then ``B_t``, two dense matmuls.
 """
 
 from __future__ import annotations
@@ -20,6 +24,16 @@ from torch import nn
 
 from scalable_lm.core.mixing import apply_row_factors, row_factors
 from scalable_lm.encoder import block_index, block_output, layer_stack
+
+
+class Route(tuple):
+    """``(indices [B, K], weights [B, K])`` as handed to every wrapped layer, with the per-task plan the first
+    layer works out from it (``BankLinear._plan``) kept for the others."""
+
+    def __new__(cls, pair):
+        route = super().__new__(cls, pair)
+        route.plans = {}
+        return route
 
 
 class BankLinear(nn.Module):
@@ -114,7 +128,70 @@ class BankLinear(nn.Module):
         indices, weights = self.route
         if indices.shape[0] != x.shape[0]:
             raise ValueError(f"routing has {indices.shape[0]} rows but the layer input has {x.shape[0]}")
+        decoding = not torch.is_grad_enabled() and x.ndim >= 3 and x.shape[-2] == 1
+        if not decoding:
+            plan = self._plan()
+            if len(plan) == 1:  # every row routed within one task (training; a batch of one task's inputs)
+                return self._by_task(x, y, plan)
+        # rows of several tasks, or a generation's decode step: each row's factors gathered and laid out for
+        # two batched products (kept while the route holds: a generation lays them out once for every step)
         return apply_row_factors(x, *self._route_factors(x.dtype), base=y)
+
+    def _by_task(self, x: torch.Tensor, y: torch.Tensor, plan) -> torch.Tensor:
+        """``y + scale · Σ_k w_k B_k A_k x`` task by task (``_plan``): the rows that use a task go through its
+        ``P`` entries as two dense products (``x A_t^T``, weighted per row and entry, then ``B_t``), with no
+        per-row copy of any factor: for rows of one task, two matmuls per layer. The same sum as
+        ``apply_row_factors`` (the dense formula), in another order. (Rows of several tasks take the per-row
+        path: on a CPU, moving the rows of each task in and out cost more than gathering their factors.)"""
+        rows = x.shape[0]
+        h, out = x.reshape(rows, -1, x.shape[-1]), y.reshape(rows, -1, y.shape[-1])
+        for t, which, w in plan:
+            a, b = self.lora_A[t], self.lora_B[t]  # (P, r, d_in), (P, d_out, r)
+            entries, rank = a.shape[0], a.shape[1]
+            part = h if which is None else h.index_select(0, which)
+            z = part @ a.reshape(entries * rank, -1).to(x.dtype).T  # (n, N, P·r)
+            z = z * (self.scaling * w).to(x.dtype).repeat_interleave(rank, dim=1)[:, None, :]
+            delta = z @ b.permute(0, 2, 1).reshape(entries * rank, -1).to(x.dtype)  # (n, N, d_out)
+            if torch.is_grad_enabled():  # training (one task: all rows) keeps the graph
+                out = out + delta if which is None else out.index_add(0, which, delta)
+            elif which is None:  # inference: into the base layer's fresh output, no copy of it per task
+                out.add_(delta)
+            else:
+                out.index_add_(0, which, delta)
+        return out.reshape(y.shape)
+
+    def _plan(self) -> list[tuple[int, torch.Tensor | None, torch.Tensor]]:
+        """The current route as ``(task, rows or None for all rows, weights [rows, P] over the task's entries)``
+        per task it touches. Worked out once per route and shared by every wrapped layer of the model (they
+        hold the same tasks): a ``Route`` keeps it."""
+        route = self.route
+        key = tuple(self._starts)
+        plans = getattr(route, "plans", None)
+        if plans is not None and key in plans:
+            return plans[key]
+        indices, weights = route
+        if self._starts_tensor is None or self._starts_tensor.device != indices.device:
+            self._starts_tensor = torch.tensor(self._starts, device=indices.device)
+        if int(indices.max()) >= self._starts[-1] or int(indices.min()) < 0:
+            raise IndexError(f"entry index out of range: the bank has {self._starts[-1]} entries")
+        owners = torch.bucketize(indices, self._starts_tensor, right=True) - 1  # task of each entry, (B, K)
+        local = indices - self._starts_tensor[owners]
+        plan = []
+        tasks = torch.unique(owners).tolist()
+        for t in tasks:
+            size = self._starts[t + 1] - self._starts[t]
+            mine = owners == t
+            if len(tasks) == 1:
+                which, w = None, weights.new_zeros(len(indices), size).scatter_add(1, local, weights)
+            else:
+                which = mine.any(dim=1).nonzero()[:, 0]
+                m = mine[which]
+                w = weights.new_zeros(len(which), size).scatter_add(
+                    1, torch.where(m, local[which], 0), torch.where(m, weights[which], 0))
+            plan.append((t, which, w))
+        if plans is not None:
+            plans[key] = plan
+        return plan
 
     def _route_factors(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """``row_factors`` of the current route's entries, scaled. Without grad (inference) they are kept
@@ -176,7 +253,7 @@ def routed_from(layers: dict[str, BankLinear], block: nn.Module,
     """
 
     def decide(module, args, output):
-        route = route_fn(block_output(output))
+        route = Route(route_fn(block_output(output)))
         for layer in layers.values():
             layer.route, layer._route_cache = route, None
 
@@ -197,7 +274,7 @@ def routed(layers: dict[str, BankLinear], indices: torch.Tensor, weights: torch.
         indices: ``[B, K]`` entry indices per row.
         weights: ``[B, K]`` mixing weights per row.
     """
-    route = (indices, weights)
+    route = Route((indices, weights))
     for layer in layers.values():
         layer.route, layer._route_cache = route, None
     try:

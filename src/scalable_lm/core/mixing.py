@@ -62,7 +62,7 @@ def row_factors(a_rows: torch.Tensor, b_rows: torch.Tensor, weights: torch.Tenso
         ``(A^T [B, d_in, K·r], B_w [B, K·r, d_out])`` with ``h @ A^T @ B_w = scale · Σ_k w_k B_k A_k h``.
     """
     rows, k, r, d_in = a_rows.shape
-    a_t = a_rows.reshape(rows, k * r, d_in).transpose(1, 2).contiguous()
+    a_t = a_rows.reshape(rows, k * r, d_in).transpose(1, 2)  # a view: bmm reads it transposed, no copy
     w = (scale * weights.to(b_rows.dtype)).repeat_interleave(r, dim=1)[:, :, None]  # (B, K·r, 1)
     b_w = (b_rows.transpose(2, 3).reshape(rows, k * r, -1) * w).contiguous()
     return a_t, b_w
