@@ -1095,20 +1095,21 @@ def route_free_report(out: Path) -> str:
              "carved from train, which picks its best epoch) x (the share of that task's validation queries the "
              "router sends to it, from [retrieval](../retrieval/README.md)). Test figures are shown beside, not used.\n",
              "| variant | increments in | validation estimate % | test average % | forgetting | routed right % | "
-             "learning s (5 tasks) | command |", "|---|---|---|---|---|---|---|---|"]
+             "command |", "|---|---|---|---|---|---|---|"]
     p0, ref = default[(4, 0)]
-    rows = [("default: separate encoder minilm-l4", "attention output of blocks 1-6", ref, p0)]
+    rows = [("0.2.0's default: separate encoder minilm-l4", "attention output of blocks 1-6", ref, p0)]
     rows += [(f"shared prefix `{r['method_config']['model']['encoder']}`", where(r), r, p)
              for p, r in runs if p.stem.endswith("order4")]
     for name, place, r, p in rows:
         m = r["metrics"]
-        learn_s = sum(x["total_s"] for x in r["learn_reports"])
         lines.append(f"| {name} | {place} | {100 * val_estimate(r):.1f} | {100 * m['average_accuracy']:.1f} | "
-                     f"{100 * m['forgetting']:.1f} | {100 * m['retrieval_accuracy']:.1f} | {learn_s:.0f} | `{r['command']}` |")
+                     f"{100 * m['forgetting']:.1f} | {100 * m['retrieval_accuracy']:.1f} | `{r['command']}` |")
     stems = sorted({re.sub(r"_order\d.*", "", p.stem) for p, _ in runs if not p.stem.endswith("_order4")})
     for stem in stems:
         group = [(p, r) for p, r in runs if p.stem.startswith(stem + "_order")]
-        lines += ["", f"## `{stem}` on orders 4-7 beside today's default (same order, seed, rows)\n",
+        orders = sorted({int(re.search(r"order(\d)", p.stem).group(1)) for p, _ in group})
+        lines += ["", f"## `{stem}` on orders {', '.join(map(str, orders))} beside 0.2.0's default (same order, seed, "
+                  "rows)\n",
                   "| order | seed | shared prefix % | default % | difference | forgetting | routed right % | command |",
                   "|---|---|---|---|---|---|---|---|"]
         diffs, ours, theirs = [], [], []
