@@ -243,10 +243,10 @@ def _assert_index_is_the_models(directory, slm):
     assert all(torch.equal(index[k], mine[k]) for k in index), [k for k in index if not torch.equal(index[k], mine[k])]
 
 
-def _learn_into(make_slm, tasks, directory, seed=0, **bank):
+def _learn_into(make_slm, tasks, directory, seed=0, config=None, **bank):
     from tests.conftest import tiny_config
 
-    config = tiny_config(**bank)
+    config = config or tiny_config(**bank)
     config.train.seed = seed
     slm = make_slm(config)
     for task in tasks:
@@ -744,13 +744,7 @@ def test_a_shared_prefix_directory_saves_loads_removes_and_merges_exactly(make_s
     from tests.conftest import shared_config, tiny_bert
 
     def learn_into(tasks, directory, seed=0):
-        config = shared_config()
-        config.train.seed = seed
-        slm = make_shared_slm(config)
-        for task in tasks:
-            slm.learn(task, progress=False)
-        store.save(slm, directory)
-        return slm
+        return _learn_into(make_shared_slm, tasks, directory, seed, config=shared_config())
 
     def load(directory):
         return store.load(directory, backbone=(tiny_bert(0, layers=3), tokenizer))

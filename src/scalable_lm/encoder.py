@@ -267,13 +267,9 @@ class SharedPrefixEncoder(QueryEncoder):
         if not 1 <= depth < len(stack):
             raise ValueError(f"encoder shared-l{depth}: the backbone has {len(stack)} blocks; N must be at least 1 "
                              f"and below {len(stack)} (increments live in the blocks above N)")
+        # (the backbone is frozen already; its train/eval mode stays the method's to set, encode() runs in eval)
+        super().__init__(model, tokenizer, name=f"shared-l{depth}", max_length=max_length, batch_size=batch_size)
         self.depth, self.block, self.shared = depth, stack[depth - 1], True
-        # initialised without QueryEncoder.__init__'s eval()/requires_grad_: the backbone is the method's
-        # (already frozen), and its train/eval mode is the method's to set
-        self.model, self.tokenizer, self.name = model, tokenizer, f"shared-l{depth}"
-        self.max_length, self.batch_size = min(max_length, max_positions(model)), batch_size
-        self.dim = int(model.config.hidden_size)
-        self._cache, self._on_disk, self.cache_limit = {}, set(), None
 
     def pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``[B, d]`` float32 queries from block ``depth``'s hidden state ``[B, T, H]`` and the mask ``[B, T]``."""

@@ -28,7 +28,7 @@ from scalable_lm.encoder import block_index, block_output, layer_stack
 
 class Route(tuple):
     """``(indices [B, K], weights [B, K])`` as handed to every wrapped layer, with the per-task plan the first
-    layer works out from it (``BankLinear._plan``) kept for the others."""
+    layer works out from it (``BankLinear._one_task``) kept for the others."""
 
     def __new__(cls, pair):
         route = super().__new__(cls, pair)
@@ -129,41 +129,34 @@ class BankLinear(nn.Module):
         if indices.shape[0] != x.shape[0]:
             raise ValueError(f"routing has {indices.shape[0]} rows but the layer input has {x.shape[0]}")
         decoding = not torch.is_grad_enabled() and x.ndim >= 3 and x.shape[-2] == 1
-        if not decoding:
-            plan = self._plan()
-            if len(plan) == 1:  # every row routed within one task (training; a batch of one task's inputs)
-                return self._by_task(x, y, plan)
+        one_task = None if decoding else self._one_task()
+        if one_task is not None:  # every row routed within one task (training; a batch of one task's inputs)
+            return self._within_task(x, y, *one_task)
         # rows of several tasks, or a generation's decode step: each row's factors gathered and laid out for
         # two batched products (kept while the route holds: a generation lays them out once for every step)
         return apply_row_factors(x, *self._route_factors(x.dtype), base=y)
 
-    def _by_task(self, x: torch.Tensor, y: torch.Tensor, plan) -> torch.Tensor:
-        """``y + scale · Σ_k w_k B_k A_k x`` task by task (``_plan``): the rows that use a task go through its
-        ``P`` entries as two dense products (``x A_t^T``, weighted per row and entry, then ``B_t``), with no
-        per-row copy of any factor: for rows of one task, two matmuls per layer. The same sum as
-        ``apply_row_factors`` (the dense formula), in another order. (Rows of several tasks take the per-row
-        path: on a CPU, moving the rows of each task in and out cost more than gathering their factors.)"""
+    def _within_task(self, x: torch.Tensor, y: torch.Tensor, t: int, w: torch.Tensor) -> torch.Tensor:
+        """``y + scale · Σ_k w_k B_k A_k x`` when every row uses task ``t`` only (``w [B, P]``: each row's weight
+        on each of the task's entries): two dense products, ``x A_t^T`` weighted per row and entry, then
+        ``B_t``, with no per-row copy of any factor. The same sum as ``apply_row_factors`` (the dense formula),
+        in another order. (Rows of several tasks take the per-row path: on a CPU, moving each task's rows in
+        and out cost more than gathering their factors.)"""
+        a, b = self.lora_A[t], self.lora_B[t]  # (P, r, d_in), (P, d_out, r)
+        entries, rank = a.shape[0], a.shape[1]
         rows = x.shape[0]
         h, out = x.reshape(rows, -1, x.shape[-1]), y.reshape(rows, -1, y.shape[-1])
-        for t, which, w in plan:
-            a, b = self.lora_A[t], self.lora_B[t]  # (P, r, d_in), (P, d_out, r)
-            entries, rank = a.shape[0], a.shape[1]
-            part = h if which is None else h.index_select(0, which)
-            z = part @ a.reshape(entries * rank, -1).to(x.dtype).T  # (n, N, P·r)
-            z = z * (self.scaling * w).to(x.dtype).repeat_interleave(rank, dim=1)[:, None, :]
-            delta = z @ b.permute(0, 2, 1).reshape(entries * rank, -1).to(x.dtype)  # (n, N, d_out)
-            if torch.is_grad_enabled():  # training (one task: all rows) keeps the graph
-                out = out + delta if which is None else out.index_add(0, which, delta)
-            elif which is None:  # inference: into the base layer's fresh output, no copy of it per task
-                out.add_(delta)
-            else:
-                out.index_add_(0, which, delta)
-        return out.reshape(y.shape)
+        z = h @ a.reshape(entries * rank, -1).to(x.dtype).T  # (B, N, P·r)
+        z = z * (self.scaling * w).to(x.dtype).repeat_interleave(rank, dim=1)[:, None, :]
+        delta = z @ b.permute(0, 2, 1).reshape(entries * rank, -1).to(x.dtype)  # (B, N, d_out)
+        if torch.is_grad_enabled():  # training keeps the graph
+            return (out + delta).reshape(y.shape)
+        return out.add_(delta).reshape(y.shape)  # inference: into the base layer's fresh output
 
-    def _plan(self) -> list[tuple[int, torch.Tensor | None, torch.Tensor]]:
-        """The current route as ``(task, rows or None for all rows, weights [rows, P] over the task's entries)``
-        per task it touches. Worked out once per route and shared by every wrapped layer of the model (they
-        hold the same tasks): a ``Route`` keeps it."""
+    def _one_task(self) -> tuple[int, torch.Tensor] | None:
+        """``(t, weights [B, P] over task t's entries)`` when every row of the current route uses task ``t``
+        only, else None. Worked out once per route and shared by every wrapped layer of the model (they hold
+        the same tasks): a ``Route`` keeps it."""
         route = self.route
         key = tuple(self._starts)
         plans = getattr(route, "plans", None)
@@ -175,20 +168,11 @@ class BankLinear(nn.Module):
         if int(indices.max()) >= self._starts[-1] or int(indices.min()) < 0:
             raise IndexError(f"entry index out of range: the bank has {self._starts[-1]} entries")
         owners = torch.bucketize(indices, self._starts_tensor, right=True) - 1  # task of each entry, (B, K)
-        local = indices - self._starts_tensor[owners]
-        plan = []
-        tasks = torch.unique(owners).tolist()
-        for t in tasks:
-            size = self._starts[t + 1] - self._starts[t]
-            mine = owners == t
-            if len(tasks) == 1:
-                which, w = None, weights.new_zeros(len(indices), size).scatter_add(1, local, weights)
-            else:
-                which = mine.any(dim=1).nonzero()[:, 0]
-                m = mine[which]
-                w = weights.new_zeros(len(which), size).scatter_add(
-                    1, torch.where(m, local[which], 0), torch.where(m, weights[which], 0))
-            plan.append((t, which, w))
+        plan = None
+        if bool((owners == owners[0, 0]).all()):
+            t = int(owners[0, 0])
+            local = indices - self._starts[t]
+            plan = (t, weights.new_zeros(len(indices), self._starts[t + 1] - self._starts[t]).scatter_add(1, local, weights))
         if plans is not None:
             plans[key] = plan
         return plan
