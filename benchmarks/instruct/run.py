@@ -19,6 +19,10 @@ stream, log-likelihood multiple-choice accuracy on a seeded sample of each set (
 (0 = every input gets its nearest task's increments), test tasks and zero-shot sets alike.
 Few-shot with text labels: "benchmark": "fewshot_smollm2", "order": ["dbpedia", "amazon", "yahoo", "agnews"],
 "train_per_class": 16 (tasks.classification; answers scored by scoring.label_match).
+Standard CL benchmark (O-LoRA's protocol, issue 37): "benchmark": "standard_cl", the same four text-label tasks in
+O-LoRA's orders 1-3, "scoring": "exact" (exact match of the whole answer is the primary score, label match
+beside it), and "method": "multitask" (one LoRA learned once on every task's training rows, shuffled together,
+then scored like the others: the reference the published records divide by).
 Scores: finance and mmlu by first-word exact match, medical by BERTScore-F1 (packaged MiniLM) with ROUGE-L
 beside it. The result holds the score matrix, five example answers per task from the final mixed batches,
 retrieval accuracy, and retrieval vs generation time per task.
@@ -43,19 +47,22 @@ from tasks import BUILDERS, LABEL_TASKS, SKIPPED, read_jsonl  # noqa: E402
 
 from scalable_lm import metrics  # noqa: E402
 from scalable_lm.config import SLMConfig  # noqa: E402
+from scalable_lm.data.instructions import InstructionTask  # noqa: E402
 from scalable_lm.methods.generative import BASE_MODEL  # noqa: E402
-from scalable_lm.scoring import bert_score_f1, first_word_match, label_match, rouge_l  # noqa: E402
+from scalable_lm.scoring import bert_score_f1, exact_match, first_word_match, label_match, rouge_l  # noqa: E402
 
 MAX_NEW = {"medical": 64, "mmlu": 4, "finance": 4, **{n: 8 for n in LABEL_TASKS}}
 
 
-def score(task: str, answers: list[str], golds: list[str]) -> dict:
+def score(task: str, answers: list[str], golds: list[str], exact: bool = False) -> dict:
+    """Scores of one task's answers; ``exact`` (the Standard CL protocol) makes exact match of the whole
+    answer (case and final punctuation aside) the primary score of a text-label task, label match beside it."""
     if task == "medical":
         f1 = bert_score_f1(answers, golds)
         return {"primary": f1, "bertscore_f1": f1, "rouge_l": rouge_l(answers, golds)}
     if task in LABEL_TASKS:
-        match = label_match(answers, golds)
-        return {"primary": match, "label_match": match}
+        match, em = label_match(answers, golds), exact_match(answers, golds)
+        return {"primary": em if exact else match, "label_match": match, "exact_match": em}
     match = first_word_match(answers, golds)
     return {"primary": match, "first_word_match": match}
 
@@ -96,7 +103,7 @@ def evaluate(method, tasks, cfg, task_id: bool) -> tuple[dict, list]:
     scores, examples = {}, []
     for t in tasks:
         mine = [(p, gold, pred) for (n, p, gold), pred in zip(rows, out) if n == t.name]
-        s = score(t.name, [pred.label for _, _, pred in mine], [g for _, g, _ in mine])
+        s = score(t.name, [pred.label for _, _, pred in mine], [g for _, g, _ in mine], cfg.get("scoring") == "exact")
         if not task_id and any(pred.entry_tasks for *_, pred in mine):  # SLM; a base-model fallback is a miss
             s["retrieval"] = metrics.retrieval_accuracy([pred.entry_tasks for *_, pred in mine], [t.name] * len(mine))
             s["fallback"] = sum(pred.task == BASE_MODEL for *_, pred in mine) / len(mine)
@@ -126,14 +133,14 @@ def main(argv: list[str] | None = None) -> None:
     method = cfg["method"]
     if method == "oracle":
         config.bank.entries_per_task, config.bank.top_k, config.bank.router = 1, 1, "gaussian"
-    if method in ("sequential-lora", "replay", "o-lora", "arrow"):
+    if method in ("sequential-lora", "replay", "o-lora", "arrow", "multitask"):
         from scalable_lm.baselines.generative import ArrowGenerator, OLoRAGenerator, SequentialLoRAGenerator
 
         if method == "arrow":
             slm = ArrowGenerator(config, top_k=cfg.get("arrow_top_k", 3))
         elif method == "o-lora":
             slm = OLoRAGenerator(config, orth_lambda=cfg.get("orth_lambda", 0.5))
-        else:
+        else:  # multitask: the same one LoRA, learned once on every task's rows together (below)
             slm = SequentialLoRAGenerator(config, replay_fraction=cfg.get("replay_fraction", 0.01 if method == "replay" else 0.0))
     elif method == "gainlora":
         from scalable_lm.baselines.gainlora import GainLoRAGenerator
@@ -167,11 +174,21 @@ def main(argv: list[str] | None = None) -> None:
             for i in range(0, len(t.test), cfg.get("batch_size", 8)):
                 chunk = t.test[i: i + cfg.get("batch_size", 8)]
                 answers += [a for a, _ in lm.generate([p for p, _ in chunk], MAX_NEW[t.name])]
-            s = score(t.name, answers, [g for _, g in t.test])
+            s = score(t.name, answers, [g for _, g in t.test], cfg.get("scoring") == "exact")
             rows.append(s)
             R[n - 1][tasks.index(t)] = s["primary"]
             examples += [{"task": t.name, "prompt": p[-300:], "gold": g, "answer": a} for (p, g), a in list(zip(t.test, answers))[:5]]
         record["rows"] = [{"scores": dict(zip(record["tasks"], rows))}]
+    elif method == "multitask":  # the reference of the Standard CL records: all tasks' training rows at once
+        union = [pair for t in tasks for pair in t.train]
+        random.Random(seed).shuffle(union)
+        t0 = time.perf_counter()
+        record["learn_reports"].append(slm.learn(InstructionTask("multitask", union), progress=sys.stderr.isatty()))
+        t1 = time.perf_counter()
+        result, examples = evaluate(slm, tasks, cfg, task_id=False)
+        R[n - 1] = [result["scores"][t.name]["primary"] for t in tasks]
+        record["rows"].append({**result, "learn_s": t1 - t0, "eval_s": time.perf_counter() - t1})
+        print("multitask: " + ", ".join(f"{t.name} {100 * x:.1f}" for t, x in zip(tasks, R[n - 1])), flush=True)
     else:
         for i, task in enumerate(tasks):
             t0 = time.perf_counter()
@@ -204,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
         slm.config.bank.fallback = default
     record.update(R=R, examples=examples, seconds=time.perf_counter() - start, skipped_broken_lines=dict(SKIPPED),
                   metrics={"average": sum(x for x in R[-1] if x is not None) / n,
-                           "forgetting": metrics.forgetting(R) if method != "base" else None})
+                           "forgetting": metrics.forgetting(R) if method not in ("base", "multitask") else None})
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2))
     print(f"{method} {cfg['order']}: average {100 * record['metrics']['average']:.1f} -> {out}")
