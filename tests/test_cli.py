@@ -91,6 +91,64 @@ def test_learn_predict_eval_info(tmp_path, models, data, capsys):
         assert code == 2 and message in err
 
 
+def test_an_overlapping_task_is_reported_shown_and_refused_on_request(tmp_path, models, data, capsys):
+    model_dir = tmp_path / "m"
+    for name in ("fruit", "vehicle"):
+        code, _, err = learn(capsys, model_dir, models, data, name)
+        assert code == 0 and "overlap" not in err, err  # two tasks the router tells apart: no warning
+    before = snapshot(model_dir)
+    # the fruit rows again under another name: the router cannot tell the two tasks' inputs apart
+    again = ["learn", "--model", model_dir, "--task", "fruit-again", "--data", data["fruit", "train"]]
+    code, out, err = run(capsys, *again, "--on-overlap", "refuse")
+    assert code == 3 and snapshot(model_dir) == before and out == ""
+    assert err.startswith("slm: refused: overlap above 2%: 'fruit-again' and 'fruit' (") and err.count("\n") == 1
+    assert "not saved" in err and "is unchanged" in err
+    with pytest.raises(SystemExit) as bad:
+        run(capsys, *again, "--overlap-threshold", "150%")
+    err = capsys.readouterr().err
+    assert bad.value.code == 2 and "a share of inputs is between 0 and 1" in err and snapshot(model_dir) == before
+    code, out, err = run(capsys, *again, "--overlap-threshold", "0.05")
+    warning = [line for line in err.splitlines() if "overlap" in line]
+    assert code == 0 and len(warning) == 1 and warning[0].startswith("slm: warning: overlap above 5%: 'fruit-again' "
+                                                                      "and 'fruit' (")
+    assert "learn them as one task" in warning[0] and "remove one" in warning[0] and "keep both" in warning[0]
+    assert "vehicle" not in warning[0] and "learned 'fruit-again'" in out
+
+    code, out, _ = run(capsys, "info", "--json", model_dir)
+    info = json.loads(out)
+    routing = {t["name"]: t["routing"] for t in info["tasks"]}
+    assert code == 0 and list(routing) == ["fruit", "vehicle", "fruit-again"]
+    assert routing["fruit"] == {"self": 1.0, "routes_to": {}, "captures": {}, "rows": 0}
+    mine = routing["fruit-again"]
+    assert set(mine) == {"self", "routes_to", "captures", "rows"} and mine["rows"] > 0
+    assert 0.05 < mine["routes_to"]["fruit"] < 0.95 and 0.05 < mine["self"] < 0.95 and "vehicle" not in mine["routes_to"]
+    assert 0.05 < mine["captures"]["fruit"] < 0.95
+    assert all(0 <= v <= 1 for r in routing.values() for k in ("routes_to", "captures") for v in r[k].values())
+    assert all(t["file_status"] == "ok" and t["bytes"] > 0 for t in info["tasks"]) and info["kind"] == "classifier"
+    code, out, _ = run(capsys, "info", model_dir)
+    row = next(line for line in out.splitlines() if line.strip().startswith("fruit-again "))
+    assert code == 0 and f"fruit {100 * mine['routes_to']['fruit']:.1f}%" in row
+
+    import scalable_lm
+
+    slm = scalable_lm.load(model_dir)  # the Python API reads the same records
+    assert slm.routing == {n: r for n, r in routing.items()}
+    assert [(p["task"], p["other"]) for p in slm.overlaps()] == [("fruit-again", "fruit")]
+    code, _, _ = run(capsys, "remove", "--model", model_dir, "--task", "fruit")
+    info = json.loads(run(capsys, "info", "--json", model_dir)[1])
+    assert code == 0 and {t["name"]: t["routing"]["routes_to"] for t in info["tasks"]}["fruit-again"] == {}
+    # a merge renaming a task renames it in the records of its own directory's tasks too
+    other = tmp_path / "m2"
+    assert learn(capsys, other, models, data, "vehicle")[0] == 0
+    code, _, err = run(capsys, "learn", "--model", other, "--task", "vehicle-again", "--data", data["vehicle", "train"])
+    assert code == 0 and "'vehicle-again' and 'vehicle' (" in err
+    code, _, err = run(capsys, "merge", model_dir, other, "--out", tmp_path / "merged", "--rename", "vehicle:vehicle-2")
+    merged = {t["name"]: t["routing"] for t in json.loads(run(capsys, "info", "--json", tmp_path / "merged")[1])["tasks"]}
+    assert code == 0 and list(merged) == ["vehicle", "fruit-again", "vehicle-2", "vehicle-again"], err
+    assert set(merged["vehicle-again"]["routes_to"]) == {"vehicle-2"} and merged["fruit-again"] == routing["fruit-again"] | {
+        "routes_to": {}, "captures": {}}
+
+
 def _refused(capsys, before, model_dir, code, err, message):
     assert code != 0
     assert err.count("\n") == 1 and err.startswith("slm: error:") and message in err, err

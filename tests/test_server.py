@@ -147,6 +147,12 @@ def server(two_task_dir, workdir):
 def test_openai_client_chat_completion_streaming_models_and_errors(server, workdir):
     client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
     assert {m.id for m in client.models.list()} == {"auto", "base", "fruit", "vehicle"}
+    # each task's routing record as `slm learn` measured it; auto: the pairs that overlap (none here)
+    cards = {m.id: m.model_extra["slm"] for m in client.models.list()}
+    assert cards["fruit"]["routing"] == {"self": 1.0, "routes_to": {}, "captures": {}, "rows": 0}
+    assert set(cards["vehicle"]["routing"]) == {"self", "routes_to", "captures", "rows"}
+    assert cards["vehicle"]["routing"]["self"] > 0.9 and cards["auto"] == {"overlaps": []} and cards["base"] == {}
+    assert client.models.retrieve("vehicle").model_extra["slm"] == cards["vehicle"]
     fruit = prompts(workdir, "fruit")[0]
     chat = client.chat.completions.create(model="auto", messages=[{"role": "user", "content": fruit}],
                                           max_tokens=3, temperature=0)

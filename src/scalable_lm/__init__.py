@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 # The public names, each loaded from its module on first use (PEP 562). Importing the package itself stays
 # light: `slm --help`, `slm --version` and the commands that fail on their arguments (or are refused a

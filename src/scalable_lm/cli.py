@@ -18,7 +18,7 @@ from pathlib import Path
 
 from scalable_lm.config import SLMConfig
 
-EXIT_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 130, 143
+EXIT_ERROR, EXIT_REFUSED, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 3, 130, 143
 ABSTAIN_HELP = ("answer '(unknown)' for an input farther from the task it was routed to than --abstain-z standard "
                 "deviations of that task's held-out training inputs (default: always answer)")
 ABSTAIN_Z_HELP = "how far is too far for --abstain, in standard deviations; larger abstains less (default: 3; implies --abstain)"
@@ -127,6 +127,30 @@ def _learn_config(directory: Path, manifest: dict | None, overrides: dict[str, d
     return SLMConfig.from_dict(base).validate()
 
 
+def _share(text: str) -> float:
+    """A share of inputs from the command line: ``0.02`` or ``2%``."""
+    try:
+        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a share such as 0.02 or 2%, got '{text}'") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"a share of inputs is between 0 and 1 (0% and 100%), got '{text}'")
+    return value
+
+
+def overlap_line(task: str, pairs: list[dict], threshold: float) -> str:
+    """One line naming the older tasks ``task`` overlaps (``GrowsByTask.overlaps``) and what the user can do."""
+    parts = [f"'{p['other']}' ({100 * p['routes_to']:.1f}% of its inputs route there, it takes an estimated "
+             f"{100 * p['captures']:.1f}% of that task's)" for p in pairs]
+    return (f"overlap above {100 * threshold:g}%: '{task}' and {', '.join(parts)}: the router cannot always tell "
+            "their inputs apart; learn them as one task (their data in one file), remove one (slm remove), or keep "
+            "both if either task's answer is fine for such inputs")
+
+
+class OverlapRefused(Exception):
+    """``slm learn --on-overlap refuse`` found an overlap: nothing was saved (exit status 3)."""
+
+
 def cmd_learn(args) -> None:
     from scalable_lm import store
     from scalable_lm.data.tasks import DataError
@@ -174,7 +198,13 @@ def _learn_locked(args, directory: Path, config: SLMConfig, placement: dict) -> 
     slm.config.keys, slm.config.train = config.keys, config.train  # this task's own key and train options
     cache = _query_cache(slm, args)
     report = slm.learn(task, progress=_progress(args))
+    pairs = slm.overlaps(args.overlap_threshold, task=task.name)
+    if pairs and args.on_overlap == "refuse":
+        raise OverlapRefused(overlap_line(task.name, pairs, args.overlap_threshold)
+                             + f"; --on-overlap refuse: '{task.name}' was not saved and {directory} is unchanged")
     store.save(slm, directory, {task.name: _task_info(args, report)})
+    if pairs:
+        print("slm: warning: " + overlap_line(task.name, pairs, args.overlap_threshold), file=sys.stderr)
     if generative:
         val = report["epochs"][-1]["val_loss"] if report["epochs"] else None
         print(f"learned '{task.name}' ({report['train_rows']} train rows) into {directory} in "
@@ -486,39 +516,81 @@ def _eval_generative(args, specs: list[tuple[str, str]]) -> None:
             {n: s["score"] for n, s in scores.items()}, "score")
 
 
+INFO_FACTS = ("learned_at", "data", "data_sha256", "train_rows", "val_rows", "val_accuracy", "val_loss", "temperature",
+              "seed", "merged_from")
+
+
+def directory_info(directory: Path) -> dict:
+    """What ``slm info --json`` prints: the directory's model and bank, and per task its facts, file check and
+    routing record (``GrowsByTask.routing``; null for a task learned before 0.4.0 or imported)."""
+    from scalable_lm import store
+
+    manifest = store.read_manifest(directory)
+    bank = SLMConfig.from_dict(manifest["config"]).to_dict()["bank"]  # options a manifest omits take defaults
+    tasks = []
+    for t in manifest["tasks"]:
+        path = store.safe_task_path(directory, t["file"])
+        status = "missing" if not path.is_file() else "ok" if store.sha256(path) == t["sha256"] else "checksum mismatch"
+        tasks.append({"name": t["name"], "labels": t["label_names"], "entries": t["entries"], "file": t["file"],
+                      "bytes": path.stat().st_size if path.is_file() else None, "file_status": status,
+                      **{k: t[k] for k in INFO_FACTS if t.get(k) is not None},
+                      "routing": store.routing_record(t)})
+    return {"directory": str(directory), "kind": manifest.get("kind", "classifier"), "format": manifest["format"],
+            "backbone": manifest["backbone"], "encoder": manifest["encoder"], "bank": bank,
+            "targets": manifest.get("targets", []), "indexed": bool(manifest.get("index")), "tasks": tasks}
+
+
+def _routing_table(tasks: list[dict], width: int = 3) -> list[str]:
+    """``slm info``'s overlap table: per task, its own share and its largest shares with older tasks."""
+    def top(shares: dict) -> str:
+        best = sorted(shares.items(), key=lambda kv: -kv[1])[:width]
+        more = len(shares) - len(best)
+        return ", ".join(f"{n} {100 * v:.1f}%" for n, v in best) + (f" (+{more} more)" if more > 0 else "") or "-"
+    rows = [(t["name"], f"{100 * t['routing']['self']:.1f}%", top(t["routing"]["routes_to"]),
+             top(t["routing"]["captures"])) if t["routing"] else (t["name"], "-", "(not recorded)", "")
+            for t in tasks]
+    head = ("task", "self", "its inputs routed to", "older tasks' inputs it takes (estimated)")
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(3)]
+    return ["  " + "  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3] for r in [head, *rows]]
+
+
 def cmd_info(args) -> None:
     from scalable_lm import store
 
-    manifest = store.read_manifest(args.model)
     directory = Path(args.model)
-    bank = SLMConfig.from_dict(manifest["config"]).to_dict()["bank"]  # options a manifest omits take defaults
-    print(f"model directory {directory} ({manifest.get('kind', 'classifier')})")
-    print(f"  backbone {manifest['backbone']['name']} ({manifest['backbone']['fingerprint']}), "
-          f"encoder {manifest['encoder']['name']} ({manifest['encoder']['fingerprint']})")
-    print(f"  bank: router {bank['router']}, G={bank['groups']} P={bank['entries_per_task']} "
-          f"r={bank['rank']} K={bank['top_k']}, "
-          f"targets {len(manifest.get('targets', []))} layers ({', '.join(bank['targets'])})")
-    print(f"  {len(manifest['tasks'])} tasks, {len(manifest['tasks']) * bank['entries_per_task']} entries; format "
-          f"{manifest['format']}" + (", with an index (task files read when first used)" if manifest.get("index")
+    info = directory_info(directory)
+    bad = [t["name"] for t in info["tasks"] if t["file_status"] != "ok"]
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        bank = info["bank"]
+        print(f"model directory {directory} ({info['kind']})")
+        print(f"  backbone {info['backbone']['name']} ({info['backbone']['fingerprint']}), "
+              f"encoder {info['encoder']['name']} ({info['encoder']['fingerprint']})")
+        print(f"  bank: router {bank['router']}, G={bank['groups']} P={bank['entries_per_task']} "
+              f"r={bank['rank']} K={bank['top_k']}, "
+              f"targets {len(info['targets'])} layers ({', '.join(bank['targets'])})")
+        print(f"  {len(info['tasks'])} tasks, {len(info['tasks']) * bank['entries_per_task']} entries; format "
+              f"{info['format']}" + (", with an index (task files read when first used)" if info["indexed"]
                                      else ", no index (every task file read at load; the next write adds one)"))
-    bad = []
-    for t in manifest["tasks"]:
-        path = store.safe_task_path(directory, t["file"])
-        if not path.is_file() or store.sha256(path) != t["sha256"]:
-            bad.append(t["name"])
-            print(f"  - {t['name']}: {path} {'is missing' if not path.is_file() else 'FAILS ITS CHECKSUM'}")
-            continue
-        size = path.stat().st_size / 1024
-        what = "free-text answers" if manifest.get("kind") == "generative" else \
-            f"{len(t['label_names'])} labels {t['label_names']}"
-        facts = [f"learned {t['learned_at']}" if t.get("learned_at") else "",
-                 f"{t['train_rows']} train / {t['val_rows']} validation rows" if t.get("train_rows") is not None else "",
-                 f"validation accuracy {t['val_accuracy']:.3f}" if t.get("val_accuracy") is not None else "",
-                 f"validation loss {t['val_loss']:.3f}" if t.get("val_loss") is not None else "",
-                 f"head temperature {t['temperature']:.3g}" if t.get("temperature") is not None else "",
-                 f"data sha256 {t['data_sha256'][:12]}" if t.get("data_sha256") else ""]
-        facts = "; ".join(f for f in facts if f)
-        print(f"  - {t['name']}: {what}, {t['entries']} entries, {size:.0f} KiB" + (f" ({facts})" if facts else ""))
+        for t in info["tasks"]:
+            if t["file_status"] != "ok":
+                path = store.safe_task_path(directory, t["file"])
+                print(f"  - {t['name']}: {path} {'is missing' if t['file_status'] == 'missing' else 'FAILS ITS CHECKSUM'}")
+                continue
+            what = "free-text answers" if info["kind"] == "generative" else f"{len(t['labels'])} labels {t['labels']}"
+            facts = [f"learned {t['learned_at']}" if t.get("learned_at") else "",
+                     f"{t['train_rows']} train / {t['val_rows']} validation rows" if t.get("train_rows") is not None else "",
+                     f"validation accuracy {t['val_accuracy']:.3f}" if t.get("val_accuracy") is not None else "",
+                     f"validation loss {t['val_loss']:.3f}" if t.get("val_loss") is not None else "",
+                     f"head temperature {t['temperature']:.3g}" if t.get("temperature") is not None else "",
+                     f"data sha256 {t['data_sha256'][:12]}" if t.get("data_sha256") else ""]
+            facts = "; ".join(f for f in facts if f)
+            print(f"  - {t['name']}: {what}, {t['entries']} entries, {t['bytes'] / 1024:.0f} KiB"
+                  + (f" ({facts})" if facts else ""))
+        if info["tasks"]:
+            print("routing when each task was learned (shares of held-out inputs; see docs/overlap.md):")
+            print("\n".join(_routing_table(info["tasks"])))
     if bad:
         raise store.ModelDirError(f"{len(bad)} task file(s) missing or corrupted: {bad}; a model loaded from this "
                                   "directory refuses them (at load, or when an input is first routed to them)")
@@ -607,6 +679,13 @@ def build_parser() -> argparse.ArgumentParser:
     learn.add_argument("--data", required=True, help="training data: JSONL/CSV file with text + label (classifier), or instruction + input + output rows (generative model, SmolLM2 by default); or hf:DATASET when online")
     learn.add_argument("--test", help="optional test file, scored after learning")
     learn.add_argument("--max-train", type=int, help="use a seeded random subset of this many training rows")
+    learn.add_argument("--overlap-threshold", type=_share, default=0.02, metavar="SHARE",
+                       help="warn when the new task and an older one share more than this of their inputs (the new "
+                       "task's inputs routed to the old one, or the old one's inputs it takes): 0.02 or 2%% "
+                       "(default 2%%)")
+    learn.add_argument("--on-overlap", choices=["warn", "refuse"], default="warn",
+                       help="warn: save the task and print the overlap; refuse: do not save it, leave the directory "
+                       "as it was, exit with status 3")
     _add_wait(learn)
     _add_data_columns(learn)
     _add_config_flags(learn)
@@ -656,6 +735,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="tasks, entries and sizes of a model directory")
     info.add_argument("model", help="model directory")
+    info.add_argument("--json", action="store_true", help="the directory as JSON: model, bank and per task its facts, "
+                      "file check and routing record (\"routing\": {\"self\", \"routes_to\", \"captures\"}, shares 0-1)")
     info.set_defaults(func=cmd_info)
 
     serve = sub.add_parser("serve", help="serve a model directory over an OpenAI-compatible HTTP API",
@@ -844,6 +925,9 @@ def main(argv: list[str] | None = None) -> int:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"slm: error: {message}", file=sys.stderr)
         return EXIT_ERROR
+    except OverlapRefused as refused:
+        print(f"slm: refused: {refused}", file=sys.stderr)
+        return EXIT_REFUSED
     except (_Stopped, KeyboardInterrupt) as stop:
         terminated = isinstance(stop, _Stopped) and stop.signum == signal.SIGTERM
         what = "terminated (SIGTERM)" if terminated else "interrupted"

@@ -28,7 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from scalable_lm.serving import (AUTO, LIFO_AFTER, Engine, Job, ModelWatcher, ServeError, cancelled_error,
+from scalable_lm.serving import (AUTO, BASE, LIFO_AFTER, Engine, Job, ModelWatcher, ServeError, cancelled_error,
                                  prompt_tokens, timeout_error)
 
 # Defaults of the limits (``slm serve --help`` names the flags; docs/serving.md lists them all)
@@ -242,17 +242,24 @@ def create_app(model_dir: str, *, api_key: str | None = None, max_batch: int = 1
     async def prometheus():
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    def model_card(loaded, model_id: str) -> dict:
+        """An OpenAI model object; ``slm`` adds (clients ignore it) a task's routing record, or for ``auto`` the
+        pairs of tasks whose recorded routing overlaps by more than 2% (``GrowsByTask.overlaps``)."""
+        slm = loaded.slm
+        extra = ({"overlaps": slm.overlaps()} if model_id == AUTO else {} if model_id == BASE
+                 else {"routing": slm.routing.get(model_id)})
+        return {"id": model_id, "object": "model", "created": int(loaded.loaded_at), "owned_by": "scalable-lm",
+                "slm": extra}
+
     @app.get("/v1/models")
     async def models():
         loaded = engine().check(AUTO)
-        created = int(loaded.loaded_at)
-        return {"object": "list", "data": [{"id": m, "object": "model", "created": created, "owned_by": "scalable-lm"}
-                                           for m in loaded.models]}
+        return {"object": "list", "data": [model_card(loaded, m) for m in loaded.models]}
 
     @app.get("/v1/models/{model_id}")
     async def model(model_id: str):
         loaded = engine().check(model_id)  # 404 naming the valid ones
-        return {"id": model_id, "object": "model", "created": int(loaded.loaded_at), "owned_by": "scalable-lm"}
+        return model_card(loaded, model_id)
 
     # ---- classification ----------------------------------------------------------------------------
     @app.post("/v1/classify")

@@ -333,6 +333,8 @@ def _save(slm, directory: Path, task_info: dict[str, dict] | None) -> list[str]:
         name = slm.task_names[t]
         learned = {"train": {"keys": slm.config.to_dict()["keys"], "train": slm.config.to_dict()["train"]},
                    "seed": slm.config.train.seed + t}
+        if name in slm.routing:  # how its inputs routed when it was learned (GrowsByTask.routing)
+            learned["routing"] = slm.routing[name]
         entry = _write_task(directory, _free_file(used, len(manifest["tasks"]), name), name, slm.label_names[t],
                             slm.task_state(t), slm.bank.entries_per_task, {**learned, **(task_info or {}).get(name, {})})
         manifest["tasks"].append(entry)
@@ -457,7 +459,27 @@ def load(directory: str | Path, backbone=None, encoder=None, device="auto", dtyp
         _add_entries(slm, manifest["tasks"], files)
     else:
         _add_mapped(slm, directory, manifest["tasks"], index)
+    _add_routing(slm, manifest["tasks"])
     return slm
+
+
+def routing_record(entry: dict) -> dict | None:
+    """A manifest entry's routing record (``GrowsByTask.routing``), or None when it has none (written before
+    0.4.0, imported, merged from such) or it is not of the recorded shape (a hand-edited manifest)."""
+    record = entry.get("routing")
+    if not isinstance(record, dict) or not isinstance(record.get("self"), (int, float)):
+        return None
+    if not all(isinstance(record.get(k), dict) and all(isinstance(v, (int, float)) for v in record[k].values())
+               for k in ("routes_to", "captures")):
+        return None
+    return record
+
+
+def _add_routing(slm, entries: list[dict]) -> None:
+    for entry in entries:
+        record = routing_record(entry)
+        if record is not None:
+            slm.routing[entry["name"]] = record
 
 
 def add_tasks(slm, directory: str | Path, names: list[str] | None = None) -> list[str]:
@@ -473,6 +495,7 @@ def add_tasks(slm, directory: str | Path, names: list[str] | None = None) -> lis
     check_identity(manifest, _identity(slm), directory, _modules(slm))
     entries = manifest["tasks"] if names is None else [task_entry(manifest, n, directory) for n in names]
     _add_entries(slm, entries, [_checked_file(directory, entry) for entry in entries])
+    _add_routing(slm, entries)
     return [entry["name"] for entry in entries]
 
 
@@ -756,6 +779,11 @@ def remove(directory: str | Path, name: str, force: bool = False, wait: float = 
                 f"were trained routing over its entries too, so removing it cannot give the model that never "
                 "learned it; pass --force to remove it anyway")
         manifest["tasks"].remove(entry)
+        for other in later:  # the later tasks' routing records keep what they measured, less the removed task
+            record = routing_record(other)
+            if record is not None:
+                record["routes_to"].pop(name, None)
+                record["captures"].pop(name, None)
         _write_index(directory, manifest, build_index(directory, manifest))  # the others' files, verified
         _write_manifest(directory, manifest)
         safe_task_path(directory, entry["file"]).unlink(missing_ok=True)
@@ -818,6 +846,15 @@ def merge(directories: list[str | Path], out: str | Path, rename: dict[str, str]
                     raise ModelDirError(f"--rename {entry['name']}:{new}: '{new}' is already a task")
             names.add(new)
             plan.append((d, entry, new))
+    renamed: dict[str, dict[str, str]] = {}  # per source directory, its tasks that took another name
+    for d, entry, new in plan:
+        if new != entry["name"]:
+            renamed.setdefault(str(d), {})[entry["name"]] = new
+    for d, entry, _ in plan:
+        record = routing_record(entry)
+        if record is not None and str(d) in renamed:
+            entry["routing"] = {**record, **{k: {renamed[str(d)].get(n, n): v for n, v in record[k].items()}
+                                             for k in ("routes_to", "captures")}}
     unused = set(rename) - used_renames
     if unused:
         raise ModelDirError(f"--rename names tasks that are not duplicated: {sorted(unused)}")

@@ -108,6 +108,16 @@ class KnowledgeBank(nn.Module):
             self._pooled = routers.pool([s[1] for s in self.stats], [s[2] for s in self.stats])
         return self._pooled
 
+    def pooled_without_last(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(Σ scatter [d, d], Σ count [])`` over every task but the newest: the pool kept from before it was
+        added, else the pool less its scatter (reads no other task's scatter either way)."""
+        if not self.stats:
+            raise RuntimeError("no task statistics: learn a task first")
+        if self._pooled_before is not None:
+            return self._pooled_before
+        scatter, count = self.pooled()
+        return scatter - self.stats[-1][1], count - self.stats[-1][2]
+
     def set_novelty(self, task: int, novelty: tuple[torch.Tensor, torch.Tensor] | None) -> None:
         """Record task ``task``'s ``(centre [d], spread [2])`` (``routers.novelty_statistics``); ``None``: unknown."""
         if task != len(self.novelty):

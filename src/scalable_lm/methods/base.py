@@ -20,6 +20,10 @@ NOVELTY = ("novelty.centre", "novelty.spread")
 TEMPERATURE = "head.temperature"
 # What ``SLM.predict(..., abstain=z)`` answers for an input far from every learned task.
 UNKNOWN = "(unknown)"
+# A task's routing record (``GrowsByTask.routing``) leaves out shares under this (noise at a few hundred rows).
+MIN_SHARE = 0.005
+# ``GrowsByTask.overlaps``' default: a share of inputs above this is an overlap worth telling the user of.
+OVERLAP_THRESHOLD = 0.02
 
 
 @dataclass
@@ -331,9 +335,81 @@ class GrowsByTask:
             self._drop_last_task()
         for args in later:
             self.add_task_state(*args)
+        self.routing.pop(name, None)  # the others' records keep what they measured, less the removed task
+        for record in self.routing.values():
+            record["routes_to"].pop(name, None)
+            record["captures"].pop(name, None)
+
+    # ---- how a task's inputs route, recorded when it is learned (issue 42) ---------------------------------
+    @property
+    def routing(self) -> dict[str, dict]:
+        """Per task, recorded when it was learned (``learn``; kept in a model directory's manifest)::
+
+            {"self": s, "routes_to": {older task: share}, "captures": {older task: share}, "rows": n}
+
+        ``self``: the share of the task's held-out inputs routed to it; ``routes_to``: to each older task;
+        ``captures``: the share of each older task's inputs this task takes, estimated without their data
+        (``core.overlap``). Shares are 0-1, those under ``MIN_SHARE`` left out; ``rows``: the held-out queries
+        measured. A task added from a state (a directory written before 0.4.0, an import) has no record."""
+        return self.__dict__.setdefault("_routing", {})
+
+    def overlaps(self, threshold: float = OVERLAP_THRESHOLD, task: str | None = None) -> list[dict]:
+        """Pairs of tasks whose recorded routing passes ``threshold`` (a share, 0-1), largest first:
+        ``[{"task", "other", "routes_to", "captures"}]`` where ``task`` was learned after ``other``,
+        ``routes_to`` is the share of ``task``'s inputs that go to ``other`` and ``captures`` the share of
+        ``other``'s inputs that ``task`` takes. ``task``: only the pairs that task was learned into."""
+        if not 0 <= threshold <= 1:
+            raise ValueError(f"threshold is a share of inputs between 0 and 1, got {threshold}")
+        out = []
+        for name in [task] if task is not None else self.task_names:
+            record = self.routing.get(name)
+            if record is None:
+                continue
+            for other in dict.fromkeys([*record["routes_to"], *record["captures"]]):
+                if other not in self.task_names:  # removed since
+                    continue
+                pair = {"task": name, "other": other, "routes_to": record["routes_to"].get(other, 0.0),
+                        "captures": record["captures"].get(other, 0.0)}
+                if max(pair["routes_to"], pair["captures"]) > threshold:
+                    out.append(pair)
+        return sorted(out, key=lambda p: -max(p["routes_to"], p["captures"]))
+
+    @torch.no_grad()
+    def _measure_routing(self, train_rows, val_rows) -> dict:
+        """The newest task's routing record (``routing``), measured on its held-out rows. Gaussian router:
+        validation rows plus cross-validated training rows (``core.overlap.held_out_routes``; reads the pooled
+        statistics and the task means, no older task's file); DTKR: the validation rows as ``predict`` routes
+        them. ``captures``: ``core.overlap.pooled_captures`` (the means and the pool, no older task's file)."""
+        from scalable_lm.core import overlap
+
+        t = len(self.task_names) - 1
+        if t == 0:
+            return {"self": 1.0, "routes_to": {}, "captures": {}, "rows": 0}
+        b = self.config.bank
+        val_q = self.encoder.encode([x for x, _ in val_rows]) if val_rows else None
+        if b.router == "gaussian":
+            train_q = self.encoder.encode([x for x, _ in train_rows])  # cached: encoded when the task was learned
+            means = torch.stack([s[0] for s in self.bank.stats])
+            routes = overlap.held_out_routes(means, self.bank.pooled_without_last(), t, train_q, val_q, b.shrinkage)
+        elif val_q is not None:
+            entries, weights = self._route(val_q)
+            owner = self.bank.entry_task()
+            per_task = weights.new_zeros(len(val_q), t + 1).scatter_add_(1, owner[entries], weights)
+            routes = per_task.argmax(-1)[per_task.sum(-1) > 0]  # a row sent to the base model is no task's
+        else:
+            routes = torch.zeros(0, dtype=torch.long)
+        shares = overlap.shares(routes.cpu(), t + 1)
+        means = torch.stack([s[0] for s in self.bank.stats])
+        captures = overlap.pooled_captures(means, self.bank.pooled(), b.shrinkage, seed=self.config.train.seed + t)
+
+        def kept(values) -> dict[str, float]:
+            return {self.task_names[j]: round(float(v), 4) for j, v in enumerate(values) if float(v) >= MIN_SHARE}
+        return {"self": round(float(shares[t]), 4), "routes_to": kept(shares[:t]), "captures": kept(captures),
+                "rows": len(routes)}
 
     def learn(self, task, progress: bool = True) -> dict:
-        """Learn one new task; returns the report of ``_learn_new``."""
+        """Learn one new task; returns the report of ``_learn_new`` with ``routing`` (the task's routing
+        record, also kept in ``self.routing``)."""
         import torch
 
         from scalable_lm.data.tasks import DataError, split_validation
@@ -352,7 +428,10 @@ class GrowsByTask:
             torch.manual_seed(seed)
             self._add_task(task.name, getattr(task, "label_names", None), generator)
             try:
-                return self._learn_new(train_rows, val_rows, generator, progress)
+                report = self._learn_new(train_rows, val_rows, generator, progress)
+                report["routing"] = self.routing[task.name] = self._measure_routing(train_rows, val_rows)
+                return report
             except BaseException:
+                self.routing.pop(task.name, None)
                 self._drop_last_task()
                 raise
