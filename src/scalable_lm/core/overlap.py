@@ -115,8 +115,8 @@ CAPTURE_INFLATION = 4.0
 
 
 def pooled_captures(means: torch.Tensor, pooled: tuple[torch.Tensor, torch.Tensor], shrinkage: float,
-                    inflation: float = CAPTURE_INFLATION, samples: int = 2000, seed: int = 0,
-                    floor: float = 0.0025) -> torch.Tensor:
+                    inflation: float = CAPTURE_INFLATION, samples: int = 1000, seed: int = 0,
+                    floor: float = 0.0025, most: int = 32) -> torch.Tensor:
     """``[T-1]`` estimated share of each older task's inputs that the newest task (last of ``means [T, d]``)
     takes: the share of draws from ``N(mean_j, inflation * Sigma)`` that the router over every task sends to it,
     ``Sigma`` the router's own shrunk shared covariance (from ``pooled``: ``(Σ scatter, Σ count)``).
@@ -125,7 +125,9 @@ def pooled_captures(means: torch.Tensor, pooled: tuple[torch.Tensor, torch.Tenso
     make tasks look farther apart than new inputs show them to be (the plain ``gaussian_captures`` is ~10x low).
     Reads only the means and the pool, no task's own statistics. Cost: the pairwise share,
     ``Phi(-Delta_jt / (2 sqrt(inflation)))``, is exact for two tasks and an upper bound with more, so draws are
-    made only for the older tasks whose bound reaches ``floor``; the others keep the bound (below ``floor``).
+    made only for the older tasks whose bound reaches ``floor``, at most the ``most`` of them with the largest
+    bounds; the others keep the bound (an overestimate, so a warning errs towards being given). Of a sampled
+    task's draws, only those the newest task wins against it (about its bound) are scored against every task.
     """
     precision = routers.pooled_precision(*pooled, shrinkage)
     means = means.to(precision.dtype)
@@ -133,7 +135,8 @@ def pooled_captures(means: torch.Tensor, pooled: tuple[torch.Tensor, torch.Tenso
     diff = means[:-1] - means[-1]
     delta = ((diff @ precision) * diff).sum(-1).clamp_min(0).sqrt()
     out = 0.5 * torch.erfc(delta / (2 * math.sqrt(inflation)) / math.sqrt(2))
-    near = torch.nonzero(out >= floor).flatten().tolist()
+    order = torch.argsort(out, descending=True)[:most]
+    near = sorted(order[out[order] >= floor].tolist())
     if not near:
         return out
     cov = pooled[0].to(precision.dtype) / pooled[1].to(precision.dtype).clamp_min(1.0)
@@ -144,6 +147,9 @@ def pooled_captures(means: torch.Tensor, pooled: tuple[torch.Tensor, torch.Tenso
     for j in near:
         z = torch.randn(samples, d, generator=generator, dtype=cov.dtype).to(cov.device)
         draws = means[j] + z @ chol.T
-        won = routers.mahalanobis_scores(draws, means, precision, projected).argmax(-1) == T - 1
-        out[j] = won.to(out.dtype).mean()
+        # only a draw the newest task wins against j can be routed to it: score the rest against every task
+        pair = routers.mahalanobis_scores(draws, means[[j, T - 1]], precision)
+        contested = draws[pair[:, 1] > pair[:, 0]]
+        won = routers.mahalanobis_scores(contested, means, precision, projected).argmax(-1) == T - 1
+        out[j] = won.sum().to(out.dtype) / samples
     return out
