@@ -18,7 +18,8 @@ def test_config_parses(path):
     from run import METHODS
 
     cfg = json.loads(path.read_text())
-    methods = ("slm", "oracle", "base", "sequential-lora", "replay", "o-lora", "arrow", "gainlora", "osf") if cfg["benchmark"].startswith(("instruct3", "fewshot_smollm2", "mmlu_check")) else METHODS
+    generative = ("slm", "oracle", "base", "sequential-lora", "replay", "o-lora", "arrow", "gainlora", "osf", "multitask")
+    methods = generative if cfg["benchmark"].startswith(("instruct3", "fewshot_smollm2", "mmlu_check", "standard_cl")) else METHODS
     assert cfg["method"] in methods and cfg["order"] and (cfg.get("train_per_class") or cfg["train_per_task"] > 0)
     base = SLMConfig().to_dict()
     for section, values in cfg.get("config", {}).items():
@@ -300,3 +301,27 @@ def test_checkpoint_lets_a_cut_run_go_on_where_it_stopped(make_slm, toy_stream, 
     checkpoint.remove()
     assert not (tmp_path / "checkpoints").exists()
     assert Checkpoint(checkpoint.directory, cfg).restore(make_slm()) == (None, [])
+
+
+def test_standard_cl_report_divides_by_the_multitask_run_of_the_same_seed(tmp_path):
+    sys.path.insert(0, str(ROOT))
+    import report
+
+    order1 = ["dbpedia", "amazon", "yahoo", "agnews"]
+
+    def record(method, final, order=order1, seed=0):
+        R = [[None] * 4 for _ in range(3)] + [final]
+        return {"R": R, "tasks": order, "benchmark_config": {"method": method, "seed": seed, "order": order},
+                "metrics": {"average": sum(final) / 4, "forgetting": None if method == "multitask" else 0.1},
+                "seconds": 60, "command": f"python benchmarks/instruct/run.py {method}.json"}
+    out = tmp_path / "standard_cl"
+    out.mkdir()
+    for name, r in {"multitask_order1": record("multitask", [0.8, 0.4, 0.6, 0.8]),
+                    "slm_order1": record("slm", [0.8, 0.3, 0.6, 0.7]),
+                    "olora_order1": record("o-lora", [0.4, 0.2, 0.3, 0.5])}.items():
+        (out / f"{name}.json").write_text(json.dumps(r))
+    report.main([str(out)])
+    text = (out / "README.md").read_text()
+    assert "| slm | 92.3% | not run | not run | (orders missing) | 1 |" in text  # 0.60 / 0.65
+    assert "- slm − o-lora: +38.5 ± 0.0 points of multitask over 1 shared run(s) (order 1 seed 0: +38.5)" in text
+    assert "Best rival on the shared runs so far: o-lora" in text and "| GORP | 79.8 | 99.8% |" in text
