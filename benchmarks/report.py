@@ -1374,7 +1374,8 @@ def standard_cl_report(out: Path) -> str:
         *(line for *_, line in sorted(gaps, reverse=True)), "",
         (f"Best rival on the shared runs so far: {best[1]} (SLM {100 * best[0]:+.1f} points of multitask against it)."
          if best else "No rival run shares a run with SLM yet."), "",
-        "## Every result (final score per task, %)", "", *every])
+        "## Every result (final score per task, %)", "", *every, "",
+        (out / "notes.md").read_text() if (out / "notes.md").exists() else ""])
 
 
 def main(argv: list[str] | None = None) -> None:
