@@ -79,10 +79,15 @@ def gaussian_captures(stats: list[tuple], shrinkage: float) -> torch.Tensor:
     the newest task ``t`` takes, ``Delta`` the Mahalanobis distance between the two means under the router's
     shared covariance (two equal-covariance Gaussians, the rest of the bank ignored)."""
     precision = routers.pooled_precision(*routers.pool([s[1] for s in stats], [s[2] for s in stats]), shrinkage)
-    means = torch.stack([s[0] for s in stats])
+    return _pairwise_share(torch.stack([s[0] for s in stats]), precision, 1.0)
+
+
+def _pairwise_share(means: torch.Tensor, precision: torch.Tensor, inflation: float) -> torch.Tensor:
+    """``[T-1]`` ``Phi(-Delta_jt / (2 sqrt(inflation)))``: the share of draws from ``N(mean_j, inflation * Sigma)``
+    that score the newest task ``t`` above ``j`` (``Sigma`` the inverse of ``precision``; exact for two tasks)."""
     diff = means[:-1] - means[-1]
     delta = ((diff @ precision) * diff).sum(-1).clamp_min(0).sqrt()
-    return 0.5 * torch.erfc(delta / 2 / math.sqrt(2))
+    return 0.5 * torch.erfc(delta / (2 * math.sqrt(inflation)) / math.sqrt(2))
 
 
 def sampled_captures(stats: list[tuple], shrinkage: float, inflation: float = 1.0, samples: int = 2000,
@@ -95,14 +100,10 @@ def sampled_captures(stats: list[tuple], shrinkage: float, inflation: float = 1.
     precision = routers.pooled_precision(*pooled, shrinkage)
     T, d = means.shape
     generator = torch.Generator(device="cpu").manual_seed(seed)
-
-    def shrunk(cov: torch.Tensor) -> torch.Tensor:
-        eye = torch.eye(d, dtype=cov.dtype, device=cov.device)
-        return (1 - shrinkage) * cov + shrinkage * eye * (torch.trace(cov) / d)
-
     out = torch.zeros(T - 1, dtype=means.dtype, device=means.device)
     for j in range(T - 1):
-        chol = torch.linalg.cholesky(shrunk(stats[j][1] / stats[j][2].clamp_min(1.0)) * inflation)
+        cov = routers.shrunk_covariance(stats[j][1] / stats[j][2].clamp_min(1.0), shrinkage)
+        chol = torch.linalg.cholesky(cov * inflation)
         z = torch.randn(samples, d, generator=generator, dtype=means.dtype).to(means.device)
         draws = means[j] + z @ chol.T
         out[j] = (_scores(draws, means, precision).argmax(-1) == T - 1).to(out.dtype).mean()
@@ -132,16 +133,14 @@ def pooled_captures(means: torch.Tensor, pooled: tuple[torch.Tensor, torch.Tenso
     precision = routers.pooled_precision(*pooled, shrinkage)
     means = means.to(precision.dtype)
     T, d = means.shape
-    diff = means[:-1] - means[-1]
-    delta = ((diff @ precision) * diff).sum(-1).clamp_min(0).sqrt()
-    out = 0.5 * torch.erfc(delta / (2 * math.sqrt(inflation)) / math.sqrt(2))
+    out = _pairwise_share(means, precision, inflation)
     order = torch.argsort(out, descending=True)[:most]
     near = sorted(order[out[order] >= floor].tolist())
     if not near:
         return out
-    cov = pooled[0].to(precision.dtype) / pooled[1].to(precision.dtype).clamp_min(1.0)
-    eye = torch.eye(d, dtype=cov.dtype, device=cov.device)
-    chol = torch.linalg.cholesky(((1 - shrinkage) * cov + shrinkage * eye * (torch.trace(cov) / d)) * inflation)
+    cov = routers.shrunk_covariance(pooled[0].to(precision.dtype) / pooled[1].to(precision.dtype).clamp_min(1.0),
+                                    shrinkage)
+    chol = torch.linalg.cholesky(cov * inflation)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     projected = routers.project_means(means, precision)
     for j in near:

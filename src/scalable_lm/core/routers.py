@@ -44,12 +44,16 @@ def shared_precision(scatters: list[torch.Tensor], counts: list[torch.Tensor], s
     return pooled_precision(*pool(scatters, counts), shrinkage)
 
 
-def pooled_precision(scatter: torch.Tensor, count: torch.Tensor, shrinkage: float) -> torch.Tensor:
-    """``[d, d]`` inverse of the shrunk covariance ``scatter / count`` (``pool``'s sums)."""
-    cov = scatter / count.clamp_min(1.0)
+def shrunk_covariance(cov: torch.Tensor, shrinkage: float) -> torch.Tensor:
+    """``[d, d]`` ``(1 - a) cov + a (tr(cov)/d) I``: the covariance the router scores with."""
     d = cov.shape[0]
     target = torch.eye(d, dtype=cov.dtype, device=cov.device) * (torch.trace(cov) / d).clamp_min(1e-12)
-    return torch.linalg.inv((1 - shrinkage) * cov + shrinkage * target)
+    return (1 - shrinkage) * cov + shrinkage * target
+
+
+def pooled_precision(scatter: torch.Tensor, count: torch.Tensor, shrinkage: float) -> torch.Tensor:
+    """``[d, d]`` inverse of the shrunk covariance ``scatter / count`` (``pool``'s sums)."""
+    return torch.linalg.inv(shrunk_covariance(scatter / count.clamp_min(1.0), shrinkage))
 
 
 def mahalanobis_scores(

@@ -387,9 +387,9 @@ class GrowsByTask:
             return {"self": 1.0, "routes_to": {}, "captures": {}, "rows": 0}
         b = self.config.bank
         val_q = self.encoder.encode([x for x, _ in val_rows]) if val_rows else None
+        means = torch.stack([s[0] for s in self.bank.stats])
         if b.router == "gaussian":
             train_q = self.encoder.encode([x for x, _ in train_rows])  # cached: encoded when the task was learned
-            means = torch.stack([s[0] for s in self.bank.stats])
             routes = overlap.held_out_routes(means, self.bank.pooled_without_last(), t, train_q, val_q, b.shrinkage)
         elif val_q is not None:
             entries, weights = self._route(val_q)
@@ -399,7 +399,6 @@ class GrowsByTask:
         else:
             routes = torch.zeros(0, dtype=torch.long)
         shares = overlap.shares(routes.cpu(), t + 1)
-        means = torch.stack([s[0] for s in self.bank.stats])
         captures = overlap.pooled_captures(means, self.bank.pooled(), b.shrinkage, seed=self.config.train.seed + t)
 
         def kept(values) -> dict[str, float]:
