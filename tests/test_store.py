@@ -413,6 +413,16 @@ def test_interrupted_first_write_does_not_block_the_directory_forever(make_slm, 
     assert _load(directory, tokenizer).task_names == ["fruit"]
 
 
+def test_a_failed_first_write_leaves_no_empty_directory(tmp_path):
+    new, old = tmp_path / "new" / "m", tmp_path / "old"
+    old.mkdir()
+    for directory in (new, old):
+        with pytest.raises(RuntimeError, match="learn failed"), store.DirectoryLock(directory):
+            raise RuntimeError("learn failed")
+    assert not new.exists()  # made by the failed write: gone with its lock file
+    assert old.is_dir()  # there before: kept
+
+
 @pytest.mark.parametrize("bad_file", ["../outside.safetensors", "/etc/passwd", "tasks/../../x.safetensors",
                                       "elsewhere/000-a.safetensors", "tasks/000-a.txt"])
 def test_manifest_naming_a_file_outside_the_directory_refused(saved, bad_file):

@@ -165,6 +165,7 @@ def DirectoryLock(directory: str | Path, wait: float = 0.0, command: str | None 
         finally:
             _held[key] -= 1
         return
+    created = not directory.exists()
     try:
         directory.mkdir(parents=True, exist_ok=True)
         if not os.access(directory, os.W_OK):
@@ -191,7 +192,15 @@ def DirectoryLock(directory: str | Path, wait: float = 0.0, command: str | None 
         del _held[key]
         with contextlib.suppress(OSError):
             (directory / LOCK_OWNER).unlink()
+        # A first write that failed leaves no empty model directory behind (only one this call created)
+        emptied = created and {p.name for p in directory.iterdir()} == {LOCK}
+        if emptied:
+            with contextlib.suppress(OSError):
+                (directory / LOCK).unlink()
         lock.release()
+        if emptied:
+            with contextlib.suppress(OSError):
+                directory.rmdir()
 
 
 def _lock_holder(directory: Path) -> str:

@@ -167,7 +167,8 @@ class BankLinear(nn.Module):
             self._starts_tensor = torch.tensor(self._starts, device=indices.device)
         if int(indices.max()) >= self._starts[-1] or int(indices.min()) < 0:
             raise IndexError(f"entry index out of range: the bank has {self._starts[-1]} entries")
-        owners = torch.bucketize(indices, self._starts_tensor, right=True) - 1  # task of each entry, (B, K)
+        # task of each entry, (B, K); indices may be a strided view (top-k), and bucketize warns on those
+        owners = torch.bucketize(indices.contiguous(), self._starts_tensor, right=True) - 1
         plan = None
         if bool((owners == owners[0, 0]).all()):
             t = int(owners[0, 0])
