@@ -2,6 +2,7 @@
 bad inputs of the foundation issue (one-line error, exit code != 0, model directory unchanged)."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -145,8 +146,11 @@ def test_an_overlapping_task_is_reported_shown_and_refused_on_request(tmp_path, 
     code, _, err = run(capsys, "merge", model_dir, other, "--out", tmp_path / "merged", "--rename", "vehicle:vehicle-2")
     merged = {t["name"]: t["routing"] for t in json.loads(run(capsys, "info", "--json", tmp_path / "merged")[1])["tasks"]}
     assert code == 0 and list(merged) == ["vehicle", "fruit-again", "vehicle-2", "vehicle-again"], err
-    assert set(merged["vehicle-again"]["routes_to"]) == {"vehicle-2"} and merged["fruit-again"] == routing["fruit-again"] | {
-        "routes_to": {}, "captures": {}}
+    assert merged["fruit-again"] == routing["fruit-again"] | {"routes_to": {}, "captures": {}}
+    # the other directory's tasks get estimated shares with this one's: both vehicle copies meet 'vehicle'
+    assert set(merged["vehicle-again"]["routes_to"]) == {"vehicle-2", "vehicle"}
+    assert set(merged["vehicle-2"]["routes_to"]) == {"vehicle"} and merged["vehicle-2"]["self"] == 1.0
+    assert "overlap above 2%: 'vehicle-2' and 'vehicle' (an estimated" in err
 
 
 def _refused(capsys, before, model_dir, code, err, message):
@@ -307,6 +311,13 @@ def test_export_remove_import_merge_from_the_command_line(tmp_path, models, data
     assert code == cli.EXIT_ERROR and "--rename vehicle:NEW_NAME" in err and not (tmp_path / "both").exists()
     code, out, err = run(capsys, "merge", m, m2, "--out", tmp_path / "both", "--rename", "vehicle:vehicle-2")
     assert code == 0 and "3 tasks (fruit, vehicle, vehicle-2)" in out, err
+    # the two copies of vehicle were never in one directory: the merge estimates their overlap and says so
+    assert re.search(r"warning: overlap above 2%: 'vehicle-2' and 'vehicle' \(an estimated (\d+\.\d)% of its inputs "
+                     r"route there, it takes an estimated \d+\.\d% of that task's\)", err), err
+    assert float(re.search(r"'vehicle' \(an estimated (\d+\.\d)%", err).group(1)) > 20
+    record = next(t for t in json.loads(run(capsys, "info", tmp_path / "both", "--json")[1])["tasks"]
+                  if t["name"] == "vehicle-2")["routing"]
+    assert record["routes_to"]["vehicle"] > 0.2 and "fruit" not in record["routes_to"]
     code, out, _ = run(capsys, "info", tmp_path / "both")
     assert code == 0 and "3 tasks" in out
 

@@ -138,10 +138,11 @@ def _share(text: str) -> float:
     return value
 
 
-def overlap_line(task: str, pairs: list[dict], threshold: float) -> str:
-    """One line naming the older tasks ``task`` overlaps (``GrowsByTask.overlaps``) and what the user can do."""
-    parts = [f"'{p['other']}' ({100 * p['routes_to']:.1f}% of its inputs route there, it takes an estimated "
-             f"{100 * p['captures']:.1f}% of that task's)" for p in pairs]
+def overlap_line(task: str, pairs: list[dict], threshold: float, merged: bool = False) -> str:
+    """One line naming the older tasks ``task`` overlaps (``GrowsByTask.overlaps``) and what the user can do;
+    ``merged``: both shares were estimated by ``slm merge`` (no held-out rows to measure ``routes_to`` on)."""
+    parts = [f"'{p['other']}' ({'an estimated ' if merged else ''}{100 * p['routes_to']:.1f}% of its inputs route "
+             f"there, it takes an estimated {100 * p['captures']:.1f}% of that task's)" for p in pairs]
     return (f"overlap above {100 * threshold:g}%: '{task}' and {', '.join(parts)}: the router cannot always tell "
             "their inputs apart; learn them as one task (their data in one file), remove one (slm remove), or keep "
             "both if either task's answer is fine for such inputs")
@@ -273,6 +274,30 @@ def cmd_merge(args) -> None:
         rename[old] = new
     names = store.merge(args.models, args.out, rename, wait=args.wait)
     print(f"merged {len(args.models)} directories into {args.out}: {len(names)} tasks ({', '.join(names)})")
+    for task, pairs in merged_overlaps(store.read_manifest(args.out)["tasks"], args.overlap_threshold).items():
+        print("slm: warning: " + overlap_line(task, pairs, args.overlap_threshold, merged=True), file=sys.stderr)
+
+
+def merged_overlaps(tasks: list[dict], threshold: float) -> dict[str, list[dict]]:
+    """Per merged task, the pairs with earlier tasks of *another* source directory (``merged_from``) above
+    ``threshold``, in ``GrowsByTask.overlaps``' shape: what ``slm merge`` estimated (``store.merge``)."""
+    from scalable_lm import store
+
+    source = {t["name"]: t.get("merged_from") for t in tasks}
+    out = {}
+    for t in tasks:
+        record = store.routing_record(t)
+        if record is None:
+            continue
+        pairs = [{"task": t["name"], "other": o, "routes_to": record["routes_to"].get(o, 0.0),
+                  "captures": record["captures"].get(o, 0.0)}
+                 for o in dict.fromkeys([*record["routes_to"], *record["captures"]])
+                 if o in source and source[o] != source[t["name"]]]
+        pairs = sorted((p for p in pairs if max(p["routes_to"], p["captures"]) > threshold),
+                       key=lambda p: -max(p["routes_to"], p["captures"]))
+        if pairs:
+            out[t["name"]] = pairs
+    return out
 
 
 def cmd_export(args) -> None:
@@ -808,6 +833,10 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--out", required=True, help="new (or empty) directory to write")
     merge.add_argument("--rename", action="append", default=[], metavar="OLD:NEW",
                        help="rename the later copy of a task found in two directories (repeatable)")
+    merge.add_argument("--overlap-threshold", type=_share, default=0.02, metavar="SHARE",
+                       help="warn when a task and an earlier one from another directory share more than this of "
+                       "their inputs, as estimated from the directories' statistics (no data is read): 0.02 or 2%% "
+                       "(default 2%%)")
     _add_wait(merge)
     merge.set_defaults(func=cmd_merge)
 

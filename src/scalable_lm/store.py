@@ -913,8 +913,38 @@ def _merge_into(out: Path, plan: list, first: dict, wait: float) -> list[str]:
             info["merged_from"] = str(d)
             manifest["tasks"].append(_write_task(out, task_file(i, new), new, entry["label_names"],
                                                  _read_tensors(path), entry["entries"], info))
-        _write_index(out, manifest, build_index(out, manifest))
+        index = build_index(out, manifest)
+        _estimate_across(manifest, index, [str(d) for d, _, _ in plan])
+        _write_index(out, manifest, index)
         _write_manifest(out, manifest)
     return [t["name"] for t in manifest["tasks"]]
+
+
+def _estimate_across(manifest: dict, index: dict[str, torch.Tensor], sources: list[str]) -> None:
+    """Add to each merged task's routing record its shares with every earlier task *of another source
+    directory*, which no single directory saw: ``captures`` as ``slm learn`` estimates it
+    (``core.overlap.pooled_captures``) and ``routes_to`` estimated the same way (``pooled_routes``: the task's
+    held-out rows that ``slm learn`` measures it on are not in a model directory). Seeds: train seed +
+    position. The pool is the merged one (every task's), not the pool at each position. Each entry's
+    ``merged_from`` tells which pairs crossed. Tasks without a record (written before 0.4.0) stay without one.
+    """
+    from scalable_lm.config import SLMConfig
+    from scalable_lm.core import overlap
+    from scalable_lm.methods.base import MIN_SHARE
+
+    config = SLMConfig.from_dict(manifest["config"])
+    pooled = (index["pooled.scatter"], index["pooled.count"]) if index else None
+    tasks = manifest["tasks"]
+    for i, entry in enumerate(tasks):
+        record = routing_record(entry)
+        others = [j for j in range(i) if sources[j] != sources[i]]
+        if record is None or not others:
+            continue
+        means, seed = index["stats.mean"][: i + 1], config.train.seed + i
+        estimated = {"captures": overlap.pooled_captures(means, pooled, config.bank.shrinkage, seed=seed),
+                     "routes_to": overlap.pooled_routes(means, pooled, config.bank.shrinkage, seed=seed)}
+        entry["routing"] = {**record, **{k: {**record[k], **{tasks[j]["name"]: round(float(v[j]), 4) for j in others
+                                                              if float(v[j]) >= MIN_SHARE}}
+                                         for k, v in estimated.items()}}
 
 

@@ -86,3 +86,18 @@ def test_pooled_captures_is_the_inflated_pairwise_share_for_two_tasks_and_less_w
     # far tasks are not sampled: their pairwise bound, below the floor, is returned
     far = torch.stack([means[0], means[0] + 100.0])
     assert float(overlap.pooled_captures(far, pooled, 0.1)[0]) < 0.0025
+
+
+def test_pooled_routes_mirrors_pooled_captures_and_a_duplicate_task_routes_to_the_older_copy():
+    a, b = _tasks([[0.0] * 8, [2.0] + [0.0] * 7], n=2000)
+    stats = [routers.task_statistics(q) for q in (a, b)]
+    means = torch.stack([s[0] for s in stats])
+    pooled = routers.pool([s[1] for s in stats], [s[2] for s in stats])
+    # two tasks, one covariance: the newest's draws cross to the older as often as the older's cross to it
+    routes = float(overlap.pooled_routes(means, pooled, 0.1, samples=4000)[0])
+    captures = float(overlap.pooled_captures(means, pooled, 0.1, samples=4000)[0])
+    assert 0.05 < routes and abs(routes - captures) < 0.03, (routes, captures)
+    # the same task twice (merged from two directories): every draw ties, and a tie routes to the older
+    same = torch.stack([means[0], means[0]])
+    assert float(overlap.pooled_routes(same, pooled, 0.1)[0]) == 1.0
+    assert float(overlap.pooled_routes(torch.stack([means[0], means[0] + 100.0]), pooled, 0.1)[0]) == 0.0

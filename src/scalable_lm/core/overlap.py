@@ -152,3 +152,22 @@ def pooled_captures(means: torch.Tensor, pooled: tuple[torch.Tensor, torch.Tenso
         won = routers.mahalanobis_scores(contested, means, precision, projected).argmax(-1) == T - 1
         out[j] = won.sum().to(out.dtype) / samples
     return out
+
+
+def pooled_routes(means: torch.Tensor, pooled: tuple[torch.Tensor, torch.Tensor], shrinkage: float,
+                  inflation: float = CAPTURE_INFLATION, samples: int = 1000, seed: int = 0) -> torch.Tensor:
+    """``[T-1]`` estimated share of the newest task's inputs that go to each older task: draws from
+    ``N(mean_t, inflation * Sigma)`` (as ``pooled_captures`` draws, the other way round) routed over every task.
+    For where the newest task's held-out rows are not at hand (``slm merge``); ``slm learn`` measures this share
+    instead (``held_out_routes``). The inflation was chosen for ``captures`` and is not checked against test rows
+    for this direction. Two tasks with the same mean tie, and a tie goes to the older task, as in routing."""
+    precision = routers.pooled_precision(*pooled, shrinkage)
+    means = means.to(precision.dtype)
+    T, d = means.shape
+    cov = routers.shrunk_covariance(pooled[0].to(precision.dtype) / pooled[1].to(precision.dtype).clamp_min(1.0),
+                                    shrinkage)
+    chol = torch.linalg.cholesky(cov * inflation)
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    z = torch.randn(samples, d, generator=generator, dtype=cov.dtype).to(cov.device)
+    routes = _scores(means[-1] + z @ chol.T, means, precision).argmax(-1)
+    return shares(routes, T)[:-1]
