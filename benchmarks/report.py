@@ -1350,7 +1350,8 @@ def standard_cl_report(out: Path) -> str:
         if shared:
             diffs = [share["slm"][k] - share[rival][k] for k in shared]
             m, sd = _mean_std(diffs)
-            gaps.append((m, rival, f"- slm − {rival}: {100 * m:+.1f} ± {100 * sd:.1f} points of multitask over {len(shared)} "
+            spread = f" ± {100 * sd:.1f}" if len(shared) > 1 else ""
+            gaps.append((m, rival, f"- slm − {rival}: {100 * m:+.1f}{spread} points of multitask over {len(shared)} "
                             f"shared run(s) (" + ", ".join(f"order {o} seed {s}: {100 * d:+.1f}" for (o, s), d in
                                                           zip(shared, diffs)) + ")"))
     best = min(gaps, default=None)

@@ -323,5 +323,5 @@ def test_standard_cl_report_divides_by_the_multitask_run_of_the_same_seed(tmp_pa
     report.main([str(out)])
     text = (out / "README.md").read_text()
     assert "| slm | 92.3% | not run | not run | (orders missing) | 1 |" in text  # 0.60 / 0.65
-    assert "- slm − o-lora: +38.5 ± 0.0 points of multitask over 1 shared run(s) (order 1 seed 0: +38.5)" in text
+    assert "- slm − o-lora: +38.5 points of multitask over 1 shared run(s) (order 1 seed 0: +38.5)" in text
     assert "Best rival on the shared runs so far: o-lora" in text and "| GORP | 79.8 | 99.8% |" in text
