@@ -313,6 +313,19 @@ def test_merge_equals_learning_in_sequence(make_slm, toy_stream, tokenizer, tmp_
     assert store.save(merged, tmp_path / "ab") == ["fruit2"]
 
 
+def test_merge_estimates_the_overlap_of_tasks_from_different_directories(make_slm, toy_stream, tmp_path):
+    _learn_into(make_slm, toy_stream[:2], tmp_path / "a")
+    store.merge([tmp_path / "a", tmp_path / "a"], tmp_path / "aa", rename={"fruit": "fruit-2", "vehicle": "vehicle-2"})
+    records = {t["name"]: store.routing_record(t) for t in store.read_manifest(tmp_path / "aa")["tasks"]}
+    original = {t["name"]: store.routing_record(t) for t in store.read_manifest(tmp_path / "a")["tasks"]}
+    assert records["fruit"] == original["fruit"] and records["vehicle"] == original["vehicle"]  # first copy as it was
+    # the second copy of each task routes all its inputs to the first (a tie goes to the older task) ...
+    assert records["fruit-2"]["routes_to"]["fruit"] == 1.0 and records["vehicle-2"]["routes_to"]["vehicle"] == 1.0
+    # ... and nothing to the other task, beyond what it measured when it was learned
+    assert "vehicle" not in records["fruit-2"]["routes_to"]
+    assert records["vehicle-2"]["routes_to"].get("fruit-2") == original["vehicle"]["routes_to"].get("fruit")
+
+
 def toy_task_named(domain, name):
     from tests.conftest import toy_task
 

@@ -840,9 +840,10 @@ def merge(directories: list[str | Path], out: str | Path, rename: dict[str, str]
             if a != b:
                 diff = sorted(k for k in a if a[k] != b.get(k))
                 raise ModelDirError(f"cannot merge {first_dir} and {d}: different {section} options {diff}")
-    plan, names, used_renames = [], set(), set()
-    for d, m in sources:
+    plan, names, used_renames, origin = [], set(), set(), []  # origin: each planned task's directory's position
+    for position, (d, m) in enumerate(sources):
         for entry in m["tasks"]:
+            origin.append(position)
             new = entry["name"]
             if new in names:
                 if new not in rename or new in used_renames:
@@ -879,7 +880,7 @@ def merge(directories: list[str | Path], out: str | Path, rename: dict[str, str]
             + (" ..." if len(moved) > 4 else ""), out)
     created = not out.exists()
     try:
-        return _merge_into(out, plan, first, wait)
+        return _merge_into(out, plan, first, wait, origin)
     except BaseException:
         if created and out.is_dir() and not (out / MANIFEST).exists():  # nothing of a failed merge is left
             import shutil
@@ -900,7 +901,7 @@ def reseeded(plan: list[tuple[Path, dict, str]], seed: int) -> list[dict]:
     return moved
 
 
-def _merge_into(out: Path, plan: list, first: dict, wait: float) -> list[str]:
+def _merge_into(out: Path, plan: list, first: dict, wait: float, origin: list[int]) -> list[str]:
     with DirectoryLock(out, wait, command="slm merge"):
         check_new_directory(out)
         if (out / MANIFEST).exists():
@@ -914,19 +915,20 @@ def _merge_into(out: Path, plan: list, first: dict, wait: float) -> list[str]:
             manifest["tasks"].append(_write_task(out, task_file(i, new), new, entry["label_names"],
                                                  _read_tensors(path), entry["entries"], info))
         index = build_index(out, manifest)
-        _estimate_across(manifest, index, [str(d) for d, _, _ in plan])
+        _estimate_across(manifest, index, origin)
         _write_index(out, manifest, index)
         _write_manifest(out, manifest)
     return [t["name"] for t in manifest["tasks"]]
 
 
-def _estimate_across(manifest: dict, index: dict[str, torch.Tensor], sources: list[str]) -> None:
+def _estimate_across(manifest: dict, index: dict[str, torch.Tensor], sources: list[int]) -> None:
     """Add to each merged task's routing record its shares with every earlier task *of another source
     directory*, which no single directory saw: ``captures`` as ``slm learn`` estimates it
     (``core.overlap.pooled_captures``) and ``routes_to`` estimated the same way (``pooled_routes``: the task's
     held-out rows that ``slm learn`` measures it on are not in a model directory). Seeds: train seed +
-    position. The pool is the merged one (every task's), not the pool at each position. Each entry's
-    ``merged_from`` tells which pairs crossed. Tasks without a record (written before 0.4.0) stay without one.
+    position. The pool is the merged one (every task's), not the pool at each position. ``sources``: each task's
+    directory's position in the merge (one directory given twice is two sources); each entry's ``merged_from``
+    tells which pairs crossed. Tasks without a record (written before 0.4.0) stay without one.
     """
     from scalable_lm.config import SLMConfig
     from scalable_lm.core import overlap
