@@ -151,6 +151,10 @@ def test_an_overlapping_task_is_reported_shown_and_refused_on_request(tmp_path, 
     assert set(merged["vehicle-again"]["routes_to"]) == {"vehicle-2", "vehicle"}
     assert set(merged["vehicle-2"]["routes_to"]) == {"vehicle"} and merged["vehicle-2"]["self"] == 1.0
     assert "overlap above 2%: 'vehicle-2' and 'vehicle' (an estimated" in err
+    # one directory merged with itself is two sources: the second copy is warned about too
+    code, _, err = run(capsys, "merge", other, other, "--out", tmp_path / "twice", "--rename", "vehicle:vehicle-b",
+                       "--rename", "vehicle-again:vehicle-again-b")
+    assert code == 0 and "warning: overlap above 2%: 'vehicle-b' and 'vehicle' (an estimated" in err, err
 
 
 def _refused(capsys, before, model_dir, code, err, message):

@@ -301,7 +301,7 @@ def test_merge_equals_learning_in_sequence(make_slm, toy_stream, tokenizer, tmp_
     _learn_into(make_slm, toy_stream[:2], tmp_path / "a")
     _learn_into(make_slm, toy_stream[2:], tmp_path / "b", seed=2)  # its first task gets seed 2 + 0, as third in seq
     with caplog.at_level(logging.WARNING, logger="scalable_lm"):
-        assert store.merge([tmp_path / "a", tmp_path / "b"], tmp_path / "ab") == ["fruit", "vehicle", "weather"]
+        assert store.merge([tmp_path / "a", tmp_path / "b"], tmp_path / "ab").names == ["fruit", "vehicle", "weather"]
     assert "seed" not in caplog.text  # every task keeps the seed learning it third would give it
     merged = _load(tmp_path / "ab", tokenizer)
     assert _predictions(merged, texts) == _predictions(sequential, texts)
@@ -315,7 +315,8 @@ def test_merge_equals_learning_in_sequence(make_slm, toy_stream, tokenizer, tmp_
 
 def test_merge_estimates_the_overlap_of_tasks_from_different_directories(make_slm, toy_stream, tmp_path):
     _learn_into(make_slm, toy_stream[:2], tmp_path / "a")
-    store.merge([tmp_path / "a", tmp_path / "a"], tmp_path / "aa", rename={"fruit": "fruit-2", "vehicle": "vehicle-2"})
+    merged = store.merge([tmp_path / "a", tmp_path / "a"], tmp_path / "aa",
+                         rename={"fruit": "fruit-2", "vehicle": "vehicle-2"})
     records = {t["name"]: store.routing_record(t) for t in store.read_manifest(tmp_path / "aa")["tasks"]}
     original = {t["name"]: store.routing_record(t) for t in store.read_manifest(tmp_path / "a")["tasks"]}
     assert records["fruit"] == original["fruit"] and records["vehicle"] == original["vehicle"]  # first copy as it was
@@ -324,6 +325,10 @@ def test_merge_estimates_the_overlap_of_tasks_from_different_directories(make_sl
     # ... and nothing to the other task, beyond what it measured when it was learned
     assert "vehicle" not in records["fruit-2"]["routes_to"]
     assert records["vehicle-2"]["routes_to"].get("fruit-2") == original["vehicle"]["routes_to"].get("fruit")
+    # the merge returns what it estimated (the pairs across the two copies), as recorded
+    assert {(p["task"], p["other"]) for p in merged.overlaps(0.5)} >= {("fruit-2", "fruit"), ("vehicle-2", "vehicle")}
+    for p in merged.estimated:
+        assert records[p["task"]]["routes_to"].get(p["other"], 0.0) == p["routes_to"] or p["routes_to"] < 0.005
 
 
 def toy_task_named(domain, name):
@@ -341,7 +346,7 @@ def test_merge_refusals_and_rename(make_slm, toy_stream, tokenizer, tmp_path, ca
         store.merge([tmp_path / "a", tmp_path / "b"], tmp_path / "out")
     assert not (tmp_path / "out").exists()  # a refused merge leaves nothing
     with caplog.at_level(logging.WARNING, logger="scalable_lm"):
-        names = store.merge([tmp_path / "a", tmp_path / "b"], tmp_path / "out", rename={"fruit": "fruit-b"})
+        names = store.merge([tmp_path / "a", tmp_path / "b"], tmp_path / "out", rename={"fruit": "fruit-b"}).names
     assert names == ["fruit", "fruit-b", "vehicle"]
     # b's tasks were learned first and second (seeds 0, 1), here second and third: named, not silently merged
     assert "2 task(s) move to a position whose seed differs" in caplog.text
@@ -791,7 +796,7 @@ def test_a_shared_prefix_directory_saves_loads_removes_and_merges_exactly(make_s
     # merge: two directories = one that learned their tasks in sequence
     learn_into(toy_stream[:2], tmp_path / "a")
     learn_into(toy_stream[2:], tmp_path / "b", seed=2)
-    assert store.merge([tmp_path / "a", tmp_path / "b"], tmp_path / "ab") == ["fruit", "vehicle", "weather"]
+    assert store.merge([tmp_path / "a", tmp_path / "b"], tmp_path / "ab").names == ["fruit", "vehicle", "weather"]
     assert _predictions(load(tmp_path / "ab"), texts) == _predictions(full, texts)
     # the query is part of the model: a directory whose queries come from another source does not merge in
     learn_into(toy_stream[:1], tmp_path / "c")

@@ -272,32 +272,14 @@ def cmd_merge(args) -> None:
         if old in rename:
             raise ValueError(f"--rename {old} given twice")
         rename[old] = new
-    names = store.merge(args.models, args.out, rename, wait=args.wait)
-    print(f"merged {len(args.models)} directories into {args.out}: {len(names)} tasks ({', '.join(names)})")
-    for task, pairs in merged_overlaps(store.read_manifest(args.out)["tasks"], args.overlap_threshold).items():
+    merged = store.merge(args.models, args.out, rename, wait=args.wait)
+    print(f"merged {len(args.models)} directories into {args.out}: {len(merged.names)} tasks "
+          f"({', '.join(merged.names)})")
+    by_task: dict[str, list[dict]] = {}
+    for pair in merged.overlaps(args.overlap_threshold):
+        by_task.setdefault(pair["task"], []).append(pair)
+    for task, pairs in by_task.items():
         print("slm: warning: " + overlap_line(task, pairs, args.overlap_threshold, merged=True), file=sys.stderr)
-
-
-def merged_overlaps(tasks: list[dict], threshold: float) -> dict[str, list[dict]]:
-    """Per merged task, the pairs with earlier tasks of *another* source directory (``merged_from``) above
-    ``threshold``, in ``GrowsByTask.overlaps``' shape: what ``slm merge`` estimated (``store.merge``)."""
-    from scalable_lm import store
-
-    source = {t["name"]: t.get("merged_from") for t in tasks}
-    out = {}
-    for t in tasks:
-        record = store.routing_record(t)
-        if record is None:
-            continue
-        pairs = [{"task": t["name"], "other": o, "routes_to": record["routes_to"].get(o, 0.0),
-                  "captures": record["captures"].get(o, 0.0)}
-                 for o in dict.fromkeys([*record["routes_to"], *record["captures"]])
-                 if o in source and source[o] != source[t["name"]]]
-        pairs = sorted((p for p in pairs if max(p["routes_to"], p["captures"]) > threshold),
-                       key=lambda p: -max(p["routes_to"], p["captures"]))
-        if pairs:
-            out[t["name"]] = pairs
-    return out
 
 
 def cmd_export(args) -> None:

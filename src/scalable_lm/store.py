@@ -34,6 +34,7 @@ import re
 import socket
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -807,15 +808,30 @@ def _same_model(part: dict, other: dict) -> str:
     return part["name"]
 
 
+@dataclass(frozen=True)
+class Merged:
+    """What ``merge`` wrote: ``names``, the merged tasks in order, and ``estimated``, the overlaps it estimated
+    between tasks of different source directories (``{"task", "other", "routes_to", "captures"}``, ``task``
+    the later; shares 0-1; every pair where either share reaches 0.5%, also recorded in the tasks' routing)."""
+
+    names: list[str]
+    estimated: list[dict]
+
+    def overlaps(self, threshold: float) -> list[dict]:
+        """The estimated pairs above ``threshold`` (a share), largest first, as ``GrowsByTask.overlaps``."""
+        return sorted((p for p in self.estimated if max(p["routes_to"], p["captures"]) > threshold),
+                      key=lambda p: -max(p["routes_to"], p["captures"]))
+
+
 def merge(directories: list[str | Path], out: str | Path, rename: dict[str, str] | None = None,
-          wait: float = 0.0) -> list[str]:
+          wait: float = 0.0) -> Merged:
     """Write to ``out`` (new or empty) one directory holding the tasks of ``directories``, in that order.
 
     The directories must share kind, backbone, encoder, model and bank options (key and train options
     may differ: they are per task). A task name found again in a later directory is an error unless
     ``rename`` maps it to a new name (``{"old": "new"}``, applied to the later copy). Task files are
     copied tensor for tensor, each checksum verified first; the manifest is written last. Returns the
-    merged task names. A task that lands at another position than it was learned at keeps its tensors, not
+    merged task names and the overlaps estimated across directories (``Merged``). A task that lands at another position than it was learned at keeps its tensors, not
     the seed ``slm learn`` would give it there: the merge then differs from learning the tasks in this order,
     and a warning names those tasks (``reseeded``).
     """
@@ -901,7 +917,7 @@ def reseeded(plan: list[tuple[Path, dict, str]], seed: int) -> list[dict]:
     return moved
 
 
-def _merge_into(out: Path, plan: list, first: dict, wait: float, origin: list[int]) -> list[str]:
+def _merge_into(out: Path, plan: list, first: dict, wait: float, origin: list[int]) -> Merged:
     with DirectoryLock(out, wait, command="slm merge"):
         check_new_directory(out)
         if (out / MANIFEST).exists():
@@ -915,38 +931,46 @@ def _merge_into(out: Path, plan: list, first: dict, wait: float, origin: list[in
             manifest["tasks"].append(_write_task(out, task_file(i, new), new, entry["label_names"],
                                                  _read_tensors(path), entry["entries"], info))
         index = build_index(out, manifest)
-        _estimate_across(manifest, index, origin)
+        estimated = _estimate_across(manifest, index, origin)
         _write_index(out, manifest, index)
         _write_manifest(out, manifest)
-    return [t["name"] for t in manifest["tasks"]]
+    return Merged([t["name"] for t in manifest["tasks"]], estimated)
 
 
-def _estimate_across(manifest: dict, index: dict[str, torch.Tensor], sources: list[int]) -> None:
+def _estimate_across(manifest: dict, index: dict[str, torch.Tensor], sources: list[int]) -> list[dict]:
     """Add to each merged task's routing record its shares with every earlier task *of another source
     directory*, which no single directory saw: ``captures`` as ``slm learn`` estimates it
     (``core.overlap.pooled_captures``) and ``routes_to`` estimated the same way (``pooled_routes``: the task's
     held-out rows that ``slm learn`` measures it on are not in a model directory). Seeds: train seed +
-    position. The pool is the merged one (every task's), not the pool at each position. ``sources``: each task's
-    directory's position in the merge (one directory given twice is two sources); each entry's ``merged_from``
-    tells which pairs crossed. Tasks without a record (written before 0.4.0) stay without one.
+    position. The pool is the merged one (every task's), not the pool at each position, factorised once.
+    ``sources``: each task's directory's position in the merge (one directory given twice is two sources).
+    Tasks without a record (written before 0.4.0) stay without one.
+
+    Returns the estimated pairs, in ``GrowsByTask.overlaps``' shape (``{"task", "other", "routes_to",
+    "captures"}``, ``task`` the later), each pair where either share reaches ``MIN_SHARE``.
     """
     from scalable_lm.config import SLMConfig
     from scalable_lm.core import overlap
     from scalable_lm.methods.base import MIN_SHARE
 
     config = SLMConfig.from_dict(manifest["config"])
-    pooled = (index["pooled.scatter"], index["pooled.count"]) if index else None
-    tasks = manifest["tasks"]
+    pool = overlap.InflatedPool((index["pooled.scatter"], index["pooled.count"]), config.bank.shrinkage) \
+        if index else None
+    tasks, pairs = manifest["tasks"], []
     for i, entry in enumerate(tasks):
         record = routing_record(entry)
         others = [j for j in range(i) if sources[j] != sources[i]]
         if record is None or not others:
             continue
         means, seed = index["stats.mean"][: i + 1], config.train.seed + i
-        estimated = {"captures": overlap.pooled_captures(means, pooled, config.bank.shrinkage, seed=seed),
-                     "routes_to": overlap.pooled_routes(means, pooled, config.bank.shrinkage, seed=seed)}
-        entry["routing"] = {**record, **{k: {**record[k], **{tasks[j]["name"]: round(float(v[j]), 4) for j in others
-                                                              if float(v[j]) >= MIN_SHARE}}
+        estimated = {k: [float(v) for v in f(means, None, config.bank.shrinkage, seed=seed, pool=pool)]
+                     for k, f in (("captures", overlap.pooled_captures), ("routes_to", overlap.pooled_routes))}
+        entry["routing"] = {**record, **{k: {**record[k], **{tasks[j]["name"]: round(v[j], 4) for j in others
+                                                              if v[j] >= MIN_SHARE}}
                                          for k, v in estimated.items()}}
+        pairs += [{"task": entry["name"], "other": tasks[j]["name"], "routes_to": round(estimated["routes_to"][j], 4),
+                   "captures": round(estimated["captures"][j], 4)} for j in others
+                  if max(estimated["routes_to"][j], estimated["captures"][j]) >= MIN_SHARE]
+    return pairs
 
 

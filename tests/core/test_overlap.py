@@ -101,3 +101,7 @@ def test_pooled_routes_mirrors_pooled_captures_and_a_duplicate_task_routes_to_th
     same = torch.stack([means[0], means[0]])
     assert float(overlap.pooled_routes(same, pooled, 0.1)[0]) == 1.0
     assert float(overlap.pooled_routes(torch.stack([means[0], means[0] + 100.0]), pooled, 0.1)[0]) == 0.0
+    # one factorised pool serves many calls (slm merge): the same draws, the same shares
+    pool = overlap.InflatedPool(pooled, 0.1)
+    for f in (overlap.pooled_routes, overlap.pooled_captures):
+        assert torch.equal(f(means, None, 0.1, seed=5, pool=pool), f(means, pooled, 0.1, seed=5))

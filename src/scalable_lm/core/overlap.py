@@ -115,9 +115,31 @@ def sampled_captures(stats: list[tuple], shrinkage: float, inflation: float = 1.
 CAPTURE_INFLATION = 4.0
 
 
+class InflatedPool:
+    """The router's pooled covariance factorised once for the draws of ``pooled_captures`` and
+    ``pooled_routes``: ``precision [d, d]`` (the router's, ``routers.pooled_precision``) and ``cholesky [d, d]``
+    of ``inflation`` times its shrunk covariance. ``pooled``: ``(Σ scatter [d, d], Σ count [])``; the Cholesky
+    factor is computed when first used (``pooled_captures`` needs none when no older task is near)."""
+
+    def __init__(self, pooled: tuple[torch.Tensor, torch.Tensor], shrinkage: float,
+                 inflation: float = CAPTURE_INFLATION):
+        self.pooled, self.shrinkage, self.inflation = pooled, shrinkage, inflation
+        self.precision = routers.pooled_precision(*pooled, shrinkage)
+        self._cholesky: torch.Tensor | None = None
+
+    @property
+    def cholesky(self) -> torch.Tensor:
+        if self._cholesky is None:
+            dtype = self.precision.dtype
+            scatter, count = (x.to(dtype) for x in self.pooled)
+            cov = routers.shrunk_covariance(scatter / count.clamp_min(1.0), self.shrinkage)
+            self._cholesky = torch.linalg.cholesky(cov * self.inflation)
+        return self._cholesky
+
+
 def pooled_captures(means: torch.Tensor, pooled: tuple[torch.Tensor, torch.Tensor], shrinkage: float,
                     inflation: float = CAPTURE_INFLATION, samples: int = 1000, seed: int = 0,
-                    floor: float = 0.0025, most: int = 32) -> torch.Tensor:
+                    floor: float = 0.0025, most: int = 32, pool: InflatedPool | None = None) -> torch.Tensor:
     """``[T-1]`` estimated share of each older task's inputs that the newest task (last of ``means [T, d]``)
     takes: the share of draws from ``N(mean_j, inflation * Sigma)`` that the router over every task sends to it,
     ``Sigma`` the router's own shrunk shared covariance (from ``pooled``: ``(Σ scatter, Σ count)``).
@@ -129,22 +151,23 @@ def pooled_captures(means: torch.Tensor, pooled: tuple[torch.Tensor, torch.Tenso
     made only for the older tasks whose bound reaches ``floor``, at most the ``most`` of them with the largest
     bounds; the others keep the bound (an overestimate, so a warning errs towards being given). Of a sampled
     task's draws, only those the newest task wins against it (about its bound) are scored against every task.
+    ``pool``: the factorised pool (``InflatedPool``), given to reuse one over many calls (``pooled``,
+    ``shrinkage`` and ``inflation`` are then its own and not read).
     """
-    precision = routers.pooled_precision(*pooled, shrinkage)
+    pool = pool if pool is not None else InflatedPool(pooled, shrinkage, inflation)
+    precision = pool.precision
     means = means.to(precision.dtype)
     T, d = means.shape
-    out = _pairwise_share(means, precision, inflation)
+    out = _pairwise_share(means, precision, pool.inflation)
     order = torch.argsort(out, descending=True)[:most]
     near = sorted(order[out[order] >= floor].tolist())
     if not near:
         return out
-    cov = routers.shrunk_covariance(pooled[0].to(precision.dtype) / pooled[1].to(precision.dtype).clamp_min(1.0),
-                                    shrinkage)
-    chol = torch.linalg.cholesky(cov * inflation)
+    chol = pool.cholesky
     generator = torch.Generator(device="cpu").manual_seed(seed)
     projected = routers.project_means(means, precision)
     for j in near:
-        z = torch.randn(samples, d, generator=generator, dtype=cov.dtype).to(cov.device)
+        z = torch.randn(samples, d, generator=generator, dtype=chol.dtype).to(chol.device)
         draws = means[j] + z @ chol.T
         # only a draw the newest task wins against j can be routed to it: score the rest against every task
         pair = routers.mahalanobis_scores(draws, means[[j, T - 1]], precision)
@@ -155,19 +178,18 @@ def pooled_captures(means: torch.Tensor, pooled: tuple[torch.Tensor, torch.Tenso
 
 
 def pooled_routes(means: torch.Tensor, pooled: tuple[torch.Tensor, torch.Tensor], shrinkage: float,
-                  inflation: float = CAPTURE_INFLATION, samples: int = 1000, seed: int = 0) -> torch.Tensor:
+                  inflation: float = CAPTURE_INFLATION, samples: int = 1000, seed: int = 0,
+                  pool: InflatedPool | None = None) -> torch.Tensor:
     """``[T-1]`` estimated share of the newest task's inputs that go to each older task: draws from
     ``N(mean_t, inflation * Sigma)`` (as ``pooled_captures`` draws, the other way round) routed over every task.
     For where the newest task's held-out rows are not at hand (``slm merge``); ``slm learn`` measures this share
     instead (``held_out_routes``). The inflation was chosen for ``captures`` and is not checked against test rows
-    for this direction. Two tasks with the same mean tie, and a tie goes to the older task, as in routing."""
-    precision = routers.pooled_precision(*pooled, shrinkage)
-    means = means.to(precision.dtype)
+    for this direction. Two tasks with the same mean tie, and a tie goes to the older task, as in routing.
+    ``pool``: as in ``pooled_captures``."""
+    pool = pool if pool is not None else InflatedPool(pooled, shrinkage, inflation)
+    means = means.to(pool.precision.dtype)
     T, d = means.shape
-    cov = routers.shrunk_covariance(pooled[0].to(precision.dtype) / pooled[1].to(precision.dtype).clamp_min(1.0),
-                                    shrinkage)
-    chol = torch.linalg.cholesky(cov * inflation)
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    z = torch.randn(samples, d, generator=generator, dtype=cov.dtype).to(cov.device)
-    routes = _scores(means[-1] + z @ chol.T, means, precision).argmax(-1)
+    z = torch.randn(samples, d, generator=generator, dtype=pool.cholesky.dtype).to(pool.cholesky.device)
+    routes = _scores(means[-1] + z @ pool.cholesky.T, means, pool.precision).argmax(-1)
     return shares(routes, T)[:-1]
