@@ -1354,7 +1354,8 @@ def standard_cl_report(out: Path) -> str:
             gaps.append((m, rival, f"- slm − {rival}: {100 * m:+.1f}{spread} points of multitask over {len(shared)} "
                             f"shared run(s) (" + ", ".join(f"order {o} seed {s}: {100 * d:+.1f}" for (o, s), d in
                                                           zip(shared, diffs)) + ")"))
-    best = min(gaps, default=None)
+    # replay keeps old tasks' rows, which SLM's users cannot (the premise of the setting): named apart
+    best = min((g for g in gaps if g[1] != "replay"), default=None)
     return "\n".join([
         f"# {out.name} results: O-LoRA's Standard CL benchmark on SmolLM2-135M-Instruct (issue 37)", "",
         "dbpedia, amazon, yahoo and agnews as instructions naming their label words, O-LoRA's orders 1-3 (1: dbpedia → "
@@ -1370,8 +1371,9 @@ def standard_cl_report(out: Path) -> str:
         *published, "",
         "## SLM against the rivals (paired: same order and seed)", "",
         *(line for *_, line in sorted(gaps, reverse=True)), "",
-        (f"Best rival on the shared runs so far: {best[1]} (SLM {100 * best[0]:+.1f} points of multitask against it)."
-         if best else "No rival run shares a run with SLM yet."), "",
+        (f"Best rehearsal-free rival on the shared runs so far: {best[1]} (SLM {100 * best[0]:+.1f} points of "
+         "multitask against it; replay, which keeps old tasks' rows, is not counted)."
+         if best else "No rehearsal-free rival shares a run with SLM yet."), "",
         "## Every result (final score per task, %)", "", *every, "",
         (out / "notes.md").read_text() if (out / "notes.md").exists() else ""])
 
