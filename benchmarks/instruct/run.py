@@ -22,7 +22,9 @@ Few-shot with text labels: "benchmark": "fewshot_smollm2", "order": ["dbpedia", 
 Standard CL benchmark (O-LoRA's protocol, issue 37): "benchmark": "standard_cl", the same four text-label tasks in
 O-LoRA's orders 1-3, "scoring": "exact" (exact match of the whole answer is the primary score, label match
 beside it), and "method": "multitask" (one LoRA learned once on every task's training rows, shuffled together,
-then scored like the others: the reference the published records divide by).
+then scored like the others: the reference the published records divide by). Choosing a rival's setting
+without the test rows: "score_on": "validation" scores each task's validation split (carved from its training
+rows as learn carves it) instead of its test rows, and "stop_after": k learns only the first k tasks of the order.
 Scores: finance and mmlu by first-word exact match, medical by BERTScore-F1 (packaged MiniLM) with ROUGE-L
 beside it. The result holds the score matrix, five example answers per task from the final mixed batches,
 retrieval accuracy, and retrieval vs generation time per task.
@@ -128,6 +130,14 @@ def main(argv: list[str] | None = None) -> None:
     for section, values in cfg.get("config", {}).items():
         base[section].update(values)
     config = SLMConfig.from_dict(base)
+    if cfg.get("score_on") == "validation":  # choosing a rival's setting (standard_cl_select): never the test rows
+        from scalable_lm.data.tasks import split_validation
+
+        # each task's validation split as learn carves it (seed: train seed + position), scored in place of test
+        tasks = [InstructionTask(t.name, t.train, split_validation(t.train, config.train.val_fraction,
+                                                                   config.train.seed + i)[1])
+                 for i, t in enumerate(tasks)]
+    tasks = tasks[: cfg.get("stop_after", len(tasks))]  # the first tasks only (OSF still plans for the whole order)
     from scalable_lm.methods.generative import GenerativeSLM
 
     method = cfg["method"]
