@@ -1397,7 +1397,7 @@ def standard_cl_select_report(out: Path) -> str:
     chosen = []
     for method, runs in sorted(by_method.items()):
         # the rule written in the configs: the highest average; a tie goes to the smaller setting
-        best = max(runs, key=lambda x: (x[0], [-v for v in x[1].values()]))
+        best = max(runs, key=lambda x: (round(x[0], 9), [-v for v in x[1].values()]))  # float sums: 0.8+0.4 > 1.2
         chosen.append(f"- {method}: {best[1]} ({best[2]}, validation average {_pct(best[0])} over "
                       f"{len(runs)} candidate(s))")
     return "\n".join([

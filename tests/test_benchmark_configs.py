@@ -318,10 +318,31 @@ def test_standard_cl_report_divides_by_the_multitask_run_of_the_same_seed(tmp_pa
     out.mkdir()
     for name, r in {"multitask_order1": record("multitask", [0.8, 0.4, 0.6, 0.8]),
                     "slm_order1": record("slm", [0.8, 0.3, 0.6, 0.7]),
-                    "olora_order1": record("o-lora", [0.4, 0.2, 0.3, 0.5])}.items():
+                    "olora_order1": record("o-lora", [0.4, 0.2, 0.3, 0.5]),
+                    "replay_order1": record("replay", [0.8, 0.3, 0.6, 0.6])}.items():
         (out / f"{name}.json").write_text(json.dumps(r))
     report.main([str(out)])
     text = (out / "README.md").read_text()
     assert "| slm | 92.3% | not run | not run | (orders missing) | 1 |" in text  # 0.60 / 0.65
     assert "- slm − o-lora: +38.5 points of multitask over 1 shared run(s) (order 1 seed 0: +38.5)" in text
-    assert "Best rival on the shared runs so far: o-lora" in text and "| GORP | 79.8 | 99.8% |" in text
+    # replay keeps old rows (outside the setting): listed, but the best rival is the best rehearsal-free one
+    assert "- slm − replay: +3.8 points of multitask" in text
+    assert "Best rehearsal-free rival on the shared runs so far: o-lora" in text and "| GORP | 79.8 | 99.8% |" in text
+
+
+def test_standard_cl_select_report_applies_the_rule_written_in_the_configs(tmp_path):
+    sys.path.insert(0, str(ROOT))
+    import report
+
+    out = tmp_path / "standard_cl_select"
+    out.mkdir()
+    for lr, final in ((5e-6, [0.5, 0.3]), (2e-5, [0.8, 0.4]), (1e-4, [0.9, 0.3])):  # a tie: 2e-5 and 1e-4 at 60%
+        r = {"R": [[final[0], None], final], "tasks": ["dbpedia", "amazon"], "metrics": {"average": sum(final) / 2},
+             "sizes": {"dbpedia": {"train": 224, "test": 22}, "amazon": {"train": 80, "test": 8}},
+             "benchmark_config": {"method": "osf", "osf_lr": lr, "score_on": "validation"}, "seconds": 60,
+             "command": "python benchmarks/instruct/run.py x.json"}
+        (out / f"osf_lr{lr:g}.json").write_text(json.dumps(r))
+    report.main([str(out)])
+    text = (out / "README.md").read_text()
+    assert "- osf: {'osf_lr': 2e-05} (osf_lr2e-05, validation average 60.0 over 3 candidate(s))" in text
+    assert "dbpedia 50.0 (22 rows), amazon 30.0 (8 rows)" in text
