@@ -819,8 +819,9 @@ class Merged:
 
     def overlaps(self, threshold: float) -> list[dict]:
         """The estimated pairs above ``threshold`` (a share), largest first, as ``GrowsByTask.overlaps``."""
-        return sorted((p for p in self.estimated if max(p["routes_to"], p["captures"]) > threshold),
-                      key=lambda p: -max(p["routes_to"], p["captures"]))
+        from scalable_lm.core import overlap
+
+        return overlap.above(self.estimated, threshold)
 
 
 def merge(directories: list[str | Path], out: str | Path, rename: dict[str, str] | None = None,
@@ -831,9 +832,9 @@ def merge(directories: list[str | Path], out: str | Path, rename: dict[str, str]
     may differ: they are per task). A task name found again in a later directory is an error unless
     ``rename`` maps it to a new name (``{"old": "new"}``, applied to the later copy). Task files are
     copied tensor for tensor, each checksum verified first; the manifest is written last. Returns the
-    merged task names and the overlaps estimated across directories (``Merged``). A task that lands at another position than it was learned at keeps its tensors, not
-    the seed ``slm learn`` would give it there: the merge then differs from learning the tasks in this order,
-    and a warning names those tasks (``reseeded``).
+    merged task names and the overlaps estimated across directories (``Merged``). A task that lands at another
+    position than it was learned at keeps its tensors, not the seed ``slm learn`` would give it there: the merge
+    then differs from learning the tasks in this order, and a warning names those tasks (``reseeded``).
     """
     rename = dict(rename or {})
     out = Path(out)

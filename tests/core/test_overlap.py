@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from scalable_lm.core import overlap, routers
@@ -105,3 +106,12 @@ def test_pooled_routes_mirrors_pooled_captures_and_a_duplicate_task_routes_to_th
     pool = overlap.InflatedPool(pooled, 0.1)
     for f in (overlap.pooled_routes, overlap.pooled_captures):
         assert torch.equal(f(means, None, 0.1, seed=5, pool=pool), f(means, pooled, 0.1, seed=5))
+
+
+def test_pairs_above_a_threshold_largest_first_and_a_threshold_is_a_share():
+    pairs = [{"task": "b", "other": "a", "routes_to": 0.01, "captures": 0.03},
+             {"task": "c", "other": "a", "routes_to": 0.2, "captures": 0.0},
+             {"task": "c", "other": "b", "routes_to": 0.02, "captures": 0.0}]
+    assert [(p["task"], p["other"]) for p in overlap.above(pairs, 0.02)] == [("c", "a"), ("b", "a")]
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        overlap.above(pairs, 2.0)

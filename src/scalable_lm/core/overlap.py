@@ -82,6 +82,15 @@ def gaussian_captures(stats: list[tuple], shrinkage: float) -> torch.Tensor:
     return _pairwise_share(torch.stack([s[0] for s in stats]), precision, 1.0)
 
 
+def above(pairs: list[dict], threshold: float) -> list[dict]:
+    """The overlap pairs (``{"task", "other", "routes_to", "captures"}``, shares 0-1) where either share passes
+    ``threshold`` (a share, 0-1), largest first: what a warning and ``slm info`` show."""
+    if not 0 <= threshold <= 1:
+        raise ValueError(f"threshold is a share of inputs between 0 and 1, got {threshold}")
+    return sorted((p for p in pairs if max(p["routes_to"], p["captures"]) > threshold),
+                  key=lambda p: -max(p["routes_to"], p["captures"]))
+
+
 def _pairwise_share(means: torch.Tensor, precision: torch.Tensor, inflation: float) -> torch.Tensor:
     """``[T-1]`` ``Phi(-Delta_jt / (2 sqrt(inflation)))``: the share of draws from ``N(mean_j, inflation * Sigma)``
     that score the newest task ``t`` above ``j`` (``Sigma`` the inverse of ``precision``; exact for two tasks)."""

@@ -358,8 +358,8 @@ class GrowsByTask:
         ``[{"task", "other", "routes_to", "captures"}]`` where ``task`` was learned after ``other``,
         ``routes_to`` is the share of ``task``'s inputs that go to ``other`` and ``captures`` the share of
         ``other``'s inputs that ``task`` takes. ``task``: only the pairs that task was learned into."""
-        if not 0 <= threshold <= 1:
-            raise ValueError(f"threshold is a share of inputs between 0 and 1, got {threshold}")
+        from scalable_lm.core import overlap
+
         out = []
         for name in [task] if task is not None else self.task_names:
             record = self.routing.get(name)
@@ -368,11 +368,9 @@ class GrowsByTask:
             for other in dict.fromkeys([*record["routes_to"], *record["captures"]]):
                 if other not in self.task_names:  # removed since
                     continue
-                pair = {"task": name, "other": other, "routes_to": record["routes_to"].get(other, 0.0),
-                        "captures": record["captures"].get(other, 0.0)}
-                if max(pair["routes_to"], pair["captures"]) > threshold:
-                    out.append(pair)
-        return sorted(out, key=lambda p: -max(p["routes_to"], p["captures"]))
+                out.append({"task": name, "other": other, "routes_to": record["routes_to"].get(other, 0.0),
+                            "captures": record["captures"].get(other, 0.0)})
+        return overlap.above(out, threshold)
 
     @torch.no_grad()
     def _measure_routing(self, train_rows, val_rows) -> dict:
