@@ -1356,6 +1356,18 @@ def standard_cl_report(out: Path) -> str:
                                                           zip(shared, diffs)) + ")"))
     # replay keeps old tasks' rows, which SLM's users cannot (the premise of the setting): named apart
     best = min((g for g in gaps if g[1] != "replay"), default=None)
+    # the same gap on one order over the seeds both have run there: the spread that comes from the rows a seed
+    # draws and its initialisation (the spread above mixes orders, whose tasks differ by position)
+    over_seeds = []
+    for rival in RIVALS:
+        for order in (1, 2, 3):
+            seeds = sorted(s for o, s in set(share.get("slm", {})) & set(share.get(rival, {})) if o == order)
+            if len(seeds) > 1:
+                diffs = [share["slm"][(order, s)] - share[rival][(order, s)] for s in seeds]
+                m, sd = _mean_std(diffs)
+                over_seeds.append(f"- slm − {rival}, order {order}: {100 * m:+.1f} ± {100 * sd:.1f} points of multitask "
+                                  f"over seeds {', '.join(map(str, seeds))} ("
+                                  + ", ".join(f"seed {s}: {100 * d:+.1f}" for s, d in zip(seeds, diffs)) + ")")
     return "\n".join([
         f"# {out.name} results: O-LoRA's Standard CL benchmark on SmolLM2-135M-Instruct (issue 37)", "",
         "dbpedia, amazon, yahoo and agnews as instructions naming their label words, O-LoRA's orders 1-3 (1: dbpedia → "
@@ -1374,6 +1386,8 @@ def standard_cl_report(out: Path) -> str:
         (f"Best rehearsal-free rival on the shared runs so far: {best[1]} (SLM {100 * best[0]:+.1f} points of "
          "multitask against it; replay, which keeps old tasks' rows, is not counted)."
          if best else "No rehearsal-free rival shares a run with SLM yet."), "",
+        "## SLM against the rivals over seeds (same order, mean ± sample std over the seeds both have run)", "",
+        *(over_seeds or ["(no order has two seeds of SLM and a rival yet)"]), "",
         "## Every result (final score per task, %)", "", *every, "",
         (out / "notes.md").read_text() if (out / "notes.md").exists() else ""])
 

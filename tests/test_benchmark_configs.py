@@ -319,12 +319,16 @@ def test_standard_cl_report_divides_by_the_multitask_run_of_the_same_seed(tmp_pa
     for name, r in {"multitask_order1": record("multitask", [0.8, 0.4, 0.6, 0.8]),
                     "slm_order1": record("slm", [0.8, 0.3, 0.6, 0.7]),
                     "olora_order1": record("o-lora", [0.4, 0.2, 0.3, 0.5]),
-                    "replay_order1": record("replay", [0.8, 0.3, 0.6, 0.6])}.items():
+                    "replay_order1": record("replay", [0.8, 0.3, 0.6, 0.6]),
+                    "multitask_order1_seed1": record("multitask", [0.8, 0.4, 0.4, 0.8], seed=1),
+                    "slm_order1_seed1": record("slm", [0.8, 0.4, 0.4, 0.6], seed=1),
+                    "olora_order1_seed1": record("o-lora", [0.6, 0.2, 0.2, 0.6], seed=1)}.items():
         (out / f"{name}.json").write_text(json.dumps(r))
     report.main([str(out)])
     text = (out / "README.md").read_text()
-    assert "| slm | 92.3% | not run | not run | (orders missing) | 1 |" in text  # 0.60 / 0.65
-    assert "- slm − o-lora: +38.5 points of multitask over 1 shared run(s) (order 1 seed 0: +38.5)" in text
+    # seed 0: 0.60 / 0.65; seed 1: 0.55 / 0.60 (each seed's own multitask)
+    assert "| slm | 92.0% ± 0.5 (2 seeds) | not run | not run | (orders missing) | 2 |" in text
+    assert "- slm − o-lora, order 1: +31.7 ± 9.5 points of multitask over seeds 0, 1 (seed 0: +38.5, seed 1: +25.0)" in text
     # replay keeps old rows (outside the setting): listed, but the best rival is the best rehearsal-free one
     assert "- slm − replay: +3.8 points of multitask" in text
     assert "Best rehearsal-free rival on the shared runs so far: o-lora" in text and "| GORP | 79.8 | 99.8% |" in text
