@@ -1323,7 +1323,7 @@ def standard_cl_report(out: Path) -> str:
         every.append(f"| [{p.stem}]({p.name}) | {order} | {seed} | {cells} | {_pct(r['metrics']['average'])} | "
                      f"{_share_cell(r['metrics']['average'], ref)} | "
                      f"{_pct(r['metrics'].get('forgetting'))} | {r['seconds'] / 60:.0f} | `{r['command']}` |")
-    summary = ["| method | order 1 | order 2 | order 3 | mean over orders 1-3 | runs |", "|---|---|---|---|---|---|"]
+    summary = ["| method | order 1 | order 2 | order 3 | mean over orders 1-3 (seeds that ran all three) | runs |", "|---|---|---|---|---|---|"]
     means: dict[str, float] = {}
     for method in sorted(share, key=lambda m: -statistics.fmean(share[m].values())):
         cells = []
@@ -1334,12 +1334,16 @@ def standard_cl_report(out: Path) -> str:
                 cells.append(f"{100 * m:.1f}%" + (f" ± {100 * sd:.1f} ({len(values)} seeds)" if len(values) > 1 else ""))
             else:
                 cells.append("not run")
-        per_order = [statistics.fmean([v for (o, _), v in share[method].items() if o == order])
-                     for order in (1, 2, 3) if any(o == order for o, _ in share[method])]
-        complete = len(per_order) == 3
-        if complete:
-            means[method] = statistics.fmean(per_order)
-        mean_cell = _share_cell(means[method], 1.0) if complete else "(orders missing)"
+        # the mean over orders 1-3 within each seed that has run all three (a seed with only order 1 would
+        # otherwise weigh order 1 twice), then over those seeds
+        full = {s: statistics.fmean(share[method][(o, s)] for o in (1, 2, 3))
+                for s in sorted({s for _, s in share[method]}) if all((o, s) in share[method] for o in (1, 2, 3))}
+        if full:
+            means[method], sd = _mean_std(list(full.values()))
+            mean_cell = (f"{100 * means[method]:.1f}%" + (f" ± {100 * sd:.1f}" if len(full) > 1 else "")
+                         + f" (seed{'s' if len(full) > 1 else ''} {', '.join(map(str, full))})")
+        else:
+            mean_cell = "(orders missing)"
         summary.append(f"| {method} | {' | '.join(cells)} | {mean_cell} | {len(share[method])} |")
     published = ["| method (T5-large, authors' figures) | average % | share of multitask (80.0) |", "|---|---|---|"]
     published += [f"| {m} | {v:.1f} | {100 * v / PUBLISHED_MTL:.1f}% |" for m, v in PUBLISHED_T5.items()]
