@@ -1323,7 +1323,8 @@ def standard_cl_report(out: Path) -> str:
         every.append(f"| [{p.stem}]({p.name}) | {order} | {seed} | {cells} | {_pct(r['metrics']['average'])} | "
                      f"{_share_cell(r['metrics']['average'], ref)} | "
                      f"{_pct(r['metrics'].get('forgetting'))} | {r['seconds'] / 60:.0f} | `{r['command']}` |")
-    summary = ["| method | order 1 | order 2 | order 3 | mean over orders 1-3 (seeds that ran all three) | runs |", "|---|---|---|---|---|---|"]
+    summary = ["| method | order 1 | order 2 | order 3 | mean over orders 1-3 (seeds that ran all three) | runs |",
+               "|---|---|---|---|---|---|"]
     means: dict[str, float] = {}
     for method in sorted(share, key=lambda m: -statistics.fmean(share[m].values())):
         cells = []
