@@ -1325,7 +1325,6 @@ def standard_cl_report(out: Path) -> str:
                      f"{_pct(r['metrics'].get('forgetting'))} | {r['seconds'] / 60:.0f} | `{r['command']}` |")
     summary = ["| method | order 1 | order 2 | order 3 | mean over orders 1-3 (seeds that ran all three) | runs |",
                "|---|---|---|---|---|---|"]
-    means: dict[str, float] = {}
     for method in sorted(share, key=lambda m: -statistics.fmean(share[m].values())):
         cells = []
         for order in (1, 2, 3):
@@ -1340,8 +1339,8 @@ def standard_cl_report(out: Path) -> str:
         full = {s: statistics.fmean(share[method][(o, s)] for o in (1, 2, 3))
                 for s in sorted({s for _, s in share[method]}) if all((o, s) in share[method] for o in (1, 2, 3))}
         if full:
-            means[method], sd = _mean_std(list(full.values()))
-            mean_cell = (f"{100 * means[method]:.1f}%" + (f" ± {100 * sd:.1f}" if len(full) > 1 else "")
+            mean, sd = _mean_std(list(full.values()))
+            mean_cell = (f"{100 * mean:.1f}%" + (f" ± {100 * sd:.1f}" if len(full) > 1 else "")
                          + f" (seed{'s' if len(full) > 1 else ''} {', '.join(map(str, full))})")
         else:
             mean_cell = "(orders missing)"
@@ -1349,7 +1348,7 @@ def standard_cl_report(out: Path) -> str:
     published = ["| method (T5-large, authors' figures) | average % | share of multitask (80.0) |", "|---|---|---|"]
     published += [f"| {m} | {v:.1f} | {100 * v / PUBLISHED_MTL:.1f}% |" for m, v in PUBLISHED_T5.items()]
     # SLM against each rival on the runs both have (same order and seed: the same rows)
-    gaps = []
+    gaps, over_seeds = [], []
     for rival in RIVALS:
         shared = sorted(set(share.get("slm", {})) & set(share.get(rival, {})))
         if shared:
@@ -1359,20 +1358,17 @@ def standard_cl_report(out: Path) -> str:
             gaps.append((m, rival, f"- slm − {rival}: {100 * m:+.1f}{spread} points of multitask over {len(shared)} "
                             f"shared run(s) (" + ", ".join(f"order {o} seed {s}: {100 * d:+.1f}" for (o, s), d in
                                                           zip(shared, diffs)) + ")"))
+        # the same gap on one order over the seeds both have run there: the spread that comes from the rows a
+        # seed draws and its initialisation (the spread above mixes orders, whose tasks differ by position)
+        for order in (1, 2, 3):
+            by_seed = [(s, d) for (o, s), d in zip(shared, diffs) if o == order] if shared else []
+            if len(by_seed) > 1:
+                m, sd = _mean_std([d for _, d in by_seed])
+                over_seeds.append(f"- slm − {rival}, order {order}: {100 * m:+.1f} ± {100 * sd:.1f} points of "
+                                  f"multitask over seeds {', '.join(str(s) for s, _ in by_seed)} ("
+                                  + ", ".join(f"seed {s}: {100 * d:+.1f}" for s, d in by_seed) + ")")
     # replay keeps old tasks' rows, which SLM's users cannot (the premise of the setting): named apart
     best = min((g for g in gaps if g[1] != "replay"), default=None)
-    # the same gap on one order over the seeds both have run there: the spread that comes from the rows a seed
-    # draws and its initialisation (the spread above mixes orders, whose tasks differ by position)
-    over_seeds = []
-    for rival in RIVALS:
-        for order in (1, 2, 3):
-            seeds = sorted(s for o, s in set(share.get("slm", {})) & set(share.get(rival, {})) if o == order)
-            if len(seeds) > 1:
-                diffs = [share["slm"][(order, s)] - share[rival][(order, s)] for s in seeds]
-                m, sd = _mean_std(diffs)
-                over_seeds.append(f"- slm − {rival}, order {order}: {100 * m:+.1f} ± {100 * sd:.1f} points of multitask "
-                                  f"over seeds {', '.join(map(str, seeds))} ("
-                                  + ", ".join(f"seed {s}: {100 * d:+.1f}" for s, d in zip(seeds, diffs)) + ")")
     return "\n".join([
         f"# {out.name} results: O-LoRA's Standard CL benchmark on SmolLM2-135M-Instruct (issue 37)", "",
         "dbpedia, amazon, yahoo and agnews as instructions naming their label words, O-LoRA's orders 1-3 (1: dbpedia → "
