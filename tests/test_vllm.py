@@ -93,7 +93,12 @@ class Front:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(tmp / f"front-{self.port}.log", "w+")
-        env = {**os.environ, "SLM_CACHE_DIR": str(tmp / "cache"), "PYTHONUNBUFFERED": "1"}
+        # VLLM_CPU_OMP_THREADS_BIND=nobind (passed through the front to its vLLM child): vLLM-CPU's default binding
+        # pins its worker to core 0, which it keeps busy even between requests; on this 2-core VM every new process
+        # (an `slm learn` here) pins itself to each core in turn while it starts (strace: sched_setaffinity from
+        # libc start-up) and waited behind that worker for minutes (the test hung in `slm learn`, 1 s of CPU in 5 min)
+        env = {"VLLM_CPU_OMP_THREADS_BIND": "nobind", **os.environ, "SLM_CACHE_DIR": str(tmp / "cache"),
+               "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen([sys.executable, "-m", "scalable_lm.cli", "serve", "--engine", "vllm",
                                       "--model", str(model_dir), "--port", str(self.port), "--reload-interval", "0.3",
                                       "--max-new-tokens", "16", "--vllm-python", VLLM_PYTHON,
@@ -159,6 +164,39 @@ def test_vllm_rank_and_child_flags_follow_the_bank():
     assert [vllm_rank(r) for r in (1, 8, 12, 48, 64, 300)] == [8, 8, 16, 64, 64, 320]
     with pytest.raises(ValueError, match="largest"):
         vllm_rank(600)
+
+
+_SLOW_WORKER = """
+import os, signal, subprocess, sys, time
+if sys.argv[1:] == ["worker"]:
+    signal.signal(signal.SIGTERM, lambda *_: (time.sleep(1.5), sys.exit(0)))  # shuts down after its server
+    print(os.getpid(), flush=True)
+    time.sleep(60)
+else:
+    subprocess.Popen([sys.executable, __file__, "worker"])
+    time.sleep(60)  # the server: SIGTERM ends it at once
+"""
+
+
+@pytest.mark.parametrize("ignore_term", [False, True])
+def test_a_stopped_child_leaves_no_process_of_its_group(tmp_path, ignore_term):
+    """vLLM's engine core outlives its API server by a moment on SIGTERM (and may ignore it): ``stop`` returns
+    only when nothing of the group is left."""
+    from scalable_lm.vllm_engine import VLLMChild
+
+    script = tmp_path / "server.py"
+    script.write_text(_SLOW_WORKER.replace("time.sleep(1.5), sys.exit(0)", "None") if ignore_term else _SLOW_WORKER)
+    child = VLLMChild([sys.executable, str(script)], port=0, log_path=tmp_path / "log.txt")
+    child.start()
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "log.txt").read_text().strip() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    worker = int((tmp_path / "log.txt").read_text().split()[0])
+    started = time.monotonic()
+    child.stop(grace=3.0)
+    assert time.monotonic() - started < 10
+    with pytest.raises(ProcessLookupError):
+        os.kill(worker, 0)
 
 
 @needs_vllm

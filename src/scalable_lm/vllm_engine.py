@@ -39,6 +39,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -129,21 +130,24 @@ class VLLMChild:
         """After the server process died: kill what it left in its process group (vLLM's engine-core and
         worker processes outlive a server that was killed, holding their memory and CPU)."""
         if self.proc is not None and self.proc.poll() is not None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+            _signal_group(self.proc.pid, signal.SIGKILL)
 
     def stop(self, grace: float = 20.0) -> None:
-        if not self.alive():
-            self.reap()
+        """SIGTERM to the whole group, SIGKILL after ``grace`` seconds; returns once no process of the group is
+        left (the server exits before its engine-core and workers finish shutting down, so waiting for the
+        server alone left them running after the front had exited)."""
+        if self.proc is None:
             return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        if self.alive():
+            _signal_group(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                _signal_group(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        if not _group_gone(self.proc.pid, grace):
+            _signal_group(self.proc.pid, signal.SIGKILL)
+            _group_gone(self.proc.pid, 5.0)
 
     def tail(self, lines: int = 5) -> str:
         try:
@@ -151,6 +155,28 @@ class VLLMChild:
         except OSError:
             return ""
         return " | ".join(line.strip() for line in text[-lines:])
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _group_gone(pgid: int, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for process group ``pgid`` to have no process left; whether it has none."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
 
 
 def free_port() -> int:
