@@ -341,6 +341,18 @@ def test_standard_cl_report_divides_by_the_multitask_run_of_the_same_seed(tmp_pa
     assert "Best rehearsal-free rival on the shared runs so far: o-lora" in text and "| GORP | 79.8 | 99.8% |" in text
 
 
+def test_standard_cl_oracles_have_slm_capacity():
+    """The per-task oracle the issue asks for is of equal capacity: one LoRA per task of rank P·r, at SLM's
+    alpha/r."""
+    bank = SLMConfig().bank
+    paths = sorted((ROOT / "configs" / "standard_cl").glob("oracle_*.json"))
+    assert len(paths) == 9
+    for path in paths:
+        cfg = json.loads(path.read_text())
+        assert cfg["config"]["bank"]["rank"] == bank.entries_per_task * bank.rank, path.name
+        assert cfg["config"]["bank"]["alpha"] / cfg["config"]["bank"]["rank"] == bank.alpha / bank.rank, path.name
+
+
 def test_standard_cl_select_report_applies_the_rule_written_in_the_configs(tmp_path):
     sys.path.insert(0, str(ROOT))
     import report
