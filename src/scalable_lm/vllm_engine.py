@@ -145,6 +145,8 @@ class VLLMChild:
             except subprocess.TimeoutExpired:
                 _signal_group(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+        else:  # the server died earlier: what it left is killed at once, as when the front finds it dead
+            self.reap()
         if not _group_gone(self.proc.pid, grace):
             _signal_group(self.proc.pid, signal.SIGKILL)
             _group_gone(self.proc.pid, 5.0)
