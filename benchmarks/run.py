@@ -15,7 +15,9 @@ authors' leaking protocol (single-task batches, head by number of classes) under
 "task_id": true scores with the task named (SLM-TI, per-task oracle): an upper bound, reported apart.
 "device" (default auto) and "dtype" (default float32; SLM only: the baselines run in float32) place the model;
 --device / --dtype override them.
-Test rows are a seeded random subset of each task's local test file (sizes are in the result). The result
+Test rows are a seeded random subset of each task's local test file (sizes are in the result); a dataset with
+no test file (imdb, multirc) has test_per_task rows of its train file held out, and its training rows drawn from
+the rest. The result
 file holds the config, the accuracy matrix, metrics, timings, git commit and package versions.
 
 Runs of SLM (and its per-task oracles) keep a checkpoint after every task in <results dir>/checkpoints/<stem>/
@@ -52,6 +54,9 @@ def build_stream(cfg: dict, data_dir: Path) -> list[Task]:
     stream = []
     for i, name in enumerate(cfg["order"]):
         per_class = cfg.get("train_per_class")  # few-shot: this many training rows of every class
+        if not (data_dir / name / "test.jsonl").is_file():
+            stream.append(held_out_task(name, data_dir, cfg, i))
+            continue
         task = load_task(name, data_dir / name / "train.jsonl", data_dir / name / "test.jsonl",
                          max_train=None if per_class else cfg["train_per_task"], seed=cfg.get("seed", 0))
         if per_class:
@@ -64,6 +69,25 @@ def build_stream(cfg: dict, data_dir: Path) -> list[Task]:
             task.test = random.Random(cfg.get("seed", 0) + 1000 + i).sample(task.test, n_test)
         stream.append(task)
     return stream
+
+
+def held_out_task(name: str, data_dir: Path, cfg: dict, position: int) -> Task:
+    """A dataset shipped without a test split (imdb, multirc): ``test_per_task`` rows of its train file are held
+    out as test rows (seeded by the config's seed and the task's position), and the training rows are drawn from
+    the rest only, so no row is in both."""
+    n_test = cfg.get("test_per_task")
+    if n_test is None or cfg.get("train_per_class"):
+        raise SystemExit(f"{name} has no test.jsonl: its test rows are held out of train.jsonl, which needs "
+                         "test_per_task (and train_per_task, not train_per_class) in the config")
+    task = load_task(name, data_dir / name / "train.jsonl", None, seed=cfg.get("seed", 0))
+    rows = list(task.train)
+    random.Random(cfg.get("seed", 0) + 2000 + position).shuffle(rows)
+    if len(rows) <= n_test:
+        raise SystemExit(f"{name}: {len(rows)} rows cannot give {n_test} held-out test rows and a training set")
+    task.test, rest = rows[:n_test], rows[n_test:]
+    n_train = cfg["train_per_task"]
+    task.train = random.Random(cfg.get("seed", 0)).sample(rest, n_train) if len(rest) > n_train else rest
+    return task
 
 
 def build_method(cfg: dict, device: str = "auto", dtype: str = "float32"):

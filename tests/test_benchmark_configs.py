@@ -42,6 +42,23 @@ def test_stream_builder_subsamples_tests(tmp_path):
     assert sorted(y for _, y in fewshot[0].train) == [0, 0, 0, 1, 1, 1]
 
 
+def test_a_dataset_without_a_test_file_holds_out_disjoint_test_rows(tmp_path):
+    sys.path.insert(0, str(ROOT))
+    from run import build_stream
+
+    (tmp_path / "long").mkdir()
+    rows = "".join(json.dumps({"text": f"review {i}", "label": i % 2}) + "\n" for i in range(40))
+    (tmp_path / "long" / "train.jsonl").write_text(rows)
+    cfg = {"order": ["long"], "train_per_task": 20, "test_per_task": 15, "seed": 3}
+    (task,) = build_stream(cfg, tmp_path)
+    assert len(task.train) == 20 and len(task.test) == 15
+    assert not {x for x, _ in task.train} & {x for x, _ in task.test}
+    (again,) = build_stream(cfg, tmp_path)
+    assert again.train == task.train and again.test == task.test  # seeded: a resumed run sees the same rows
+    with pytest.raises(SystemExit, match="cannot give 40 held-out"):
+        build_stream({**cfg, "test_per_task": 40}, tmp_path)
+
+
 def test_report_writes_table_and_plots_from_json(tmp_path):
     sys.path.insert(0, str(ROOT))
     import report
