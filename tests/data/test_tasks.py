@@ -148,3 +148,15 @@ def test_fuzz_arbitrary_json_rows_give_a_task_or_a_data_error(rows, suffix):
     assert task is None or (len(task.label_names) >= 2 and task.train)
     task = _in_fresh_dir(suffix, data, lambda p: load_instruction_task("t", p))
     assert task is None or all(isinstance(a, str) and a for _, a in task.train)
+
+
+def test_a_json_string_may_hold_unicode_line_separators(tmp_path):
+    # JSON allows U+2028, U+2029 and U+0085 unescaped inside a string; a JSONL row ends at a line feed only
+    path = tmp_path / "train.jsonl"
+    text = "great film\u2028really\u0085great\u2029ending"
+    path.write_text(json.dumps({"text": text, "label": 1}, ensure_ascii=False) + "\r\n"
+                    + json.dumps({"text": "dull", "label": 0}) + "\n", encoding="utf-8")
+    assert [r["text"] for r in read_rows(path)] == [text, "dull"]
+    lines = tmp_path / "inputs.txt"
+    lines.write_text("one\u2028line\r\ntwo\n", encoding="utf-8")
+    assert read_lines(lines) == ["one\u2028line", "two"]

@@ -72,9 +72,15 @@ def _decoded(path: Path) -> str:
     return text
 
 
+def _lines(text: str) -> list[str]:
+    """``text`` cut at line feeds (``\r\n`` too). Not ``str.splitlines``: it also cuts at U+2028, U+0085 and
+    other separators that JSON allows unescaped inside a string (real imdb reviews hold them)."""
+    return [line.removesuffix("\r") for line in text.split("\n")]
+
+
 def read_lines(path: str | Path) -> list[str]:
     """The non-blank lines of a plain text file, one input per line (checked as ``read_rows`` checks)."""
-    lines = [line for line in _decoded(Path(path)).splitlines() if line.strip()]
+    lines = [line for line in _lines(_decoded(Path(path))) if line.strip()]
     if not lines:
         raise DataError(f"{path}: no lines")
     return lines
@@ -97,7 +103,7 @@ def read_rows(path: str | Path) -> list[dict]:
             if None in row:  # more fields than the header names
                 raise DataError(f"{path}: row {n - 1} has more fields than the header ({len(reader.fieldnames)})")
     else:
-        for n, line in enumerate(text.splitlines(), 1):
+        for n, line in enumerate(_lines(text), 1):
             if not line.strip():
                 continue
             try:
