@@ -9,7 +9,7 @@ import torch
 
 from scalable_lm import store
 from scalable_lm.store import ModelDirError
-from tests.conftest import tiny_bert, tiny_query_model
+from tests.conftest import tiny_bert, tiny_config, tiny_query_model
 from scalable_lm.encoder import QueryEncoder
 
 
@@ -87,6 +87,34 @@ def test_adding_a_task_leaves_earlier_files_untouched(saved, toy_stream):
     assert store.save(slm, directory) == ["vehicle"]
     after = _snapshot(directory / "tasks")
     assert all(after[name] == data for name, data in first.items()) and len(after) == 2
+
+
+def test_saving_the_same_model_twice_writes_nothing_and_says_so(saved, caplog, tokenizer):
+    slm, directory = saved
+    before = _snapshot(directory)
+    with caplog.at_level(logging.INFO, logger="scalable_lm.store"):
+        assert store.save(slm, directory) == []
+    assert _snapshot(directory) == before
+    assert "already holds every task of this model (1), unchanged: nothing written" in caplog.text
+    loaded = _load(directory, tokenizer)  # a model read from the directory is the same model too
+    assert store.save(loaded, directory) == [] and _snapshot(directory) == before
+
+
+def test_a_task_of_the_same_name_learned_from_other_data_is_refused(make_slm, toy_stream, saved, tmp_path):
+    _, directory = saved
+    before = _snapshot(directory)
+    config = tiny_config()
+    config.train.seed = 1
+    other = make_slm(config)  # the same task name, other initialisation and shuffling: other weights
+    other.learn(toy_stream[0], progress=False)
+    other.learn(toy_stream[1], progress=False)
+    with pytest.raises(ModelDirError, match="already holds a task 'fruit' that differs from this model's"):
+        store.save(other, directory)
+    assert _snapshot(directory) == before
+    copy = make_slm()  # learned again from the same data with the same seed: the same tensors, accepted
+    copy.learn(toy_stream[0], progress=False)
+    copy.learn(toy_stream[1], progress=False)
+    assert store.save(copy, directory) == ["vehicle"]
 
 
 def test_truncated_or_edited_task_file_refused(saved, tokenizer):

@@ -323,15 +323,19 @@ def save(slm, directory: str | Path, task_info: dict[str, dict] | None = None) -
 
 def _save(slm, directory: Path, task_info: dict[str, dict] | None) -> list[str]:
     identity = _identity(slm)
+    changed = True
     if (directory / MANIFEST).exists():
         manifest = read_manifest(directory)
-        if check_identity(manifest, identity, directory, _modules(slm)):
+        changed = check_identity(manifest, identity, directory, _modules(slm))
+        if changed:
             manifest.update(identity)  # an older fingerprint version, checked: written anew
         if _fixed(manifest["config"]) != _fixed(slm.config.to_dict()):
             raise ModelDirError(f"{directory} was created with different model or bank options")
         known = [t["name"] for t in manifest["tasks"]]
         if slm.task_names[: len(known)] != known:
             raise ModelDirError(f"{directory} holds tasks {known}; the model in memory has {slm.task_names}")
+        for t, entry in enumerate(manifest["tasks"]):
+            _check_same_task(slm, t, directory, entry)
     else:
         check_new_directory(directory)
         manifest = {"format": FORMAT, "kind": kind_of(slm), "config": slm.config.to_dict(), "tasks": [], **identity}
@@ -349,10 +353,34 @@ def _save(slm, directory: Path, task_info: dict[str, dict] | None) -> list[str]:
                             slm.task_state(t), slm.bank.entries_per_task, {**learned, **(task_info or {}).get(name, {})})
         manifest["tasks"].append(entry)
         used.add(entry["file"])
+        slm.file_checksums[name] = entry["sha256"]
         written.append(name)
+    if not written and not changed:
+        logging.getLogger(__name__).info("%s already holds every task of this model (%d), unchanged: nothing written",
+                                         directory, len(manifest["tasks"]))
+        return written
     _write_index(directory, manifest, index_tensors(slm))
     _write_manifest(directory, manifest, slm)
     return written
+
+
+def _check_same_task(slm, t: int, directory: Path, entry: dict) -> None:
+    """Refuse (one line) when the directory's task ``t`` is not the model's task ``t``: same name, other
+    tensors or labels. A task the model read from, or wrote to, a file of this checksum is the same without
+    reading anything; any other is compared tensor for tensor with the (verified) file."""
+    import torch
+
+    name = entry["name"]
+    if slm.file_checksums.get(name) == entry["sha256"]:
+        return
+    mine = {k: v.detach().to("cpu") for k, v in slm.task_state(t).items()}
+    theirs = _read_tensors(_checked_file(directory, entry))
+    same = (list(entry["label_names"]) == list(slm.label_names[t]) and mine.keys() == theirs.keys()
+            and all(mine[k].dtype == theirs[k].dtype and torch.equal(mine[k], theirs[k]) for k in mine))
+    if not same:
+        raise ModelDirError(f"{directory} already holds a task '{name}' that differs from this model's (checksum "
+                            f"{entry['sha256'][:12]}): save to another directory, or `slm remove` it there first")
+    slm.file_checksums[name] = entry["sha256"]
 
 
 def _free_file(used: set[str], index: int, name: str) -> str:
@@ -470,6 +498,7 @@ def load(directory: str | Path, backbone=None, encoder=None, device="auto", dtyp
     else:
         _add_mapped(slm, directory, manifest["tasks"], index)
     _add_routing(slm, manifest["tasks"])
+    slm.file_checksums.update({entry["name"]: entry["sha256"] for entry in manifest["tasks"]})
     return slm
 
 
@@ -506,6 +535,7 @@ def add_tasks(slm, directory: str | Path, names: list[str] | None = None) -> lis
     entries = manifest["tasks"] if names is None else [task_entry(manifest, n, directory) for n in names]
     _add_entries(slm, entries, [_checked_file(directory, entry) for entry in entries])
     _add_routing(slm, entries)
+    slm.file_checksums.update({entry["name"]: entry["sha256"] for entry in entries})
     return [entry["name"] for entry in entries]
 
 

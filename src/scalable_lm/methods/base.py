@@ -336,11 +336,18 @@ class GrowsByTask:
         for args in later:
             self.add_task_state(*args)
         self.routing.pop(name, None)  # the others' records keep what they measured, less the removed task
+        self.file_checksums.pop(name, None)
         for record in self.routing.values():
             record["routes_to"].pop(name, None)
             record["captures"].pop(name, None)
 
-    # ---- how a task's inputs route, recorded when it is learned (issue 42) ---------------------------------
+    @property
+    def file_checksums(self) -> dict[str, str]:
+        """Per task, the SHA-256 of the task file it was read from or last written to (set by the store): a
+        directory holding a file of that checksum holds this task as it is in memory."""
+        return self.__dict__.setdefault("_file_checksums", {})
+
+    # ---- how a task's inputs route, recorded when it is learned ---------------------------------------------
     @property
     def routing(self) -> dict[str, dict]:
         """Per task, recorded when it was learned (``learn``; kept in a model directory's manifest)::
