@@ -87,6 +87,11 @@ class TrainConfig:
     epochs: int = field(default=3, metadata={"help": "epochs over the task's training split"})
     lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate for values and head"})
     batch_size: int = field(default=16, metadata={"help": "training batch size"})
+    # a SmolLM2 row of 128 tokens holds about 0.1 GB of activations while it learns (benchmarks/results/learn_memory)
+    micro_batch_tokens: int = field(default=1024, metadata={
+        "help": "generative models: most padded tokens (rows x length) in one forward pass while learning; a larger "
+                "batch runs as micro-batches whose gradients add up to the batch's (the same step, less memory); "
+                "0: never split"})
     max_length: int = field(default=128, metadata={"help": "tokens per input (longer inputs are truncated)"})
     val_fraction: float = field(default=0.1, metadata={"help": "share of train held out to pick the best epoch"})
     seed: int = field(default=0, metadata={"help": "seed for init, shuffling and splits"})
@@ -171,6 +176,8 @@ class SLMConfig:
         for name in ("epochs", "batch_size", "max_length"):
             need(whole(getattr(t, name)) and getattr(t, name) >= 1, name, "a whole number >= 1", getattr(t, name))
         need(finite(t.lr) and t.lr > 0, "lr", "a finite number > 0", t.lr)
+        need(whole(t.micro_batch_tokens) and t.micro_batch_tokens >= 0, "micro_batch_tokens",
+             "a whole number >= 0 (0: never split a batch)", t.micro_batch_tokens)
         need(isinstance(t.calibrate, bool), "calibrate", "true or false", t.calibrate)
         need(finite(t.val_fraction) and 0 <= t.val_fraction < 1, "val_fraction", "at least 0 and below 1",
              t.val_fraction)

@@ -8,10 +8,10 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedTokenizerFast
 
-from scalable_lm.adapters.causal import BASE_FORMAT, CausalLM
+from scalable_lm.adapters.causal import BASE_FORMAT, CausalLM, Seq2SeqLM
 from scalable_lm.backbones import bpe_from_scores
 from scalable_lm.encoder import QueryEncoder
-from scalable_lm.methods.generative import GenerativeSLM
+from scalable_lm.methods.generative import GenerativeSLM, micro_batches
 from scalable_lm.serving import prompt_tokens
 from tests.conftest import tiny_config, tiny_query_model
 from tests.methods.test_generative import instruction_task, lm_tokenizer  # noqa: F401
@@ -104,3 +104,79 @@ def test_tiny_gemma3_learns_two_tasks_and_answers_without_task_id(lm_tokenizer, 
     preds = slm.predict(prompts, batch_size=8)
     assert [p.task for p in preds] == ["fruit"] * 4 + ["vehicle"] * 4
     assert [p.label.split()[0] if p.label else "" for p in preds] == ["sweet"] * 4 + ["fast"] * 4, [p.label for p in preds]
+
+
+def _full_logits_loss(lm, batch) -> torch.Tensor:
+    """The loss as 0.2.0 computed it: the LM head over every position of the whole batch, then float32."""
+    if isinstance(lm, Seq2SeqLM):
+        logits = lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                          labels=batch["labels"]).logits
+        return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(),
+                                                 ignore_index=-100)
+    logits = lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(),
+                                             ignore_index=-100)
+
+
+def _lms(tok):
+    from tests.methods.test_generative import tiny_llama, tiny_t5
+
+    gemma = tiny_gemma3()
+    gemma.config.final_logit_softcapping = 30.0  # an element-wise step after the head must still apply
+    return {"llama": CausalLM(tiny_llama(), tok, max_length=32), "gemma3": CausalLM(gemma, tok, max_length=32),
+            "t5": Seq2SeqLM(tiny_t5(), tok, max_length=32)}
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3", "t5"])
+def test_answer_positions_only_and_micro_batches_give_the_whole_batch_loss_and_gradients(lm_tokenizer, family):
+    lm = _lms(lm_tokenizer)[family]
+    trainable = [p for n, p in lm.model.named_parameters() if n.endswith(("o_proj.weight", "SelfAttention.o.weight"))]
+    assert trainable
+    for p in trainable:
+        p.requires_grad_(True)
+    prompts = ["describe it apple", "a much longer prompt about a car and a fast car", "it", "sweet apple car"]
+    answers = ["sweet", "fast fast car", "apple", "car it"]
+    batch = lm.training_batch(prompts, answers)
+
+    reference = _full_logits_loss(lm, batch)
+    expected = torch.autograd.grad(reference, trainable)
+    whole = lm.loss(batch)
+    assert torch.allclose(whole, reference, atol=1e-6)
+    n = lm.answer_tokens(batch)
+    for budget in (0, 1, 40):  # whole batch, one row per part, two rows per part
+        parts = micro_batches(batch, budget)
+        assert len(parts) == {0: 1, 1: 4, 40: -(-4 // max(1, 40 // _width(batch)))}[budget]
+        total = sum(lm.loss(micro, reduction="sum") / n for _, micro in parts)
+        got = torch.autograd.grad(total, trainable)
+        assert torch.allclose(total, reference, atol=1e-6)
+        for g, e in zip(got, expected):
+            assert torch.allclose(g, e, atol=1e-6, rtol=1e-4)
+
+
+def _width(batch) -> int:
+    w = batch["input_ids"].shape[1]
+    return w + batch["labels"].shape[1] if batch["labels"].shape[1] != w else w
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3", "t5"])
+def test_the_head_sees_only_the_answer_positions(lm_tokenizer, family):
+    lm = _lms(lm_tokenizer)[family]
+    seen = []
+    handle = lm.model.get_output_embeddings().register_forward_hook(lambda m, a, out: seen.append(out.shape))
+    batch = lm.training_batch(["a much longer prompt about a car and a fast car", "it"], ["sweet", "fast car"])
+    lm.loss(batch)
+    handle.remove()
+    assert seen == [torch.Size([1, lm.answer_tokens(batch), lm.model.config.vocab_size])]
+
+
+def test_a_learned_task_is_the_same_with_or_without_micro_batches(lm_tokenizer):
+    from tests.methods.test_generative import instruction_task, make_generative
+
+    values = []
+    for budget in (0, 24):
+        slm = make_generative(lm_tokenizer)
+        slm.config.train.epochs, slm.config.train.micro_batch_tokens = 2, budget
+        slm.learn(instruction_task("fruit", "sweet"), progress=False)
+        values.append([p.detach().clone() for p in slm._values(0)])
+    for a, b in zip(*values):
+        assert torch.allclose(a, b, atol=1e-5)

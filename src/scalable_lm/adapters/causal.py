@@ -106,10 +106,22 @@ class CausalLM(nn.Module):
             "labels": torch.tensor([lab + [-100] * (width - len(lab)) for lab in labels], device=device),
         }
 
-    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Mean cross-entropy of the answer tokens (in float32, whatever the model's dtype)."""
-        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(), ignore_index=-100)
+    def loss(self, batch: dict[str, torch.Tensor], reduction: str = "mean") -> torch.Tensor:
+        """Cross-entropy of the answer tokens in float32, whatever the model's dtype: their ``mean``, or their
+        ``sum`` (micro-batches that add up to one step).
+
+        The LM head runs only where a label is (``answer_logits``): a prompt's positions never reach the
+        vocabulary, so memory follows the answer's length, not the prompt's times the vocabulary's.
+        """
+        labels = batch["labels"][:, 1:]
+        keep = labels != -100  # [B, T-1]: position t predicts token t+1
+        logits = answer_logits(self.model, keep, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        return F.cross_entropy(logits.float(), labels[keep], reduction=reduction)
+
+    @staticmethod
+    def answer_tokens(batch: dict[str, torch.Tensor]) -> int:
+        """How many tokens of ``batch`` the loss is over (the answers and their end tokens)."""
+        return int((batch["labels"][:, 1:] != -100).sum())
 
     @torch.no_grad()
     def generate(self, prompts: list[str], max_new_tokens: int = 64) -> list[tuple[str, float]]:
@@ -215,6 +227,43 @@ class CausalLM(nn.Module):
         return out
 
 
+def answer_logits(model: nn.Module, keep: torch.Tensor, shifted: bool = True, **inputs) -> torch.Tensor:
+    """``model(**inputs)``'s logits at the positions ``keep`` marks only: ``[N, V]`` for the ``N`` marked positions.
+
+    ``keep [B, T']`` marks the positions whose next token is a label (``shifted``: ``T' = T - 1``, the last
+    position predicts nothing) or, for an encoder-decoder, the decoder positions that carry a label. A hook on
+    the output embedding (the LM head) hands it the hidden states of those positions alone, so the head's
+    ``[B, T, V]`` output, and its float32 copy, are never made: for a 49k-262k word vocabulary that tensor,
+    not the model, set the memory of a learn. transformers' ``logits_to_keep`` keeps the same positions of every
+    row, which does not fit answers that start at a different position in each row, hence the hook. What the
+    model does after its head (Gemma's soft-capping, a scale) is element-wise and still applies. A model
+    without an output embedding, or whose head sees other positions than expected, gets the plain forward and
+    the positions picked from its full logits.
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None or "labels" in inputs:  # with labels the model computes its own loss over every position
+        logits = model(**inputs).logits
+        return (logits[:, :-1] if shifted else logits)[keep]
+    picked: list[bool] = []
+
+    def gather(module, args):
+        hidden = args[0]
+        width = hidden.shape[1] - (1 if shifted else 0)
+        if hidden.dim() != 3 or width != keep.shape[1] or picked:
+            return None  # not the head call this expects: leave it as it is
+        picked.append(True)
+        return (hidden[:, :width][keep][None], *args[1:])
+
+    handle = head.register_forward_pre_hook(gather)
+    try:
+        logits = model(**inputs).logits
+    finally:
+        handle.remove()
+    if picked:
+        return logits[0]
+    return (logits[:, :-1] if shifted else logits)[keep]
+
+
 def stop_ids(model: nn.Module, tokenizer) -> list[int]:
     """The ids that end an answer: the tokenizer's end-of-sequence and every end id of the model's generation
     config (as ``generate`` and vLLM stop), and, for a chat model whose template opens each turn with the BOS
@@ -275,11 +324,21 @@ class Seq2SeqLM(nn.Module):
         batch["labels"] = torch.tensor([t + [-100] * (width - len(t)) for t in targets], device=self.device)
         return dict(batch)
 
-    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        # the decoder inputs come from the labels (shifted by the model); the loss is ours, in float32
-        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                            labels=batch["labels"]).logits
-        return F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=-100)
+    def loss(self, batch: dict[str, torch.Tensor], reduction: str = "mean") -> torch.Tensor:
+        """Cross-entropy of the target tokens in float32 (``mean`` or ``sum``, as ``CausalLM.loss``); the LM head
+        runs on the target positions only (padding skipped)."""
+        labels = batch["labels"]
+        # the decoder reads the labels shifted right; the model's own loss (over every position) is not asked for
+        shift = getattr(self.model, "prepare_decoder_input_ids_from_labels", None)
+        decoder = {"decoder_input_ids": shift(labels=labels)} if shift is not None else {"labels": labels}
+        logits = answer_logits(self.model, labels != -100, shifted=False, input_ids=batch["input_ids"],
+                               attention_mask=batch["attention_mask"], **decoder)
+        return F.cross_entropy(logits.float(), labels[labels != -100], reduction=reduction)
+
+    @staticmethod
+    def answer_tokens(batch: dict[str, torch.Tensor]) -> int:
+        """How many target tokens of ``batch`` the loss is over."""
+        return int((batch["labels"] != -100).sum())
 
     @torch.no_grad()
     def generate(self, prompts: list[str], max_new_tokens: int = 64) -> list[tuple[str, float]]:

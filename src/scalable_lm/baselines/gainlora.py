@@ -171,7 +171,8 @@ class GainLoRAGenerator(OLoRAGenerator):
             losses = [answer_epoch(self.lm, rows, params, optimizer, cfg.batch_size, generator,
                                    f"gainlora {task.name} epoch {epoch + 1}", progress,
                                    route=lambda idx: self._gated([rows[i][0] for i in idx]), penalty_fn=penalty,
-                                   stats=stats[epoch])
+                                   stats=stats[epoch],
+                                   micro_batch_tokens=cfg.micro_batch_tokens)
                       for epoch in range(cfg.epochs)]
             self.lm.eval()
         for layer in self.layers.values():

@@ -94,7 +94,8 @@ class SequentialLoRAGenerator:
             optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
             losses = [answer_epoch(self.lm, rows, params, optimizer, cfg.batch_size, generator,
                                    f"{self.name} {task.name} epoch {epoch + 1}", progress,
-                                   route=lambda idx: routed(self.layers, *self._route(len(idx))), penalty_fn=penalty)
+                                   route=lambda idx: routed(self.layers, *self._route(len(idx))), penalty_fn=penalty,
+                                   micro_batch_tokens=cfg.micro_batch_tokens)
                       for epoch in range(cfg.epochs)]
             self.lm.eval()
         if self.per_task_slots:
@@ -190,7 +191,8 @@ class ArrowGenerator:
             params = [p for p in self.peft.parameters() if p.requires_grad]
             optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
             losses = [answer_epoch(self.lm, rows, params, optimizer, cfg.batch_size, generator,
-                                   f"arrow lora {task.name} epoch {epoch + 1}", progress)
+                                   f"arrow lora {task.name} epoch {epoch + 1}", progress,
+                                   micro_batch_tokens=cfg.micro_batch_tokens)
                       for epoch in range(cfg.epochs)]
             self.lm.eval()
         for p in params:

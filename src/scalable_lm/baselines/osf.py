@@ -162,7 +162,8 @@ class OSFGenerator(_OSFStream):
             params = self._trainable(peft_model)
             optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=0.0)
             losses = [answer_epoch(self.lm, rows, params, optimizer, cfg.batch_size, generator,
-                                   f"osf {task.name} epoch {epoch + 1}", progress)
+                                   f"osf {task.name} epoch {epoch + 1}", progress,
+                                   micro_batch_tokens=cfg.micro_batch_tokens)
                       for epoch in range(cfg.epochs)]
             self.lm.eval()
             self.lm.model = peft_model.merge_and_unload()

@@ -59,30 +59,51 @@ def generative_backbone(config: SLMConfig | None, backbone=None) -> tuple[SLMCon
     return config, CausalLM(model, tokenizer, config.train.max_length, prompt_format=fmt)
 
 
+def micro_batches(batch: dict[str, torch.Tensor], max_tokens: int) -> list[tuple[slice, dict[str, torch.Tensor]]]:
+    """``batch`` cut into runs of rows of at most ``max_tokens`` padded tokens each (``rows x (input width +
+    label width when the labels have their own, as an encoder-decoder's do)``; one row at least); ``0``: the
+    batch whole. Each part keeps the batch's padding, so its rows compute as they would in the whole batch."""
+    rows, width = batch["input_ids"].shape
+    if batch["labels"].shape[1] != width:
+        width += batch["labels"].shape[1]
+    per = rows if max_tokens <= 0 else max(1, max_tokens // width)
+    return [(slice(a, a + per), {k: v[a: a + per] for k, v in batch.items()}) for a in range(0, rows, per)]
+
+
 def answer_epoch(lm, rows: list[tuple[str, str]], params, optimizer, batch_size: int, generator: torch.Generator,
-                 desc: str, progress: bool, route=None, penalty_fn=None, stats: dict | None = None) -> float:
+                 desc: str, progress: bool, route=None, penalty_fn=None, stats: dict | None = None,
+                 micro_batch_tokens: int = 0) -> float:
     """One shuffled epoch of the answer-token loss; returns its mean (with the penalty, if any).
 
-    ``route(idx)``, if given, returns the context (``routed(...)``) each batch's forward runs in;
+    ``route(idx)``, if given, returns the context (``routed(...)``) a forward over the rows ``idx`` runs in;
     ``penalty_fn()``, if given, is added to every step's loss; ``stats``, if given, receives the epoch's mean
     ``penalty`` apart (so a report can tell how much of the loss is the answer and how much the penalty).
+    A batch of more than ``micro_batch_tokens`` padded tokens runs as micro-batches (``micro_batches``) whose
+    summed losses, each divided by the whole batch's answer-token count, add up to the batch's mean loss:
+    the gradients accumulate to the whole batch's, so the step is the same (to float rounding) at a fraction
+    of the activation memory.
     """
     lm.train()
     total, steps, penalty_total = 0.0, 0, 0.0
     for idx in progress_bar(training.batches(len(rows), batch_size, generator), desc, progress):
         chunk = [rows[i] for i in idx]
         batch = lm.training_batch([p for p, _ in chunk], [a for _, a in chunk])
-        with route(idx) if route is not None else contextlib.nullcontext():
-            loss = lm.loss(batch)
+        optimizer.zero_grad()
+        n_tokens = max(lm.answer_tokens(batch), 1)
+        loss = 0.0
+        for part, micro in micro_batches(batch, micro_batch_tokens):
+            with route(idx[part]) if route is not None else contextlib.nullcontext():
+                piece = lm.loss(micro, reduction="sum") / n_tokens
+            piece.backward()
+            loss += piece.item()
         if penalty_fn is not None:
             penalty = penalty_fn()
             penalty_total += penalty.item()
-            loss = loss + penalty
-        optimizer.zero_grad()
-        loss.backward()
+            penalty.backward()
+            loss += penalty.item()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
-        total, steps = total + loss.item(), steps + 1
+        total, steps = total + loss, steps + 1
     if stats is not None:
         stats["penalty"] = penalty_total / max(steps, 1)
     return total / max(steps, 1)
@@ -175,7 +196,8 @@ class GenerativeSLM(GrowsByTask):
         for epoch in range(cfg.epochs):
             loss = answer_epoch(self.lm, train_rows, params, optimizer, cfg.batch_size, generator,
                                 f"task {self.task_names[t]} epoch {epoch + 1}", progress,
-                                route=lambda idx: routed(self.layers, *self._route(queries[idx], **route)))
+                                route=lambda idx: routed(self.layers, *self._route(queries[idx], **route)),
+                                micro_batch_tokens=cfg.micro_batch_tokens)
             val_loss = self._val_loss(val_rows, route) if val_rows else None
             history.append({"epoch": epoch + 1, "loss": loss, "val_loss": val_loss})
             log.info("task %s epoch %d/%d: loss %.4f%s", self.task_names[t], epoch + 1, cfg.epochs, loss,
@@ -199,8 +221,9 @@ class GenerativeSLM(GrowsByTask):
         for idx in training.batches(len(rows), self.config.train.batch_size):
             chunk = [rows[i] for i in idx]
             entries, weights = self._route(self.encoder.encode([p for p, _ in chunk]), **route)
+            batch = self.lm.training_batch([p for p, _ in chunk], [a for _, a in chunk])
             with routed(self.layers, entries, weights):
-                total += float(self.lm.loss(self.lm.training_batch([p for p, _ in chunk], [a for _, a in chunk]))) * len(idx)
+                total += float(self.lm.loss(batch)) * len(idx)
             n += len(idx)
         return total / n
 
