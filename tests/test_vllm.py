@@ -280,6 +280,30 @@ def test_routed_answers_streaming_hot_add_remove_and_a_killed_engine(root, tmp_p
     assert subprocess.run(["pgrep", "-f", "VLLM::"], capture_output=True).returncode != 0  # and what it started
 
 
+def test_the_default_vllm_python_is_the_projects_venv_from_any_directory(tmp_path, monkeypatch):
+    from scalable_lm import vllm_engine
+
+    project = tmp_path / "project"
+    (project / ".venv-vllm" / "bin").mkdir(parents=True)
+    venv_python = project / ".venv-vllm" / "bin" / "python"
+    venv_python.symlink_to(sys.executable)  # as venv makes it: a link to the base interpreter
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.delenv(vllm_engine.PYTHON_ENV, raising=False)
+    monkeypatch.setattr(vllm_engine, "PROJECT_ROOT", project)
+    assert vllm_engine.default_python() == str(venv_python)  # the venv's own path, not the link's target
+    monkeypatch.setenv(vllm_engine.PYTHON_ENV, "/opt/vllm/bin/python")
+    assert vllm_engine.default_python() == "/opt/vllm/bin/python"
+    monkeypatch.delenv(vllm_engine.PYTHON_ENV)
+    monkeypatch.setattr(vllm_engine, "PROJECT_ROOT", tmp_path / "no-venv-here")
+    assert vllm_engine.default_python() == sys.executable
+    real = Path(__file__).resolve().parents[1] / ".venv-vllm" / "bin" / "python"
+    if real.exists():  # this checkout's own `make vllm`: found from another directory, and it has vLLM
+        monkeypatch.setattr(vllm_engine, "PROJECT_ROOT", Path(__file__).resolve().parents[1])
+        assert vllm_engine.default_python() == str(real) and vllm_engine.has_vllm(vllm_engine.default_python())
+
+
 def test_no_vllm_is_one_clear_line_at_start(tmp_path, capsys, lm_tokenizer):
     from scalable_lm import cli, store
     from tests.methods.test_generative import instruction_task, make_generative

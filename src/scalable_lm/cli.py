@@ -620,7 +620,7 @@ def cmd_serve(args) -> None:
         python = args.vllm_python or default_python()
         if not has_vllm(python):
             raise ValueError(f"no vLLM in {python}: run `make vllm` (a .venv-vllm beside this project), give "
-                             "--vllm-python PY, or name running engines with --vllm-url")
+                             "--vllm-python PY (or set SLM_VLLM_PYTHON), or name running engines with --vllm-url")
     try:
         loopback = ipaddress.ip_address(args.host).is_loopback
     except ValueError:
@@ -779,7 +779,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a vLLM OpenAI server to use (repeat for several; started with "
                        "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True and --enable-lora); none: start one here")
     serve.add_argument("--vllm-python", help="interpreter that has vLLM, for the vLLM started here (default: "
-                       ".venv-vllm/bin/python if present, made by `make vllm`, else this one)")
+                       "$SLM_VLLM_PYTHON, else the .venv-vllm that `make vllm` made in the project this was installed "
+                       "from or in the working directory, else this one)")
     serve.add_argument("--vllm-arg", action="append", default=[],
                        help="one more argument for the vLLM started here (repeat: --vllm-arg=--max-num-seqs "
                        "--vllm-arg=64)")

@@ -71,10 +71,26 @@ def has_vllm(python: str) -> bool:
         return False
 
 
+PYTHON_ENV = "SLM_VLLM_PYTHON"  # the interpreter that has vLLM, when it is neither of the two below
+# the project's checkout when scalable-lm is installed from it (``pip install -e .``: src/scalable_lm/ here)
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
 def default_python() -> str:
-    """``.venv-vllm/bin/python`` (made by ``make vllm``) if there is one here, else this interpreter."""
-    local = Path(".venv-vllm") / "bin" / "python"
-    return str(local.resolve()) if local.exists() else sys.executable
+    """The interpreter that runs vLLM: ``$SLM_VLLM_PYTHON``; else the ``.venv-vllm`` that ``make vllm`` made,
+    in the project this package was installed from or in the working directory; else this interpreter.
+
+    The venv's ``bin/python`` is returned as it is, never resolved: it is a symlink to the base interpreter,
+    and only through the venv's own path does Python find the venv's packages.
+    """
+    named = os.environ.get(PYTHON_ENV, "").strip()
+    if named:
+        return named
+    for root in (PROJECT_ROOT, Path.cwd()):
+        venv_python = root / ".venv-vllm" / "bin" / "python"
+        if venv_python.exists():
+            return str(venv_python.absolute())
+    return sys.executable
 
 
 def child_argv(slm, python: str, port: int, extra: list[str] | None = None) -> list[str]:
