@@ -1052,6 +1052,83 @@ def calibration_report(out: Path) -> str:
     return "\n".join(lines)
 
 
+PAIRED_RUNS = [(o, seed) for o in (4, 5, 6, 7) for seed in (0, 1, 2)]  # the 12 runs the default rule judges
+
+
+def validation_score(record: dict) -> float:
+    """Mean over a run's tasks of the own-head accuracy on the validation split carved from the task's training
+    rows, at the epoch that split selects (``best_val_accuracy``)."""
+    return statistics.fmean(x["best_val_accuracy"] for x in record["learn_reports"])
+
+
+def default_rule(pairs: list[tuple[float, float]], long_input: tuple[float, float] | None) -> str:
+    """The rule of route_free/notes.md on validation scores: ``pairs`` (today's default, 0.2.0's) over the 12
+    CL-5 runs, ``long_input`` the same pair on the long-input stream. 'keep', 'revert', or 'pending' until all
+    have run."""
+    if len(pairs) < len(PAIRED_RUNS) or long_input is None:
+        return "pending"
+    paired = statistics.fmean(a - b for a, b in pairs)
+    return "keep" if paired >= -0.005 - 1e-12 and long_input[0] - long_input[1] >= -0.02 - 1e-12 else "revert"
+
+
+def default_rule_section(out: Path, default: dict, load) -> list[str]:
+    """The 12 paired runs and the long-input stream, on validation (the rule) and test (shown, not used)."""
+    ours = {}
+    for p in out.glob("shared_l4_linear_order*.json"):
+        r = load(p)
+        ours[(int(re.search(r"order(\d)", p.stem).group(1)), _seed(r))] = (p, r)
+    pairs, lines = [], ["", "## The default's rule: 12 paired runs (CL-5 orders 4-7 x seeds 0-2) and a long-input "
+                        "stream\n",
+                        "Validation score: mean over the run's tasks of the own-head accuracy on the validation split "
+                        "carved from its training rows (the rule's figure); test average beside it, not used. "
+                        "Paired with 0.2.0's default on the same order, seed and rows.\n",
+                        "| order | seed | validation: today's default % | 0.2.0's % | difference | test: today's % | "
+                        "0.2.0's % | difference |", "|---|---|---|---|---|---|---|---|"]
+    test_diffs = []
+    for key in PAIRED_RUNS:
+        if key not in ours or key not in default:
+            lines.append(f"| {key[0]} | {key[1]} | not run | | | | | |")
+            continue
+        a, b = ours[key][1], default[key][1]
+        va, vb = validation_score(a), validation_score(b)
+        ta, tb = a["metrics"]["average_accuracy"], b["metrics"]["average_accuracy"]
+        pairs.append((va, vb))
+        test_diffs.append(ta - tb)
+        lines.append(f"| {key[0]} | {key[1]} | {100 * va:.1f} | {100 * vb:.1f} | {100 * (va - vb):+.1f} | "
+                     f"{100 * ta:.1f} | {100 * tb:.1f} | {100 * (ta - tb):+.1f} |")
+    long_runs = {p.stem.removeprefix("imdb_boolq_"): load(p) for p in out.glob("imdb_boolq_*.json")}
+    long_pair = None
+    if long_runs:
+        names = {"shared_l4_linear": "today's default (shared-l4, every linear layer of blocks 5-6)",
+                 "slm_gaussian_l4": "0.2.0's default (minilm-l4, attention output of blocks 1-6)",
+                 "oracle_lora_r48": "rank-48 per-task LoRA, told the task (upper bound)"}
+        lines += ["", "Long inputs (imdb reviews, then boolq question + passage; 500 training and 500 test rows each, "
+                  "imdb's test rows held out of its train file; seed 0; inputs cut at 128 tokens):\n",
+                  "| method | validation % | test average % | imdb / boolq test % | forgetting | routed right % | "
+                  "command |", "|---|---|---|---|---|---|---|"]
+        for stem in ("shared_l4_linear", "slm_gaussian_l4", "oracle_lora_r48"):
+            if stem not in long_runs:
+                continue
+            r = long_runs[stem]
+            final = r["R"][-1]
+            lines.append(f"| {names[stem]} | {100 * validation_score(r):.1f} | "
+                         f"{100 * r['metrics']['average_accuracy']:.1f} | "
+                         f"{' / '.join(f'{100 * x:.1f}' for x in final)} | {100 * r['metrics']['forgetting']:.1f} | "
+                         f"{100 * r['metrics']['retrieval_accuracy']:.1f} | `{r['command']}` |")
+        if "shared_l4_linear" in long_runs and "slm_gaussian_l4" in long_runs:
+            long_pair = (validation_score(long_runs["shared_l4_linear"]), validation_score(long_runs["slm_gaussian_l4"]))
+    decision = default_rule(pairs, long_pair)
+    summary = (f"Pairs run: {len(pairs)} of {len(PAIRED_RUNS)}"
+               + (f"; mean paired difference, validation {100 * statistics.fmean(a - b for a, b in pairs):+.2f} points "
+                  f"(rule: >= -0.5), test {100 * statistics.fmean(test_diffs):+.2f}" if pairs else "")
+               + (f"; long inputs, validation {100 * (long_pair[0] - long_pair[1]):+.1f} points (rule: >= -2.0)"
+                  if long_pair else "")
+               + f". Decision: **{decision}**"
+               + (" (the rule decides once every run is in; until then the default stays)." if decision == "pending"
+                  else "."))
+    return lines + ["", summary]
+
+
 def route_free_report(out: Path) -> str:
     """Issue 36: the query read from the backbone's own block (``--encoder shared-lN``) against the default
     separate encoder, on CL-5 (results here and in cl5_seeds), with the served throughput and route stability."""
@@ -1132,6 +1209,7 @@ def route_free_report(out: Path) -> str:
                   f"order 4, seeds 0-2, mean {100 * oracle_mean:.1f}%): {100 * statistics.fmean(ours) / oracle_mean:.1f}% "
                   f"(default: {100 * statistics.fmean(theirs) / oracle_mean:.1f}%). The default's published figure, "
                   "63.2 ± 0.7%, is the mean over orders 4-7 x seeds 0-2."]
+    lines += default_rule_section(out, default, load)
     serve = load(ROOT / "serve" / "serve.json")
     parts = [k for k in ("classifier", *sorted(k for k in serve if k.startswith("classifier-"))) if k in serve]
     if parts:

@@ -386,3 +386,15 @@ def test_standard_cl_select_report_applies_the_rule_written_in_the_configs(tmp_p
     text = (out / "README.md").read_text()
     assert "- osf: {'osf_lr': 2e-05} (osf_lr2e-05, validation average 60.0 over 3 candidate(s))" in text
     assert "dbpedia 50.0 (22 rows), amazon 30.0 (8 rows)" in text
+
+
+def test_the_default_rule_waits_for_every_run_then_keeps_or_reverts():
+    sys.path.insert(0, str(ROOT))
+    from report import PAIRED_RUNS, default_rule
+
+    twelve = [(0.70, 0.70)] * len(PAIRED_RUNS)
+    assert default_rule(twelve[:11], (0.8, 0.8)) == "pending" and default_rule(twelve, None) == "pending"
+    assert default_rule(twelve, (0.78, 0.80)) == "keep"  # 2.0 points below on long inputs: still within the rule
+    assert default_rule(twelve, (0.77, 0.80)) == "revert"
+    assert default_rule([(0.695, 0.70)] * 12, (0.8, 0.8)) == "keep"  # -0.5 points: within
+    assert default_rule([(0.69, 0.70)] * 12, (0.8, 0.8)) == "revert"
