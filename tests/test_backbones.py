@@ -168,3 +168,28 @@ def test_packaged_gemma3_folder_follows_the_same_conventions():
     ids = tokenizer("What is the capital of France?", add_special_tokens=False)["input_ids"]
     assert tokenizer.convert_ids_to_tokens(ids) == ["What", "▁is", "▁the", "▁capital", "▁of", "▁France", "?"]
     assert ids == [3689, 563, 506, 5279, 529, 7001, 236881] and tokenizer("a")["input_ids"][0] == tokenizer.bos_token_id
+
+
+def test_a_backbone_that_does_not_fit_in_memory_is_one_line_before_any_conversion(tmp_path, monkeypatch, capsys):
+    from scalable_lm import backbones, cli
+    from tests.methods.test_generative import tiny_llama
+
+    models = tmp_path / "models"
+    monkeypatch.setenv("SLM_MODEL_DIR", str(models))  # where a GGUF would be converted
+    folder = tmp_path / "tiny"
+    tiny_llama().save_pretrained(folder)
+    count = backbones.parameter_count(str(folder))
+    assert count == sum(p.numel() for p in tiny_llama().parameters())
+    assert backbones.parameter_count("smollm2") == 134_515_008 and backbones.parameter_count("no/such-model") is None
+    monkeypatch.setattr(backbones, "available_memory", lambda: 1_000_000)  # 1 MB free
+    with pytest.raises(RuntimeError, match=rf"model '{folder}' does not fit in memory: its 0.00B parameters take "
+                                           r"0.0 GB in float32 while it loads, and 0.0 GB is available here"):
+        backbones.load_causal(str(folder))
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"instruction": "Say hi", "output": "hi"}\n' * 12)
+    code = cli.main(["learn", "--model", str(tmp_path / "m"), "--task", "t", "--data", str(data),
+                     "--backbone", "smollm2"])
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_ERROR and err.count("\n") == 1, err
+    assert "model 'smollm2' does not fit in memory: its 0.13B parameters take 0.5 GB" in err, err
+    assert not models.exists() and not (tmp_path / "m").exists()  # nothing converted, no directory made

