@@ -45,6 +45,7 @@ $(VLLM_VENV)/.installed:
 
 demo: setup
 	$(BIN)/slm demo
+	@echo "slm is installed in $(VENV)/bin: run '. $(VENV)/bin/activate' to have it on your PATH (or call $(BIN)/slm)"
 
 test: setup
 	$(BIN)/python -m pytest
