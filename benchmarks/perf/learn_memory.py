@@ -70,8 +70,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     source = args.data_dir / "medical_chatdoctor5k" / "train.jsonl"
     rows = [json.loads(line) for line in source.read_text().splitlines()[: args.rows]]
+    where = args.src or ROOT
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=args.src or ROOT).stdout.strip()
+                            cwd=where).stdout.strip()
+    if subprocess.run(["git", "status", "--porcelain", "src"], capture_output=True, text=True,
+                      cwd=Path(where).parent if args.src else ROOT).stdout.strip():
+        commit += "+changes"
     records = []
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "rows.jsonl"
