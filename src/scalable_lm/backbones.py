@@ -378,10 +378,10 @@ def load_generator(name: str) -> tuple[nn.Module, object]:
     if name not in GGUF:
         from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
 
-        check_fits(name, "causal")  # an encoder-decoder's config says so: counted as one
         path = resolve(name)
         try:
             if getattr(AutoConfig.from_pretrained(path), "is_encoder_decoder", False):
+                check_fits(name, "seq2seq")  # a causal LM is checked by load_causal, once
                 tokenizer = AutoTokenizer.from_pretrained(path)
                 model = AutoModelForSeq2SeqLM.from_pretrained(path, dtype=torch.float32)
                 model.eval().requires_grad_(False)

@@ -374,7 +374,7 @@ def _check_same_task(slm, t: int, directory: Path, entry: dict) -> None:
     if slm.file_checksums.get(name) == entry["sha256"]:
         return
     mine = {k: v.detach().to("cpu") for k, v in slm.task_state(t).items()}
-    theirs = _read_tensors(_checked_file(directory, entry))
+    theirs = _verified_tensors(directory, entry, lambda key: True)  # read once, checked against its SHA-256
     same = (list(entry["label_names"]) == list(slm.label_names[t]) and mine.keys() == theirs.keys()
             and all(mine[k].dtype == theirs[k].dtype and torch.equal(mine[k], theirs[k]) for k in mine))
     if not same:

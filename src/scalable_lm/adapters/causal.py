@@ -241,9 +241,6 @@ def answer_logits(model: nn.Module, keep: torch.Tensor, shifted: bool = True, **
     the positions picked from its full logits.
     """
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if head is None or "labels" in inputs:  # with labels the model computes its own loss over every position
-        logits = model(**inputs).logits
-        return (logits[:, :-1] if shifted else logits)[keep]
     picked: list[bool] = []
 
     def gather(module, args):
@@ -254,11 +251,13 @@ def answer_logits(model: nn.Module, keep: torch.Tensor, shifted: bool = True, **
         picked.append(True)
         return (hidden[:, :width][keep][None], *args[1:])
 
-    handle = head.register_forward_pre_hook(gather)
+    # with labels the model computes its own loss over every position: no hook then
+    handle = head.register_forward_pre_hook(gather) if head is not None and "labels" not in inputs else None
     try:
         logits = model(**inputs).logits
     finally:
-        handle.remove()
+        if handle is not None:
+            handle.remove()
     if picked:
         return logits[0]
     return (logits[:, :-1] if shifted else logits)[keep]
@@ -328,12 +327,13 @@ class Seq2SeqLM(nn.Module):
         """Cross-entropy of the target tokens in float32 (``mean`` or ``sum``, as ``CausalLM.loss``); the LM head
         runs on the target positions only (padding skipped)."""
         labels = batch["labels"]
+        keep = labels != -100
         # the decoder reads the labels shifted right; the model's own loss (over every position) is not asked for
         shift = getattr(self.model, "prepare_decoder_input_ids_from_labels", None)
         decoder = {"decoder_input_ids": shift(labels=labels)} if shift is not None else {"labels": labels}
-        logits = answer_logits(self.model, labels != -100, shifted=False, input_ids=batch["input_ids"],
+        logits = answer_logits(self.model, keep, shifted=False, input_ids=batch["input_ids"],
                                attention_mask=batch["attention_mask"], **decoder)
-        return F.cross_entropy(logits.float(), labels[labels != -100], reduction=reduction)
+        return F.cross_entropy(logits.float(), labels[keep], reduction=reduction)
 
     @staticmethod
     def answer_tokens(batch: dict[str, torch.Tensor]) -> int:
