@@ -222,12 +222,12 @@ def test_classifier_task_round_trips_through_peft(make_slm, toy_stream, tokenize
                                loader=_classifier_loader(tokenizer))
 
 
-def _peft_sequence_classifier(tokenizer, task, num_labels=2, steps=30, id2label=None):
+def _peft_sequence_classifier(tokenizer, task, num_labels=2, steps=30, id2label=None, layers=None):
     """PEFT's sequence-classification recipe, as its docs write it: ``BertForSequenceClassification`` on the
     same backbone weights + ``LoraConfig(task_type="SEQ_CLS")`` (the head goes to ``modules_to_save``)."""
     from transformers import BertForSequenceClassification
 
-    backbone = tiny_bert(0)
+    backbone = tiny_bert(0) if layers is None else tiny_bert(0, layers=layers)
     config = copy.deepcopy(backbone.config)
     config.num_labels = num_labels
     if id2label:
@@ -376,3 +376,58 @@ def test_a_shared_prefix_task_exports_to_peft_and_imports_back(make_shared_slm, 
     back = load(tmp_path / "n")
     assert [q.label for q in back.predict(texts, task="vehicle")] == [q.label for q in slm.predict(texts, task="vehicle")]
     assert sum(q.task == "vehicle" for q in back.predict(texts)) >= 0.9 * len(texts)
+
+
+def test_a_peft_adapter_on_every_block_imports_into_a_shared_prefix_directory(make_shared_slm, toy_stream, tokenizer,
+                                                                              tmp_path):
+    """PEFT's usual targets (every block, the query's own block included) enter a ``shared-lN`` directory: the
+    query is read on the frozen blocks, and the rows routed to the task are answered again with all its
+    increments; the answers equal the PEFT model's. Saved, loaded, exported and imported again, they stay so."""
+    slm = make_shared_slm()
+    for task in toy_stream[:2]:
+        slm.learn(task, progress=False)
+    store.save(slm, tmp_path / "m")
+    weather = toy_stream[2]
+    model = _peft_sequence_classifier(tokenizer, weather, id2label={0: "cold", 1: "warm"}, layers=3)
+    model.save_pretrained(str(tmp_path / "adapter"))
+    model.config.save_pretrained(str(tmp_path / "adapter"))
+
+    def load(directory):
+        return store.load(directory, backbone=(tiny_bert(0, layers=3), tokenizer))
+
+    old_texts = [x for task in toy_stream[:2] for x, _ in task.test]
+    before = [(p.label, p.task, p.confidence) for p in load(tmp_path / "m").predict(old_texts)]
+    report = sharing.import_adapter(tmp_path / "m", "weather", tmp_path / "adapter", [x for x, _ in weather.train],
+                                    loader=load)
+    assert any(".layer.0." in m for m in report["modules"])  # below the query's block (shared-l1)
+    back = load(tmp_path / "m")
+    assert back.deep_tasks() == [2] and any(name.startswith("values.below.") for name in back.task_state("weather"))
+    texts = [x for x, _ in weather.test]
+    batch = tokenizer(texts, padding=True, truncation=True, max_length=24, return_tensors="pt")
+    with torch.no_grad():
+        reference = torch.softmax(model(**batch).logits, dim=-1)
+    preds = back.predict(texts)  # no task named
+    assert [p.task for p in preds] == ["weather"] * len(texts)
+    assert [p.label for p in preds] == [["cold", "warm"][i] for i in reference.argmax(-1).tolist()]
+    assert [p.confidence for p in preds] == pytest.approx(reference.max(-1).values.tolist(), abs=1e-5)
+    mixed = back.predict(old_texts + texts)  # one batch of both: the second pass touches the weather rows only
+    assert [(p.label, p.task) for p in mixed[:len(old_texts)]] == [b[:2] for b in before]
+    assert [p.confidence for p in mixed[:len(old_texts)]] == pytest.approx([b[2] for b in before], abs=1e-6)
+    assert [p.confidence for p in mixed[len(old_texts):]] == pytest.approx([p.confidence for p in preds], abs=1e-6)
+
+    # exported, the increments below the query go with it; PEFT loads it and answers the same
+    sharing.export_task(tmp_path / "m", "weather", tmp_path / "weather_out", slm=back)
+    targets = json.loads((tmp_path / "weather_out" / "adapter_config.json").read_text())["target_modules"]
+    assert any(".layer.0." in m for m in targets)
+    other = make_shared_slm()
+    other.learn(toy_stream[0], progress=False)
+    store.save(other, tmp_path / "n")
+    sharing.import_adapter(tmp_path / "n", "weather", tmp_path / "weather_out", [x for x, _ in weather.train],
+                           loader=load)
+    again = load(tmp_path / "n").predict(texts, task="weather")
+    assert [p.confidence for p in again] == pytest.approx([p.confidence for p in preds], abs=1e-5)
+
+    # removing an earlier task re-adds this one (now task 1) with its increments below the query
+    back.remove_task("fruit")
+    assert back.deep_tasks() == [1]
+    assert [p.confidence for p in back.predict(texts)] == pytest.approx([p.confidence for p in preds], abs=1e-6)

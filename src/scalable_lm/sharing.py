@@ -53,7 +53,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from scalable_lm import store
+from scalable_lm.adapters.inject import below_candidates
 from scalable_lm.methods.base import TaskStateError
+from scalable_lm.methods.slm import BELOW
 from scalable_lm.store import ModelDirError
 
 ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter_model.safetensors", "adapter_config.json"
@@ -111,8 +113,21 @@ def export_task(directory: str | Path, task: str, out: str | Path, inputs: list[
         tensors[f"base_model.model.{name}.lora_A.weight"] = torch.cat([a[p] for p in kept], dim=0).contiguous()
         tensors[f"base_model.model.{name}.lora_B.weight"] = torch.cat(
             [(float(w[p]) * bb[p].to(torch.float64)).to(bb.dtype) for p in kept], dim=1).contiguous()
+    below = sorted(k[len(BELOW):-2] for k in state if k.startswith(BELOW) and k.endswith(".A"))
+    share = float(w[kept].sum())  # the weight the task's route gives its increments below the query
+    for name in below:  # PEFT wants one rank: zero-padded (the padding adds nothing)
+        a, bb = state[f"{BELOW}{name}.A"], state[f"{BELOW}{name}.B"]
+        if a.shape[0] > rank:
+            raise AdapterError(f"task '{task}': its increments at {name} have rank {a.shape[0]}, more than the "
+                               f"exported rank {rank}")
+        pad_a = torch.zeros(rank, a.shape[1], dtype=a.dtype)
+        pad_b = torch.zeros(bb.shape[0], rank, dtype=bb.dtype)
+        pad_a[: a.shape[0]], pad_b[:, : a.shape[0]] = a, (share * bb.to(torch.float64)).to(bb.dtype)
+        tensors[f"base_model.model.{name}.lora_A.weight"] = pad_a
+        tensors[f"base_model.model.{name}.lora_B.weight"] = pad_b
+    targets = list(slm.layers) + below
     backbone = manifest["backbone"]["name"]
-    config = LoraConfig(r=rank, lora_alpha=b.alpha / b.rank * rank, target_modules=list(slm.layers), lora_dropout=0.0,
+    config = LoraConfig(r=rank, lora_alpha=b.alpha / b.rank * rank, target_modules=targets, lora_dropout=0.0,
                         bias="none", task_type="CAUSAL_LM" if kind == "generative" else "FEATURE_EXTRACTION",
                         base_model_name_or_path=HUB_IDS.get(backbone, backbone))
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -144,7 +159,7 @@ def export_task(directory: str | Path, task: str, out: str | Path, inputs: list[
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {"task": task, "rank": rank, "lora_alpha": config.lora_alpha, "weights": info["weights"],
-            "targets": list(slm.layers), "out": str(out)}
+            "targets": targets, "out": str(out)}
 
 
 def read_adapter(adapter_dir: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -205,6 +220,10 @@ def adapter_values(slm, config: dict, tensors: dict[str, torch.Tensor], where: s
     if strange:
         raise AdapterError(f"{where}: tensors that are not LoRA factors: {strange[:5]}{' ...' if len(strange) > 5 else ''}")
     foreign = sorted(set(modules) - set(slm.layers))
+    # layers at or below a shared-prefix query's block (PEFT's usual targets: every block): kept as the task's
+    # own increments there, applied in a second pass for the rows routed to it (SLM._second_pass)
+    below = sorted(set(foreign) & below_candidates(slm.backbone_module, slm.depth)) if getattr(slm, "depth", 0) else []
+    foreign = sorted(set(foreign) - set(below))
     if foreign:
         raise AdapterError(f"{where} targets modules the bank cannot hold: {foreign[:5]}; this model's bank has "
                            f"increments at {list(slm.layers)[:3]}{' ...' if len(slm.layers) > 3 else ''} "
@@ -217,8 +236,11 @@ def adapter_values(slm, config: dict, tensors: dict[str, torch.Tensor], where: s
     p = b.entries_per_task
     if exported and len(exported.get("weights") or []) == p and r_a == p * b.rank and math.isclose(ratio, 1.0) \
             and all(w > 0 for w in exported["weights"]):
-        return _split_export(slm, modules, exported["weights"], where)
-    values = {}
+        # exported below-query increments were weighted by the task's summed entry weights: undone here
+        share = math.fsum(exported["weights"])
+        return {**_split_export(slm, modules, exported["weights"], where),
+                **_below_values(modules, below, ratio / share, where)}
+    values = _below_values(modules, below, ratio, where)
     for name, layer in slm.layers.items():
         d_in, d_out = layer.base_layer.in_features, layer.base_layer.out_features
         a_full = torch.zeros(p, b.rank, d_in)
@@ -238,6 +260,19 @@ def adapter_values(slm, config: dict, tensors: dict[str, torch.Tensor], where: s
             a_full[:, :rank] = a.to(torch.float32)
             b_full[:, :, :rank] = (bb.to(torch.float64) * ratio).to(torch.float32)
         values[f"values.{name}.A"], values[f"values.{name}.B"] = a_full, b_full
+    return values
+
+
+def _below_values(modules: dict, below: list[str], ratio: float, where: str) -> dict[str, torch.Tensor]:
+    """``values.below.<layer>.A/B`` of the adapter's modules at or below the query's block (``B`` rescaled by
+    ``ratio``); ranks are kept as the adapter has them."""
+    values = {}
+    for name in below:
+        parts = modules[name]
+        if set(parts) != {"A", "B"}:
+            raise AdapterError(f"{where}: module {name} lacks lora_{'B' if 'A' in parts else 'A'}")
+        values[f"{BELOW}{name}.A"] = parts["A"].to(torch.float32).contiguous()
+        values[f"{BELOW}{name}.B"] = (parts["B"].to(torch.float64) * ratio).to(torch.float32).contiguous()
     return values
 
 

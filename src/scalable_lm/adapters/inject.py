@@ -193,6 +193,108 @@ class BankLinear(nn.Module):
         return a_t, b_w
 
 
+class BelowLinear(nn.Module):
+    """A frozen ``nn.Linear`` at or below a shared-prefix query's block, with the LoRA increments of the few
+    tasks that change it (an imported adapter trained on every block: ``slm import``).
+
+    The route cannot mix these increments into the pass that reads the query (they would change the query).
+    A task's increments apply in a second pass, for the rows routed to that task only (``SLM.predict``): the
+    ``deep`` context sets ``active = (t, w [B])`` and the layer adds ``w · scale · B_t A_t x`` to each row;
+    otherwise the layer is exactly its base layer. Per task: ``A [r, d_in]``, ``B [d_out, r]`` or nothing.
+    """
+
+    def __init__(self, base_layer: nn.Linear, scaling: float):
+        super().__init__()
+        self.base_layer = base_layer.requires_grad_(False)
+        self.scaling = scaling
+        self.lora_A: list[nn.Parameter | None] = []  # per task index; None: the task leaves this layer as is
+        self.lora_B: list[nn.Parameter | None] = []
+        self.active: tuple[int, torch.Tensor] | None = None  # set by `deep`, not state
+
+    def set_task(self, t: int, a: torch.Tensor | None, b: torch.Tensor | None) -> list[nn.Parameter]:
+        """Give task ``t`` the factors ``a [r, d_in]``, ``b [d_out, r]`` (frozen, float32), or none."""
+        while len(self.lora_A) <= t:
+            self.lora_A.append(None)
+            self.lora_B.append(None)
+        if a is None:
+            self.lora_A[t] = self.lora_B[t] = None
+            return []
+        device = self.base_layer.weight.device
+        self.lora_A[t] = nn.Parameter(a.to(device=device, dtype=torch.float32), requires_grad=False)
+        self.lora_B[t] = nn.Parameter(b.to(device=device, dtype=torch.float32), requires_grad=False)
+        return [self.lora_A[t], self.lora_B[t]]
+
+    def to_device(self, device: torch.device) -> None:
+        for p in self.lora_A + self.lora_B:
+            if p is not None:
+                p.data = p.data.to(device=device, dtype=torch.float32)
+
+    def truncate(self, num_tasks: int) -> None:
+        del self.lora_A[num_tasks:], self.lora_B[num_tasks:]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base_layer(x)
+        if self.active is None:
+            return y
+        t, w = self.active
+        if t >= len(self.lora_A) or self.lora_A[t] is None:
+            return y
+        a, b = self.lora_A[t].to(x.dtype), self.lora_B[t].to(x.dtype)
+        delta = (x @ a.T) @ b.T  # (B, ..., d_out)
+        scale = (self.scaling * w).to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+        return y + scale * delta
+
+
+def wrap_below(model: nn.Module, names: list[str], depth: int, scaling: float,
+               wrapped: dict[str, BelowLinear]) -> dict[str, BelowLinear]:
+    """Wrap the layers ``names`` (each an ``nn.Linear`` in blocks ``< depth``, i.e. at or below a shared-prefix
+    query's block) in ``BelowLinear``, adding them to ``wrapped`` (those already there are kept). Raises
+    ``ValueError`` naming a layer that is not such a linear layer."""
+    stack = layer_stack(model)[0]
+    for name in names:
+        if name in wrapped:
+            continue
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"the model has no module {name}") from None
+        block = block_index(name, stack)
+        if not isinstance(module, nn.Linear) or block is None or block >= depth:
+            raise ValueError(f"{name} is not a linear layer of the blocks at or below the query's (block {depth})")
+        parent_name, _, child = name.rpartition(".")
+        wrapper = BelowLinear(module, scaling)
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, wrapper)
+        wrapped[name] = wrapper
+    return wrapped
+
+
+def below_candidates(model: nn.Module, depth: int) -> set[str]:
+    """Names of the ``nn.Linear`` layers (or ``BelowLinear`` wrappers) in blocks ``< depth``."""
+    stack = layer_stack(model)[0]
+    out = set()
+    for name, module in model.named_modules():
+        if isinstance(module, BelowLinear):
+            out.add(name)
+        elif isinstance(module, nn.Linear) and not name.endswith(".base_layer"):
+            block = block_index(name, stack)
+            if block is not None and block < depth:
+                out.add(name)
+    return out
+
+
+@contextlib.contextmanager
+def deep(layers: dict[str, BelowLinear], t: int, weights: torch.Tensor) -> Iterator[None]:
+    """Within the block, the layers below the query add task ``t``'s increments, row ``i`` weighted by
+    ``weights[i]`` (``[B]``: the share of the row's route that task ``t`` holds)."""
+    for layer in layers.values():
+        layer.active = (t, weights)
+    try:
+        yield
+    finally:
+        for layer in layers.values():
+            layer.active = None
+
+
 def inject(model: nn.Module, targets: list[str], rank: int, alpha: float, above: int = 0) -> dict[str, BankLinear]:
     """Replace every ``nn.Linear`` whose qualified name ends with one of ``targets`` by a ``BankLinear``.
 

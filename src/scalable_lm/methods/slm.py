@@ -16,7 +16,7 @@ from torch import nn
 
 from scalable_lm import training
 from scalable_lm.adapters.classification import EncoderClassifier, TokenHead
-from scalable_lm.adapters.inject import inject, routed, routed_from
+from scalable_lm.adapters.inject import BelowLinear, deep, inject, routed, routed_from, wrap_below
 from scalable_lm.config import SLMConfig, resolve_classifier
 from scalable_lm.core.bank import KnowledgeBank
 from scalable_lm.core.routers import novelty_statistics, task_statistics
@@ -27,6 +27,7 @@ from scalable_lm.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
 DENSE_WEIGHT, DENSE_BIAS = "head.dense.weight", "head.dense.bias"  # a TokenHead's dense layer
+BELOW = "values.below."  # an imported task's increments at or below a shared-prefix query's block
 
 
 class SLM(GrowsByTask):
@@ -58,6 +59,10 @@ class SLM(GrowsByTask):
         self.encoder = self._query_encoder(encoder, model, tokenizer)  # first: it checks a shared-lN's N
         depth = shared_prefix_depth(self.config.model.encoder)  # shared-lN: increments only above block N
         self.layers = inject(model, bank_cfg.targets, bank_cfg.rank, bank_cfg.alpha, above=depth or 0)
+        self.depth = depth or 0
+        # layers at or below the query's block that some imported task changes (wrapped when such a task is
+        # added; ``BelowLinear``): answered in a second pass for the rows routed to that task
+        self.below: dict[str, BelowLinear] = {}
         self.bank = KnowledgeBank(self.encoder.dim, bank_cfg.groups, bank_cfg.entries_per_task)
         if bank_cfg.router not in ("dtkr", "gaussian"):
             raise ValueError(f"unknown router {bank_cfg.router!r}; use 'dtkr' or 'gaussian'")
@@ -71,15 +76,33 @@ class SLM(GrowsByTask):
     def backbone_module(self) -> nn.Module:
         return self.classifier.backbone
 
+    def to(self, device=None, dtype=None):
+        super().to(device, dtype)
+        for layer in self.below.values():  # their factors are not the backbone's parameters: float32, moved
+            layer.to_device(self.device)
+        return self
+
+    def deep_tasks(self) -> list[int]:
+        """Indices of the tasks with increments at or below the query's block (answered in a second pass)."""
+        return sorted({t for layer in self.below.values() for t, a in enumerate(layer.lora_A) if a is not None})
+
     def _heads(self) -> list[nn.Module]:
         return list(self.classifier.heads)
 
     # ---- growing and shrinking the bank -------------------------------------------------------------
     def _add_task(self, name: str, label_names: list[str], generator: torch.Generator,
-                  first_token: bool = False, state: dict[str, torch.Tensor] | None = None) -> list[nn.Parameter]:
+                  first_token: bool = False, state: dict[str, torch.Tensor] | None = None,
+                  below: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> list[nn.Parameter]:
         """Create a task's keys, values and head (a ``TokenHead`` when ``first_token``); returns the new tensors
-        (keys first). With ``state`` (``add_task_state``) keys and values are its tensors, not drawn."""
+        (keys first). With ``state`` (``add_task_state``) keys and values are its tensors, not drawn; ``below``
+        (``{layer: (A [r, d_in], B [d_out, r])}``) gives it increments at or below the query's block."""
+        t = len(self.task_names)
+        if below:
+            self._check_below(below)
         params = self._new_entries(generator, state)
+        for layer_name, layer in self.below.items():
+            a, b = (below or {}).get(layer_name, (None, None))
+            params += layer.set_task(t, a, b)
         params += list(self.classifier.add_head(len(label_names), first_token).parameters())
         self.task_names.append(name)
         self.label_names.append(list(label_names))
@@ -90,7 +113,7 @@ class SLM(GrowsByTask):
         """Undo a partly learned task (learn failed or was interrupted)."""
         keep = len(self.task_names) - 1
         self.bank.truncate(keep)
-        for layer in self.layers.values():
+        for layer in [*self.layers.values(), *self.below.values()]:
             layer.truncate(keep)
         del self.classifier.heads[keep:]
         self.task_names.pop()
@@ -147,11 +170,39 @@ class SLM(GrowsByTask):
         params["head.weight"], params["head.bias"] = head.weight, head.bias
         if isinstance(head, TokenHead):  # a head imported from a sequence classifier
             params[DENSE_WEIGHT], params[DENSE_BIAS] = head.dense.weight, head.dense.bias
+        for name, layer in self.below.items():
+            if t < len(layer.lora_A) and layer.lora_A[t] is not None:
+                params[f"{BELOW}{name}.A"], params[f"{BELOW}{name}.B"] = layer.lora_A[t], layer.lora_B[t]
         return params
 
     def _state_options(self, state: dict[str, torch.Tensor]) -> dict:
-        """A state with ``head.dense.*`` holds a first-token head (``TokenHead``)."""
-        return {"first_token": DENSE_WEIGHT in state}
+        """A state with ``head.dense.*`` holds a first-token head (``TokenHead``); one with
+        ``values.below.<layer>.A/B`` changes layers at or below the query's block."""
+        below: dict[str, list] = {}
+        for key, tensor in state.items():
+            if key.startswith(BELOW) and key.endswith((".A", ".B")):
+                below.setdefault(key[len(BELOW):-2], [None, None])[key.endswith(".B")] = tensor
+        return {"first_token": DENSE_WEIGHT in state, "below": {k: tuple(v) for k, v in below.items()}}
+
+    def _check_below(self, below: dict[str, tuple]) -> None:
+        """Refuse (``TaskStateError``, nothing changed but wrappers) increments below the query that this model
+        cannot apply: no shared-prefix query, a layer outside its first blocks, or factors of the wrong shape."""
+        if not self.depth:
+            raise TaskStateError(f"increments at {sorted(below)[:3]}: this model's bank has no layers there "
+                                 f"(encoder {self.config.model.encoder})")
+        try:
+            wrap_below(self.classifier.backbone, sorted(below), self.depth, self.config.bank.alpha / self.config.bank.rank,
+                       self.below)
+        except ValueError as err:
+            raise TaskStateError(str(err)) from None
+        for name, (a, b) in below.items():
+            base = self.below[name].base_layer
+            if a is None or b is None:
+                raise TaskStateError(f"{BELOW}{name}: needs both .A and .B")
+            if a.ndim != 2 or b.ndim != 2 or a.shape[1] != base.in_features or b.shape[0] != base.out_features \
+                    or a.shape[0] != b.shape[1]:
+                raise TaskStateError(f"{BELOW}{name}: factors {tuple(a.shape)} and {tuple(b.shape)} do not fit a "
+                                     f"{base.in_features} -> {base.out_features} layer")
 
     def _fine_tune(self, t, train_rows, val_rows, queries, generator, progress) -> dict:
         cfg = self.config.train
@@ -273,6 +324,7 @@ class SLM(GrowsByTask):
         self.classifier.eval()
         only = self.task_index(task) if task is not None else None
         owner = self.bank.entry_task()
+        deep_tasks = self.deep_tasks()
         # a separate encoder: every query once, in one pass; a shared prefix reads them inside each forward
         queries = None if self._one_pass() else self.encoder.encode(texts, progress=progress)
         out: list[Prediction] = []
@@ -282,6 +334,9 @@ class SLM(GrowsByTask):
                                                                     queries=given)
             per_task = weights.new_zeros(len(idx), len(self.task_names)).scatter_add_(1, owner[entries], weights)
             chosen = per_task.argmax(dim=-1)  # head of the task owning most retrieved weight
+            if deep_tasks:
+                feats = self._second_pass([texts[i] for i in idx], feats, entries, weights, per_task, chosen,
+                                          deep_tasks)
             far = (self.bank.unfamiliar(batch_queries, chosen, abstain) if abstain is not None
                    else torch.zeros(len(idx), dtype=torch.bool))
             for row in range(len(idx)):
@@ -290,6 +345,21 @@ class SLM(GrowsByTask):
                     answer.label, answer.task, answer.confidence, answer.abstained = UNKNOWN, UNKNOWN, 0.0, True
                 out.append(answer)
         return out
+
+    def _second_pass(self, texts, feats, entries, weights, per_task, chosen, deep_tasks):
+        """``feats`` with the rows routed to a task that changes the blocks below the query (an imported
+        adapter trained on every block) answered again: the same route above the query, and that task's own
+        increments below it weighted by the share of the route it holds. One extra forward pass per such task
+        in the batch, over its rows only; the other rows keep the first pass's features."""
+        feats = feats.clone()
+        for t in deep_tasks:
+            rows = (chosen == t).nonzero().flatten()
+            if len(rows) == 0:
+                continue
+            batch = self.classifier.tokenize([texts[i] for i in rows.tolist()], self.config.train.max_length)
+            with routed(self.layers, entries[rows], weights[rows]), deep(self.below, t, per_task[rows, t]):
+                feats[rows] = self.classifier.pooled(batch).to(feats.dtype)
+        return feats
 
     @torch.no_grad()
     def predict_paper_protocol(self, texts: list[str], num_classes: int) -> list[Prediction]:
@@ -304,14 +374,14 @@ class SLM(GrowsByTask):
         mean_query = self.encoder.encode(texts).mean(dim=0, keepdim=True)
         entries, weights = self._route(mean_query)
         entries, weights = entries.expand(len(texts), -1), weights.expand(len(texts), -1)
-        batch = self.classifier.tokenize(texts, self.config.train.max_length)
-        with routed(self.layers, entries, weights):
-            feats = self.classifier.pooled(batch)
         per_task = weights.new_zeros(len(self.task_names)).scatter_add_(0, owner[entries[0]], weights[0])
         fits = torch.tensor([len(names) == num_classes for names in self.label_names], device=per_task.device)
         if not bool(fits.any()):
             raise ValueError(f"no learned task has {num_classes} classes")
         t = int(torch.where(fits, per_task, per_task.new_full(per_task.shape, -1.0)).argmax())
+        batch = self.classifier.tokenize(texts, self.config.train.max_length)
+        with routed(self.layers, entries, weights), deep(self.below, t, per_task[t].expand(len(texts))):
+            feats = self.classifier.pooled(batch)
         return [self._answer(feats[row], t, entries[row], weights[row], owner) for row in range(len(texts))]
 
     def _answer(self, feats, t, entries, weights, owner) -> Prediction:
