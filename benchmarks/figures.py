@@ -25,8 +25,10 @@ from scalable_lm.figures import pyplot  # matplotlib on the Agg backend, or a cl
 ROOT = Path(__file__).resolve().parent / "results"
 
 # canonical method label (``method_label``) -> (colour, marker, line style); the label is what the legend says
+DEFAULT = "SLM, default (query from its own block 4)"
 STYLES: dict[str, tuple[str, str, str]] = {
-    "SLM (default: Gaussian router, MiniLM-L4 queries)": ("#1f77b4", "o", "-"),
+    DEFAULT: ("#1f77b4", "o", "-"),
+    "SLM, 0.2.0's default (separate MiniLM-L4 encoder)": ("#6b9ac4", "o", "--"),
     "SLM, full MiniLM queries": ("#aec7e8", "o", "--"),
     "SLM, DTKR keys (the paper's router)": ("#17becf", "v", "-"),
     "SLM, K=1": ("#9edae5", "<", ":"),
@@ -66,7 +68,9 @@ def method_label(record: dict, stem: str = "") -> str:
         return "SLM, DTKR keys (the paper's router)"
     if bank.get("top_k", 4) != 4:
         return f"SLM, K={bank['top_k']}"
-    return ("SLM (default: Gaussian router, MiniLM-L4 queries)" if encoder == "minilm-l4"
+    if encoder == "shared-l4" and len(bank.get("targets") or []) > 1:  # every linear layer above block 4
+        return DEFAULT
+    return ("SLM, 0.2.0's default (separate MiniLM-L4 encoder)" if encoder == "minilm-l4"
             else "SLM, full MiniLM queries" if encoder == "minilm" else f"SLM, {encoder} queries")
 
 
@@ -123,9 +127,10 @@ def write_csv(rows: list[dict], path: Path) -> Path:
 
 
 def finish(fig, path: Path, rows: list[dict]) -> Path:
-    """Lay out, write ``fig`` to ``path`` (PNG) and its data ``rows`` beside it (``write_csv``); returns ``path``."""
+    """Lay out, write ``fig`` to ``path`` (PNG) and its data ``rows`` beside it (``write_csv``); returns ``path``.
+    Saved with a tight bounding box, so no title, label or legend is cut off."""
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     pyplot().close(fig)
     write_csv(rows, path)
     return path
@@ -141,7 +146,7 @@ def lines(rows: list[dict], path: Path, ylabel: str, title: str, xlabel: str = "
     plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(9, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 5.5))
     methods = _order_methods({r["method"] for r in rows})
     for method in methods:
         mine = [r for r in rows if r["method"] == method]
@@ -149,15 +154,16 @@ def lines(rows: list[dict], path: Path, ylabel: str, title: str, xlabel: str = "
         x = [r["step"] for r in mine]
         seeds = max(r["seeds"] for r in mine)
         ax.plot(x, [r["mean"] for r in mine], color=colour, marker=marker, linestyle=dash,
-                label=f"{method} ({seeds} seed{'s' if seeds > 1 else ''})")
+                label=f"{method} ({seeds} seed{'s' if seeds > 1 else ''})", zorder=3 if method.startswith("SLM") else 2)
         if seeds > 1:
             ax.fill_between(x, [r["min"] for r in mine], [r["max"] for r in mine], color=colour, alpha=0.15, lw=0)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title("\n".join(textwrap.wrap(title, 80)), fontsize=10)
+    ax.set_title("\n".join(textwrap.wrap(title, 90)), fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    # below the axes, in two columns: the legend takes no room from the data
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
     return finish(fig, path, rows)
 
 
@@ -190,17 +196,18 @@ def final_bars(out: Path) -> Path:
     for the main methods) and, for methods run only there, cl5 (seed 0)."""
     plt = pyplot()
 
-    records = [(s, r) for s, r in _records(ROOT / "cl5_seeds") if s.endswith(("order4", "order4_seed1", "order4_seed2"))
-               and not s.startswith("ablation_")]
-    have = {method_label(r, s) for s, r in records}
+    order4 = ("order4", "order4_seed1", "order4_seed2")
+    default = [(s, r) for s, r in _records(ROOT / "route_free") if s.startswith("shared_l4_linear_") and s.endswith(order4)]
+    records = [(s, r) for s, r in _records(ROOT / "cl5_seeds") if s.endswith(order4) and not s.startswith("ablation_")]
+    have = {method_label(r, s) for s, r in default + records}
     extra = [(s, r) for s, r in _records(ROOT / "cl5") if s.endswith("order4") and not s.startswith("ablation_")
              and method_label(r, s) not in have]
     rows = []
-    for source, recs in (("cl5_seeds", records), ("cl5", extra)):
+    for source, recs in (("route_free", default), ("cl5_seeds", records), ("cl5", extra)):
         finals = [r for r in curves(recs, "average_accuracy") if r["step"] == 5]
         rows += [{**r, "source": f"benchmarks/results/{source}"} for r in finals]
     rows.sort(key=lambda r: -r["mean"])
-    fig, ax = plt.subplots(figsize=(9, 5))
+    fig, ax = plt.subplots(figsize=(9, 5.5))
     for i, r in enumerate(rows):
         colour, _, _ = style(r["method"])
         ax.barh(i, r["mean"], color=colour, edgecolor="black", lw=0.5)
@@ -212,7 +219,7 @@ def final_bars(out: Path) -> Path:
     ax.invert_yaxis()
     ax.set_xlim(0, 100)
     ax.set_xlabel("average accuracy after the 5 tasks (%)")
-    ax.set_title("CL-5 order 4 on MiniLM: SLM against the baselines and the per-task oracle\n"
+    ax.set_title("CL-5 order 4 (agnews, yelp, amazon, yahoo, dbpedia; 500 rows per task), MiniLM, 2 CPU cores\n"
                  "right task and right label, no task-ID unless 'task given'; bar: mean over seeds, whisker: min-max",
                  fontsize=9)
     ax.grid(axis="x", alpha=0.3)
@@ -225,7 +232,9 @@ def serve_figure(out: Path) -> Path:
     plt = pyplot()
 
     serve = json.loads((ROOT / "serve" / "serve.json").read_text())
-    panels = [("classifier (MiniLM, 5 tasks): requests/s", "requests_per_s", serve["classifier"]["runs"],
+    classifier = serve.get("classifier-shared-l4", serve["classifier"])  # today's default when measured
+    panels = [(f"classifier (MiniLM, 5 tasks, {'query from block 4' if 'classifier-shared-l4' in serve else 'separate encoder'}):"
+               " requests/s", "requests_per_s", classifier["runs"],
                {"routed": "slm serve (routed)", "plain": "plain backbone, no routing",
                 "max_batch_1": "slm serve, batching off"}),
               ("generative (SmolLM2-135M, 3 tasks): tokens/s", "tokens_per_s", serve["generative"]["runs"],
@@ -292,8 +301,8 @@ def scale_figure(out: Path) -> Path | None:
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("Thousands of tasks: memory and latency (MiniLM classifier, 2 CPU cores; benchmarks/results/scale)",
-                 fontsize=10)
+    fig.suptitle("Thousands of tasks: memory and latency (MiniLM classifier with 0.2.0's default, a separate MiniLM-L4\n"
+                 "encoder; scalable-lm 0.2.0, 2 CPU cores; benchmarks/results/scale)", fontsize=10)
     return finish(fig, out / "scale.png", rows)
 
 
@@ -302,12 +311,16 @@ def readme(out: Path = ROOT / "readme") -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     seeds = _records(ROOT / "cl5_seeds")
     order4 = [(s, r) for s, r in seeds if "order4" in s and not s.startswith("ablation_")]
-    where = "CL-5 order 4 (agnews → yelp → amazon → yahoo → dbpedia), MiniLM; no task-ID unless 'task given'"
+    order4 += [(s, r) for s, r in _records(ROOT / "route_free") if s.startswith("shared_l4_linear_order4")]
+    where = "CL-5 order 4 (agnews → yelp → amazon → yahoo → dbpedia), MiniLM"
+    learned = [(s, r) for s, r in order4 if not r.get("task_id")]  # an oracle told the task forgets nothing
     return [final_bars(out),
             lines(curves(order4, "average_accuracy"), out / "cl5_average_accuracy.png",
-                  "average accuracy on the tasks so far (%)", f"Accuracy as tasks are added: {where}"),
-            lines(curves(order4, "forgetting"), out / "cl5_forgetting.png", "forgetting (points, paper Eq. 8)",
-                  f"Forgetting as tasks are added: {where}"),
+                  "average accuracy on the tasks so far (%)",
+                  f"Accuracy as tasks are added: {where}; no task-ID unless 'task given'"),
+            lines(curves(learned, "forgetting"), out / "cl5_forgetting.png", "forgetting (points, paper Eq. 8)",
+                  f"Forgetting as tasks are added: {where}; methods without task-ID (an oracle told the task "
+                  "forgets nothing)"),
             serve_figure(out), *([f] if (f := scale_figure(out)) else [])]
 
 

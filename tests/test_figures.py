@@ -43,7 +43,7 @@ def test_a_report_draws_one_line_per_method_with_its_seeds(tmp_path):
     rows = list(csv.DictReader((tmp_path / "average_accuracy.csv").open()))
     keys = [(r["method"], r["step"]) for r in rows]
     assert len(keys) == len(set(keys)) == 6  # each method once per step
-    slm = {int(r["step"]): r for r in rows if r["method"].startswith("SLM (default")}
+    slm = {int(r["step"]): r for r in rows if r["method"].startswith("SLM, 0.2.0")}
     assert slm[1]["seeds"] == "2" and float(slm[1]["mean"]) == pytest.approx(80.0)
     assert float(slm[3]["min"]) == pytest.approx(40.0) and float(slm[3]["max"]) == pytest.approx(60.0)
     forgetting = list(csv.DictReader((tmp_path / "forgetting.csv").open()))
