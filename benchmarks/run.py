@@ -203,9 +203,10 @@ class Checkpoint:
         return result, saved["parts"]
 
     def save(self, method, result: RunResult, parts: list[dict]) -> None:
+        from scalable_lm import store
         from scalable_lm.fileio import atomic_write
 
-        method.save_pretrained(self.model_dir)
+        store.save(method, self.model_dir)
         record = {"benchmark_config": self.cfg, "result": result.to_dict(), "parts": parts}
         atomic_write(self.progress, lambda tmp: tmp.write_text(json.dumps(record)))
 
@@ -218,7 +219,7 @@ class Checkpoint:
 
 
 def supports_checkpoint(method) -> bool:
-    return hasattr(method, "add_task_state") and hasattr(method, "save_pretrained")
+    return hasattr(method, "add_task_state")  # the per-task interface the store saves and restores
 
 
 def main(argv: list[str] | None = None) -> None:

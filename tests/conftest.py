@@ -13,6 +13,9 @@ from scalable_lm.config import SLMConfig
 from scalable_lm.data.tasks import Task
 from scalable_lm.encoder import QueryEncoder
 from scalable_lm.methods.slm import SLM
+from scalable_lm.store import attach_pretrained_names
+
+attach_pretrained_names()  # tests build models from methods/ directly: give them save_pretrained / from_pretrained
 
 torch.set_num_threads(2)
 

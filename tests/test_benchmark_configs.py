@@ -398,3 +398,20 @@ def test_the_default_rule_waits_for_every_run_then_keeps_or_reverts():
     assert default_rule(twelve, (0.77, 0.80)) == "revert"
     assert default_rule([(0.695, 0.70)] * 12, (0.8, 0.8)) == "keep"  # -0.5 points: within
     assert default_rule([(0.69, 0.70)] * 12, (0.8, 0.8)) == "revert"
+
+
+def test_the_gpu_script_checks_its_arguments_and_shows_its_steps_without_a_gpu():
+    """benchmarks/gpu/run.sh is tested as far as a CPU allows: its arguments and a dry run (it has not run on
+    a GPU here)."""
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu" / "run.sh"
+    dry = subprocess.run([str(script), "--dry-run", "--skip", "tests"], capture_output=True, text=True)
+    assert dry.returncode == 0, dry.stderr
+    assert "learn:" in dry.stdout and "serve:" in dry.stdout and "tests:" not in dry.stdout
+    assert "--keep-model runs/gpu/model" in dry.stdout and "vllm_front.py --model runs/gpu/model" in dry.stdout
+    bad = subprocess.run([str(script), "--skip", "everything"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--skip takes tests, learn or serve" in bad.stderr
+    unknown = subprocess.run([str(script), "--fast"], capture_output=True, text=True)
+    assert unknown.returncode == 2 and "unknown argument '--fast'" in unknown.stderr

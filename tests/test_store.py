@@ -833,3 +833,22 @@ def test_a_shared_prefix_directory_saves_loads_removes_and_merges_exactly(make_s
     (tmp_path / "c" / store.MANIFEST).write_text(json.dumps(other))
     with pytest.raises(ModelDirError, match="encoder"):
         store.merge([tmp_path / "b", tmp_path / "c"], tmp_path / "bc")
+
+
+def test_no_module_of_methods_imports_the_store():
+    """The layers are one-way: methods/ never imports scalable_lm.store (which adds save_pretrained and
+    from_pretrained to the model classes when it is imported)."""
+    import ast
+    from pathlib import Path
+
+    import scalable_lm
+
+    for path in (Path(scalable_lm.__file__).parent / "methods").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            assert not any(n == "scalable_lm.store" or n.endswith(".store") for n in names), path.name

@@ -115,11 +115,18 @@ def evaluate(method, tasks, cfg, task_id: bool) -> tuple[dict, list]:
     return {"scores": scores, "timings": timings}, examples
 
 
+def backbone_parameters(method) -> int | None:
+    """The frozen backbone's parameter count (every results JSON records it)."""
+    module = getattr(method, "backbone_module", None) or getattr(getattr(method, "lm", None), "model", None)
+    return sum(p.numel() for p in module.parameters()) if module is not None else None
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", type=Path)
     parser.add_argument("--data-dir", type=Path, default=HERE.parents[2] / "shared" / "datasets")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--keep-model", type=Path, help="also save the final model (SLM only) to this new directory")
     args = parser.parse_args(argv)
     cfg = json.loads(args.config.read_text())
     out = args.out or HERE.parent / "results" / cfg["benchmark"] / f"{args.config.stem}.json"
@@ -162,8 +169,8 @@ def main(argv: list[str] | None = None) -> None:
 
         slm = OSFGenerator(config, lr=cfg.get("osf_lr", 5e-6), targets=cfg.get("osf_targets"),
                            expected_tasks=len(cfg["order"]))
-    else:
-        slm = GenerativeSLM(config)
+    else:  # "dtype" (e.g. bfloat16 on a GPU) is the frozen backbone's compute dtype; the device is "auto"
+        slm = GenerativeSLM(config, dtype=cfg.get("dtype", "float32"))
     n = len(tasks)
     R: list[list[float | None]] = [[None] * n for _ in range(n)]
     command = f"python benchmarks/instruct/run.py {shown_path(args.config)}" + (
@@ -171,7 +178,8 @@ def main(argv: list[str] | None = None) -> None:
     record = {"command": command, "benchmark_config": cfg,
               "method_config": slm.config.to_dict(), "tasks": [t.name for t in tasks],
               "sizes": {t.name: {"train": len(t.train), "test": len(t.test)} for t in tasks},
-              "rows": [], "learn_reports": [], "provenance": provenance()}
+              "rows": [], "learn_reports": [], "provenance": provenance(),
+              "backbone_parameters": backbone_parameters(slm)}
     start = time.perf_counter()
     examples = []
     if method == "base":
@@ -234,6 +242,10 @@ def main(argv: list[str] | None = None) -> None:
                            "forgetting": metrics.forgetting(R) if method not in ("base", "multitask") else None})
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2))
+    if args.keep_model is not None and isinstance(slm, GenerativeSLM):
+        from scalable_lm import store
+
+        store.save(slm, args.keep_model)
     print(f"{method} {cfg['order']}: average {100 * record['metrics']['average']:.1f} -> {out}")
 
 

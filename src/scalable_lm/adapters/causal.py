@@ -26,7 +26,7 @@ BASE_FORMAT = "{prompt}\nAnswer:"
 
 
 class CausalLM(nn.Module):
-    """A frozen causal LM with its tokenizer.
+    """A frozen causal LM with its tokenizer (``generates``: the server can stream its answers).
 
     Args:
         model: an ``AutoModelForCausalLM``; frozen here.
@@ -35,6 +35,8 @@ class CausalLM(nn.Module):
         prompt_format: how a prompt is read when the tokenizer has no chat template (``{prompt}`` in it);
             when it ends with ``:``, answers follow after a space.
     """
+
+    generates = True
 
     def __init__(self, model: nn.Module, tokenizer, max_length: int = 256, prompt_format: str = PLAIN_FORMAT):
         super().__init__()
@@ -293,6 +295,8 @@ def _choose(logits: torch.Tensor, temperature: float, top_p: float, generator: t
 class Seq2SeqLM(nn.Module):
     """An encoder-decoder (``AutoModelForSeq2SeqLM``, T5 family) with the same interface as ``CausalLM``:
     the prompt goes to the encoder, the answer is the decoder's target (text-to-text labels)."""
+
+    generates = False  # not served yet: answered by `slm predict`
 
     def __init__(self, model: nn.Module, tokenizer, max_length: int = 256):
         super().__init__()

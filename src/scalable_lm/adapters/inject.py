@@ -65,7 +65,7 @@ class BankLinear(nn.Module):
         """Append a task's ``entries`` increments (A: Kaiming-uniform as in LoRA, B: zeros), float32 on the
         frozen layer's device (trained factors keep float32 whatever the compute dtype)."""
         d_in, d_out = self.base_layer.in_features, self.base_layer.out_features
-        device = self.base_layer.weight.device
+        device = self._factor_device()
         bound = 1.0 / math.sqrt(d_in)  # kaiming_uniform with a=sqrt(5), as nn.Linear and LoRA use
         # drawn on the CPU from the (CPU) generator, so a seed gives the same init on every device
         a = (torch.rand(entries, self.rank, d_in, generator=generator) * 2 - 1) * bound
@@ -75,15 +75,22 @@ class BankLinear(nn.Module):
         """Append a task whose factors ``a [P, r, d_in]`` and ``b [P, d_out, r]`` are given: they are used as
         they are (moved to the layer's device as float32 only if they are not already), so tensors that map
         a file stay unread until a route uses them."""
-        device = self.base_layer.weight.device
+        device = self._factor_device()
         self.lora_A.append(nn.Parameter(a.to(device=device, dtype=torch.float32), requires_grad=trainable))
         self.lora_B.append(nn.Parameter(b.to(device=device, dtype=torch.float32), requires_grad=trainable))
         self._starts.append(self._starts[-1] + a.shape[0])
         self._starts_tensor = None
         return [self.lora_A[-1], self.lora_B[-1]]
 
+    def _factor_device(self) -> torch.device:
+        """Where the factors live: the frozen layer's device, or the CPU when the layer has no weights (a
+        router-only load builds the backbone on the meta device; its factors are still read, e.g. to export)."""
+        device = self.base_layer.weight.device
+        return torch.device("cpu") if device.type == "meta" else device
+
     def to_device(self, device: torch.device) -> None:
         """Move every task's factors to ``device`` as float32."""
+        device = torch.device("cpu") if self.base_layer.weight.is_meta else device
         for factors in (self.lora_A, self.lora_B):
             for p in factors:
                 p.data = p.data.to(device=device, dtype=torch.float32)

@@ -108,21 +108,24 @@ class GrowsByTask:
         router statistics float64 (float32 on MPS). ``None`` keeps the current device or dtype; ``"auto"``
         picks CUDA, then MPS, then CPU. Safe at any time: learned tasks move with the model, unchanged.
         """
-        from scalable_lm.backbones import remember_fingerprint
+        from scalable_lm.backbones import is_skeleton, remember_fingerprint
         from scalable_lm.core.routers import precise_dtype
         from scalable_lm.device import resolve_device, resolve_dtype
 
         device = resolve_device(device) if device is not None else self.device
         dtype = resolve_dtype(dtype) if dtype is not None else self.dtype
+        skeleton = is_skeleton(self.backbone_module)  # a router-only load: no backbone weights to move
         for model in (self.backbone_module, self.encoder.model):  # identities of the weights as loaded
-            remember_fingerprint(model)
+            if not is_skeleton(model):
+                remember_fingerprint(model)
         # the trained factors live inside the backbone's wrapped layers: take them out while the backbone is
         # cast, so that a bfloat16 backbone does not round them, then put them back (float32, moved)
         factors = {}
         for name, layer in self.layers.items():
             factors[name] = (layer.lora_A, layer.lora_B)
             layer.lora_A, layer.lora_B = torch.nn.ParameterList(), torch.nn.ParameterList()
-        self.backbone_module.to(device=device, dtype=dtype)
+        if not skeleton:
+            self.backbone_module.to(device=device, dtype=dtype)
         for name, layer in self.layers.items():
             layer.lora_A, layer.lora_B = factors[name]
             layer.to_device(device)
@@ -295,29 +298,18 @@ class GrowsByTask:
         self.add_task_state(name, label_names, state)
         return {"task": name, "inputs": len(inputs), "key_loss": key_loss[-1] if key_loss else None}
 
-    # ---- the transformers / PEFT names for saving and loading ----------------------------------------
-    # The store owns model directories and sits above this layer; these two names, which users look for on
-    # the class, import it when called (the only place methods/ reaches up), and do nothing but delegate.
+    # ``save_pretrained`` / ``from_pretrained`` (the transformers / PEFT names) are defined in ``scalable_lm.store``,
+    # which owns model directories and sits above this layer, and put on this class when the store is imported
+    # (``scalable_lm.SLM``, ``scalable_lm.GenerativeSLM`` and ``scalable_lm.load`` import it): nothing here imports
+    # it. Until then these say so.
     def save_pretrained(self, directory, task_info: dict[str, dict] | None = None) -> list[str]:
-        """Save to a model directory (``scalable_lm.save``): a manifest plus one safetensors file per task,
-        written atomically; only tasks not yet in the directory are written. Returns their names."""
-        from scalable_lm import store
-
-        return store.save(self, directory, task_info)
+        raise RuntimeError("save_pretrained is provided by scalable_lm.store: `import scalable_lm.store` first, or "
+                           "use scalable_lm.SLM / scalable_lm.GenerativeSLM")
 
     @classmethod
     def from_pretrained(cls, directory, backbone=None, encoder=None, device="auto", dtype="float32"):
-        """Load a model directory (``scalable_lm.load``) of this class's kind: ``SLM.from_pretrained`` for a
-        classifier, ``GenerativeSLM.from_pretrained`` for a generative model (the other kind is refused
-        before anything is loaded)."""
-        from scalable_lm import store
-
-        kind = store.read_manifest(directory).get("kind", "classifier")
-        if kind != cls.kind:
-            other = {"classifier": "SLM", "generative": "GenerativeSLM"}[kind]
-            raise store.ModelDirError(f"{directory} holds a {kind} model: load it with {other}.from_pretrained "
-                                      "(or scalable_lm.load, which takes either)")
-        return store.load(directory, backbone=backbone, encoder=encoder, device=device, dtype=dtype)
+        raise RuntimeError("from_pretrained is provided by scalable_lm.store: `import scalable_lm.store` first, or "
+                           "use scalable_lm.SLM / scalable_lm.GenerativeSLM")
 
     def remove_task(self, name: str) -> None:
         """Forget one task: its keys, values, head and statistics leave the model.

@@ -17,7 +17,7 @@ import openai
 import pytest
 
 from tests.conftest import tiny_bert, tiny_query_model, toy_task
-from tests.test_server import Server, learn, prompts, slm_cli, two_task_dir, workdir  # noqa: F401
+from tests.serving.test_http import Server, learn, prompts, slm_cli, two_task_dir, workdir  # noqa: F401
 
 pytestmark = pytest.mark.integration
 

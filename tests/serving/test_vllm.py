@@ -24,9 +24,9 @@ import pytest
 
 from tests.conftest import tiny_query_model
 from tests.methods.test_generative import lm_tokenizer  # noqa: F401  (a fixture)
-from tests.test_server import _free_port, slm_cli
+from tests.serving.test_http import _free_port, slm_cli
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 VLLM_PYTHON = os.environ.get("SLM_VLLM_PYTHON") or str(REPO / ".venv-vllm" / "bin" / "python")
 ANSWERS = {"fruit": "sweet", "vehicle": "fast", "weather": "cold"}
 FLAGS = ["--router", "gaussian", "--entries-per-task", "1", "--top-k", "1", "--targets", "o_proj", "--rank", "8",
@@ -281,7 +281,7 @@ def test_routed_answers_streaming_hot_add_remove_and_a_killed_engine(root, tmp_p
 
 
 def test_the_default_vllm_python_is_the_projects_venv_from_any_directory(tmp_path, monkeypatch):
-    from scalable_lm import vllm_engine
+    from scalable_lm.serving.vllm import child as vllm_engine  # where default_python reads PROJECT_ROOT
 
     project = tmp_path / "project"
     (project / ".venv-vllm" / "bin").mkdir(parents=True)
@@ -298,9 +298,9 @@ def test_the_default_vllm_python_is_the_projects_venv_from_any_directory(tmp_pat
     monkeypatch.delenv(vllm_engine.PYTHON_ENV)
     monkeypatch.setattr(vllm_engine, "PROJECT_ROOT", tmp_path / "no-venv-here")
     assert vllm_engine.default_python() == sys.executable
-    real = Path(__file__).resolve().parents[1] / ".venv-vllm" / "bin" / "python"
+    real = Path(__file__).resolve().parents[2] / ".venv-vllm" / "bin" / "python"
     if real.exists():  # this checkout's own `make vllm`: found from another directory, and it has vLLM
-        monkeypatch.setattr(vllm_engine, "PROJECT_ROOT", Path(__file__).resolve().parents[1])
+        monkeypatch.setattr(vllm_engine, "PROJECT_ROOT", Path(__file__).resolve().parents[2])
         assert vllm_engine.default_python() == str(real) and vllm_engine.has_vllm(vllm_engine.default_python())
 
 

@@ -22,244 +22,25 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import copy
-import hashlib
 import logging
 import os
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
-from scalable_lm import store
 from scalable_lm.encoder import max_positions
+
+from scalable_lm.serving import front
+from scalable_lm.serving.front import AUTO
+from scalable_lm.serving.protocol import (Job, QueueFull, ServeError, cancelled_error,  # noqa: F401
+                                          timeout_error)
+from scalable_lm.serving.watcher import Loaded, ModelWatcher  # noqa: F401
 
 log = logging.getLogger("scalable_lm.serve")
 
-AUTO, BASE = "auto", "base"
 CHUNK_ROWS = 64  # classify inputs per forward pass in the server (Engine.chunk_rows)
 LIFO_AFTER = 1.0  # seconds; Engine.lifo_after (slm serve --lifo-after)
-
-
-class ServeError(Exception):
-    """A request the server refuses; ``status`` is the HTTP status, ``kind`` the OpenAI error type."""
-
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
-                 headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status, self.message, self.kind, self.param, self.headers = status, message, kind, param, headers or {}
-
-
-@dataclass
-class Loaded:
-    """One loaded bank: the model, the manifest it came from, and when."""
-
-    slm: object
-    kind: str  # "classifier" | "generative"
-    tasks: list[str]
-    manifest_sha: str
-    generation: int
-    loaded_at: float = field(default_factory=time.time)
-    # a copy of the model's tokenizer for the request thread: a fast tokenizer must not be used from two
-    # threads at once, and the batch thread uses the model's own
-    request_tokenizer: object | None = None
-
-    @property
-    def models(self) -> list[str]:
-        """Valid values of a request's ``model``."""
-        return [AUTO, *([BASE] if self.kind == "generative" else []), *self.tasks]
-
-    def check(self, model: str) -> Loaded:
-        """This bank, after checking that ``model`` names something in it (404 listing the valid ones)."""
-        if model not in self.models:
-            raise ServeError(404, f"model '{model}' does not exist; valid models: {self.models}",
-                             kind="not_found_error", param="model")
-        return self
-
-    @property
-    def context(self) -> int:
-        """Most tokens the backbone can read (its position table)."""
-        module = self.slm.backbone_module
-        return int(getattr(module.config, "max_position_embeddings", 0) or 10**9)
-
-
-def _manifest_state(directory: Path) -> tuple[int, int, int] | None:
-    try:
-        st = (directory / store.MANIFEST).stat()
-    except OSError:
-        return None
-    return st.st_mtime_ns, st.st_size, st.st_ino
-
-
-def _manifest_sha(directory: Path) -> str:
-    return hashlib.sha256((directory / store.MANIFEST).read_bytes()).hexdigest()
-
-
-class ModelWatcher:
-    """Load ``directory`` and keep loading it again when its manifest changes.
-
-    Args:
-        directory: a model directory (``slm learn`` output).
-        interval: seconds between manifest checks (0: never reload).
-        loader: ``loader(directory) -> slm`` (default ``store.load``); tests and benchmarks pass their own.
-        on_event: ``on_event(result)`` with ``"loaded"`` or ``"failed"`` after each load attempt (metrics).
-        query_cache: most query embeddings kept in memory (0: none). The encoder is frozen, so a repeated
-            input skips its encoding; the bound keeps a long-running server's memory flat.
-    """
-
-    def __init__(self, directory: str | Path, interval: float = 1.0, loader=None, on_event=None, query_cache: int = 0):
-        self.directory = Path(directory)
-        self.query_cache = query_cache
-        self.interval = interval
-        self.loader = loader or store.load
-        self.on_event = on_event or (lambda result: None)
-        self.current: Loaded | None = None  # the last good bank
-        self.pending: Loaded | None = None  # a newer good bank, not yet swapped in by the engine
-        self.last_error: str | None = None
-        self._seen: tuple | None = None  # manifest state of the last attempt (good or bad)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._generation = 0
-
-    def load_now(self) -> Loaded:
-        """Load the directory (raises ``ModelDirError`` when it cannot be served)."""
-        state = _manifest_state(self.directory)
-        sha = _manifest_sha(self.directory) if state is not None else ""
-        self._seen = state
-        slm = self.loader(self.directory)
-        if self.current is not None:  # tasks added since the bank being served: verified now, so that a
-            for name in set(slm.task_names) - set(self.current.tasks):  # bad file is never served
-                slm.task_state(name)
-        if getattr(slm, "encoder", None) is not None:
-            slm.encoder.cache_limit = self.query_cache
-        self._generation += 1
-        kind = store.kind_of(slm)
-        lm = getattr(slm, "lm", None)
-        tokenizer = lm.tokenizer if lm is not None else getattr(getattr(slm, "classifier", None), "tokenizer", None)
-        return Loaded(slm, kind, list(slm.task_names), sha, self._generation,
-                      request_tokenizer=copy.deepcopy(tokenizer) if tokenizer is not None else None)
-
-    def start(self) -> None:
-        """Load in the background (``/health`` says ``loading`` until done), then watch."""
-        self._thread = threading.Thread(target=self._run, name="slm-watch", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-
-    def _attempt(self) -> None:
-        try:
-            loaded = self.load_now()
-        except Exception as err:  # noqa: BLE001 - whatever the directory holds, keep serving the last good bank
-            self.last_error = str(err)
-            held = f"keeping the {len(self.current.tasks)} tasks already served" if self.current else "nothing to serve yet"
-            log.warning("model directory %s not loaded (%s); %s", self.directory, err, held)
-            self.on_event("failed")
-            return
-        if self.current is not None and loaded.manifest_sha == self.current.manifest_sha:
-            self.last_error = None  # put back as it was served: nothing is wrong any more
-            return  # touched, not changed
-        self.last_error = None
-        if self.current is None:
-            self.current = loaded
-            log.info("serving %s: %s model, tasks %s", self.directory, loaded.kind, loaded.tasks)
-        else:
-            self.pending = loaded
-            log.info("loaded a new bank from %s: tasks %s (was %s); swapping it in between batches",
-                     self.directory, loaded.tasks, self.current.tasks)
-        self.on_event("loaded")
-
-    def _run(self) -> None:
-        self._attempt()
-        while not self._stop.wait(self.interval if self.interval > 0 else 3600):
-            state = _manifest_state(self.directory)
-            if self.interval <= 0 or state == self._seen:
-                continue
-            try:
-                unchanged = self.current is not None and _manifest_sha(self.directory) == self.current.manifest_sha
-            except OSError:
-                unchanged = False
-            if unchanged:  # touched, or put back as served (after a bad copy): nothing to load, nothing wrong
-                self._seen = state
-                self.last_error = None
-                continue
-            self._attempt()
-
-    def take(self) -> Loaded | None:
-        """The bank the next batch should use (swaps in a pending one)."""
-        if self.pending is not None:
-            self.current, self.pending = self.pending, None
-        return self.current
-
-
-@dataclass
-class Job:
-    """One request waiting for, or in, a batch."""
-
-    kind: str  # "classify" | "generate"
-    model: str
-    texts: list[str]  # classify: the inputs; generate: [routing query]
-    cut: list[bool] = field(default_factory=list)  # classify: per input, whether it was cut on arrival (chars)
-    prompt: list[int] | None = None  # generate: every token of the rendered prompt (``prompt_tokens``)
-    max_tokens: int = 16
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: list[str] = field(default_factory=list)
-    stream: bool = False
-    ignore_eos: bool = False  # vLLM's extension: always generate max_tokens (load tests)
-    abstain: float | None = None  # classify: SLM.predict's abstain (None: always answer)
-    deadline: float = float("inf")
-    enqueued: float = field(default_factory=time.perf_counter)
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    future: asyncio.Future | None = None
-    events: asyncio.Queue | None = None  # streaming: text pieces, then a final dict
-    loop: asyncio.AbstractEventLoop | None = None
-    streamed: bool = False  # some text was already sent (such a row is never run again after a failure)
-
-    def expired(self) -> bool:
-        return time.perf_counter() > self.deadline
-
-    def attach(self, loop: asyncio.AbstractEventLoop) -> Job:
-        """Give the job the future (and, streaming, the queue) its request waits on, in ``loop``."""
-        self.loop = loop
-        self.future = loop.create_future()
-        if self.stream:
-            self.events = asyncio.Queue()
-        return self
-
-    def push(self, item) -> None:
-        if isinstance(item, str):
-            self.streamed = True
-        if self.events is not None and self.loop is not None:
-            self.loop.call_soon_threadsafe(self.events.put_nowait, item)
-
-    def finish(self, result=None, error: Exception | None = None) -> None:
-        """Resolve the request from the worker thread."""
-        if self.loop is None or self.future is None:
-            return
-
-        def resolve():
-            if self.future.done():
-                return
-            if error is not None:
-                self.future.set_exception(error)
-            else:
-                self.future.set_result(result)
-        self.loop.call_soon_threadsafe(resolve)
-        if self.events is not None:
-            self.push(error if error is not None else {"done": result})
-
-
-class QueueFull(ServeError):
-    def __init__(self, limit: int, retry_after: int = 1):
-        super().__init__(429, f"the request queue is full ({limit} requests waiting); retry later",
-                         kind="rate_limit_error", headers={"Retry-After": str(retry_after)})
 
 
 class Engine:
@@ -279,6 +60,9 @@ class Engine:
             (adaptive LIFO: goodput under overload, when clients time out); None: always oldest first.
     """
 
+    holds_model = True  # the front loads the whole model (EngineProtocol)
+    startup_error: str | None = None
+
     def __init__(self, watcher: ModelWatcher, max_batch: int = 16, max_wait_ms: float = 5.0, max_queue: int = 256,
                  max_new_tokens: int = 256, metrics=None, chunk_rows: int = CHUNK_ROWS,
                  lifo_after: float | None = LIFO_AFTER):
@@ -296,6 +80,10 @@ class Engine:
         self.running = 0  # requests in the batch being run
 
     # ---- lifecycle ----------------------------------------------------------------------------------
+    def status(self) -> None:
+        """No engine state beyond the bank (``EngineProtocol.status``)."""
+        return None
+
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
@@ -440,12 +228,7 @@ class Engine:
         slm = loaded.slm
         lm = slm.lm
         ids = [lm.clip(job.prompt) for job in batch]  # cut from the left as in training and `slm predict`
-        models = [job.model for job in batch]
-        if all(m == BASE for m in models):  # the frozen model alone: no query, no mixing
-            entries = weights = None
-            infos = [{"task": _base_name(), "entries": [], "weights": [], "fallback": False} for _ in batch]
-        else:
-            entries, weights, infos = slm.route_rows([job.texts[0] for job in batch], models)
+        entries, weights, infos = front.route(loaded, [job.texts[0] for job in batch], [job.model for job in batch])
         generators = []
         for job in batch:
             if job.temperature > 0:
@@ -481,7 +264,7 @@ class Engine:
                 continue
             text, reason = streams[row].final(tokens[row], limits[row])
             job.finish({"text": text, "finish_reason": reason, "prompt_tokens": len(ids[row]),
-                        "completion_tokens": streams[row].count, "slm": {**infos[row], "bank": loaded.generation},
+                        "completion_tokens": streams[row].count, "slm": front.reply_block(infos[row], loaded),
                         "decode_s": elapsed})
 
 
@@ -502,41 +285,6 @@ def _give_memory_back() -> None:
         libc.malloc_trim(0)
     except (OSError, AttributeError):
         pass
-
-
-def prompt_tokens(tokenizer, lm, query: str, messages: list[dict] | None) -> list[int]:
-    """Every token of a generation request's prompt, as ``lm`` renders it (its chat template, if any):
-    ``messages`` (a chat) or ``query`` alone (a completion). Runs on the request thread with its own copy of
-    the tokenizer (``Loaded.request_tokenizer``), so the batch thread only cuts and decodes.
-
-    Raises ``ServeError`` (400) for a conversation the model cannot format.
-    """
-    turns = messages if messages is not None else [{"role": "user", "content": query}]
-    param = "messages" if messages is not None else "prompt"
-    if getattr(tokenizer, "chat_template", None):  # what CausalLM.render does, on this thread's tokenizer
-        try:
-            text = tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
-        except Exception as err:  # noqa: BLE001 - e.g. a template that rejects the roles given
-            raise ServeError(400, f"cannot format the conversation ({type(err).__name__})", param=param) from err
-    elif len(turns) > 1:
-        raise ServeError(400, "this model has no chat template: send one user message", param=param)
-    else:  # no template: render does not touch the tokenizer; a base model's BOS goes first
-        return lm.start_ids + tokenizer(lm.render(query), add_special_tokens=False)["input_ids"]
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def _base_name() -> str:
-    from scalable_lm.methods.generative import BASE_MODEL
-
-    return BASE_MODEL
-
-
-def cancelled_error() -> ServeError:
-    return ServeError(499, "client closed the request", kind="cancelled")
-
-
-def timeout_error() -> ServeError:
-    return ServeError(408, "the request timed out before its answer was complete", kind="timeout")
 
 
 class _TextStream:
