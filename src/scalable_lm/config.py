@@ -110,7 +110,8 @@ class ModelConfig:
 
     backbone: str = field(default="minilm", metadata={
         "help": "backbone: 'minilm' (classifier); for instruction data 'smollm2' (used when this is left at "
-                "minilm) or 'gemma3' (a base model, after `make gemma3`); or a local folder or hub id"})
+                "minilm), 'gemma3' (a base model, after `make gemma3`) or 'qwen1.5b' (Qwen2.5-Coder-1.5B-Instruct, "
+                "after `make qwen`); or a local folder or hub id"})
     # default chosen on validation data by benchmarks/retrieval.py (results/retrieval/README.md): the first
     # 4 layers of MiniLM route best (98.8% validation retrieval vs 93.2% for all 6 layers and 94.4% for mpnet)
     # 'auto' = shared-l4 for classifiers, chosen on validation rows by benchmarks/results/route_free (same

@@ -21,6 +21,7 @@ from pathlib import Path
 
 
 from scalable_lm import store
+from scalable_lm.backbones import is_skeleton
 from scalable_lm.serving.front import AUTO, BASE
 from scalable_lm.serving.protocol import ServeError
 log = logging.getLogger("scalable_lm.serve")
@@ -130,8 +131,12 @@ class ModelWatcher:
         kind = store.kind_of(slm)
         lm = getattr(slm, "lm", None)
         tokenizer = lm.tokenizer if lm is not None else getattr(getattr(slm, "classifier", None), "tokenizer", None)
-        return Loaded(slm, kind, list(slm.task_names), sha, self._generation,
-                      request_tokenizer=copy.deepcopy(tokenizer) if tokenizer is not None else None)
+        if tokenizer is not None and not is_skeleton(slm.backbone_module):
+            # the batch thread uses the model's tokenizer: the request thread gets its own (a fast tokenizer must
+            # not be used from two threads at once). A router-only model never tokenizes in a batch thread (its
+            # engine does), so its tokenizer is the request thread's alone: no copy (Gemma 3's is large).
+            tokenizer = copy.deepcopy(tokenizer)
+        return Loaded(slm, kind, list(slm.task_names), sha, self._generation, request_tokenizer=tokenizer)
 
     def start(self) -> None:
         """Load in the background (``/health`` says ``loading`` until done), then watch."""
