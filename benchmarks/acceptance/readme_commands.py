@@ -80,6 +80,15 @@ def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 600) -> Non
     raise RuntimeError("slm serve was not healthy in time")
 
 
+def stop_server(server: subprocess.Popen, section: str, results: list[dict]) -> None:
+    """SIGTERM to a block's `slm serve` (it must exit 0), recorded as a block of its own."""
+    os.killpg(server.pid, signal.SIGTERM)
+    code = server.wait(timeout=60)
+    results.append({"section": section, "lang": "bash", "code": "(SIGTERM to slm serve)", "exit": code,
+                    "seconds": 0.0, "tail": server.stdout.read()[-1500:]})
+    print(f"[{section}] slm serve after SIGTERM: exit {code}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keep", type=Path, help="run in this (new) folder and keep it")
@@ -104,6 +113,9 @@ def main() -> None:
                 continue
             serve = lang == "bash" and re.match(r"\s*slm serve\b", code)
             start = time.perf_counter()
+            if serve and server is not None:  # one server at a time: the earlier one is stopped first
+                stop_server(server, section, results)
+                server = None
             if serve:
                 command = code.split("#")[0].strip()
                 port = int(re.search(r"--port (\d+)", command).group(1))
@@ -123,11 +135,7 @@ def main() -> None:
                   + "\n".join("    " + line for line in out[-15:]), flush=True)
             last_of_doc = i + 1 == len(todo) or todo[i + 1][0] != doc
             if server is not None and (last_of_doc or proc.returncode != 0):  # the document's clients are done
-                os.killpg(server.pid, signal.SIGTERM)
-                code_ = server.wait(timeout=60)
-                results.append({"section": section, "lang": "bash", "code": "(SIGTERM to slm serve)", "exit": code_,
-                                "seconds": 0.0, "tail": server.stdout.read()[-1500:]})
-                print(f"[{section}] slm serve after SIGTERM: exit {code_}", flush=True)
+                stop_server(server, section, results)
                 server = None
             if proc.returncode != 0:
                 break

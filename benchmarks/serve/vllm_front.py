@@ -2,7 +2,7 @@
 against the same vLLM with the adapter named by the client, and against `slm serve` (the local engine).
 
 Usage:
-    python benchmarks/serve/vllm_front.py [--model DIR] [--vllm-python PY] [--out FILE]
+    python benchmarks/serve/vllm_front.py [--model DIR] [--vllm-python PY] [--out FILE] [--rounds N]
 
 The model directory (default: runs/vllm_front/model, learned here once from the demo's instruction data:
 support-intent and headline-topic, SmolLM2, 60 rows, 1 epoch) is served three ways, one after another, on
@@ -10,7 +10,9 @@ the same prompts (the demo's test prompts of both tasks, mixed): /v1/chat/comple
 max_tokens 32 with ignore_eos (every answer is 32 tokens, so every server does the same work), at
 concurrency 1, 8 and 32 (8, 32 and 64 requests). "client-named" sends the same requests straight to the
 vLLM engine the front started, with `model` = the adapter of the prompt's own task (what a client would
-have to know). Writes tokens/s, requests/s and latency per run, the ratios, and the command line.
+have to know). The front and client-named runs alternate at each level, --rounds times each (default 2), and
+each level's tokens/s is the mean of its rounds: run one after the other (as before 2026-12-04), whichever
+went second had the engine warmed up by the first and another minute of this shared machine. Writes tokens/s, requests/s and latency per run, the ratios, and the command line.
 """
 
 from __future__ import annotations
@@ -114,6 +116,27 @@ def bodies(rows, n: int, model_of) -> list[dict]:
              "temperature": 0, "ignore_eos": True} for task, prompt in (rows * (n // len(rows) + 1))[:n]]
 
 
+def interleaved(front_url: str, engine_url: str, rows, adapters: dict, rounds: int) -> tuple[dict, dict]:
+    """Per level, ``rounds`` alternations of the front (``model=auto``) and the engine with the adapter named;
+    returns both runs' levels, each with its rounds and their mean tokens/s (``tokens_per_s``)."""
+    for url, model_of in ((front_url, lambda task: "auto"), (engine_url, lambda task: adapters[task])):
+        asyncio.run(load(url, bodies(rows, 4, model_of), 4))  # warm-up, not counted
+    out: tuple[dict, dict] = ({}, {})
+    for concurrency, n in LEVELS.items():
+        runs: tuple[list, list] = ([], [])
+        for _ in range(rounds):
+            for side, (url, model_of) in enumerate(((front_url, lambda task: "auto"),
+                                                    (engine_url, lambda task: adapters[task]))):
+                runs[side].append(asyncio.run(load(url, bodies(rows, n, model_of), concurrency)))
+                print(url, runs[side][-1], flush=True)
+        for side in (0, 1):
+            first = runs[side][0]
+            out[side][str(concurrency)] = {**first, "tokens_per_s": round(statistics.fmean(r["tokens_per_s"] for r in
+                                                                                          runs[side]), 2),
+                                           "rounds": runs[side]}
+    return out
+
+
 def run_levels(url: str, rows, model_of) -> dict:
     asyncio.run(load(url, bodies(rows, 4, model_of), 4))  # warm-up, not counted
     out = {}
@@ -127,6 +150,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=RUNS / "model")
     parser.add_argument("--vllm-python", default=str(REPO / ".venv-vllm" / "bin" / "python"))
+    parser.add_argument("--rounds", type=int, default=2, help="alternations of front and client-named per level")
     parser.add_argument("--vllm-arg", action="append", default=[], help="passed on to vLLM (repeat)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
@@ -147,8 +171,11 @@ def main(argv=None) -> None:
         adapters = {m["id"].split("@")[0]: m["id"] for m in httpx.get(engine + "/v1/models").json()["data"]
                     if "@" in m["id"]}
         record["adapters"] = adapters
-        record["runs"]["front_vllm"] = run_levels(url, rows, lambda task: "auto")
-        record["runs"]["vllm_client_named"] = run_levels(engine, rows, lambda task: adapters[task])
+        # interleaved per level, twice each (front, client-named, front, client-named): neither path gets the
+        # engine's warm-up or a quieter minute of the machine to itself; each level's figure is the mean of its two
+        front, named = interleaved(url, engine, rows, adapters, args.rounds)
+        record["runs"]["front_vllm"], record["runs"]["vllm_client_named"] = front, named
+        record["rounds"] = args.rounds
     finally:
         front.send_signal(signal.SIGTERM)
         front.wait(timeout=120)
