@@ -723,6 +723,25 @@ def serve_report(out: Path) -> str:
                 lines.append(f"| {names.get(key, key)} | {c} | {r['requests']} | {r['failed']} | {r['tokens_per_s']:.1f} | "
                              f"{r['requests_per_s']:.2f} | {r['p50_s']:.2f} | {r['p95_s']:.2f} |")
         lines += ["", "Ratios of tokens/s: " + ", ".join(f"{k} {v:.2f}" for k, v in d["ratios"].items()), ""]
+        if d.get("rounds"):
+            lines += [f"The front and client-named runs alternated at each level, {d['rounds']} rounds each; tokens/s "
+                      "is the mean of the rounds (requests/s and latencies: the first round).", ""]
+    if (out / "front_memory.json").exists():
+        d = json.loads((out / "front_memory.json").read_text())
+        lines += ["## The routing front without the backbone's weights\n",
+                  "From [front_memory.json](front_memory.json): `slm serve --engine vllm --vllm-url URL` on a directory "
+                  "of two demo tasks, with `$SLM_MODEL_DIR` holding the backbone's config and tokenizer only (no weight "
+                  "files); the engine is a stand-in that answers vLLM's endpoints without a model "
+                  "(`benchmarks/serve/stand_in_engine.py`), so this is the front alone. Whole load: a bare process that "
+                  "loads the same directory with its backbone and answers one prompt with one token.\n",
+                  "| backbone | parameters | ready s | RSS at ready GB | peak RSS GB (after 20 requests) | routed to own "
+                  "task | weight files recreated | whole load RSS GB | command |", "|---|---|---|---|---|---|---|---|---|"]
+        for name, r in d.items():
+            lines.append(f"| {name} | {r['backbone_parameters']:,} | {r['ready_s']} | {r['rss_gb_at_ready']:.3f} | "
+                         f"{r['peak_rss_gb']:.3f} | {r['routed_to_own_task']}/{r['requests']} | "
+                         f"{len(r['weight_files_recreated'])} | {r['whole_load_rss_gb']:.3f} | `{r['command']}` "
+                         f"(commit {r['commit']}) |")
+        lines.append("")
     if (out / "vllm_fidelity.json").exists():
         d = json.loads((out / "vllm_fidelity.json").read_text())
         lines += ["## vLLM's answers against `slm predict`\n",

@@ -11,7 +11,7 @@ answers vLLM's endpoints without a model (benchmarks/serve/stand_in_engine.py), 
 front alone: seconds until `/health` says ok (the adapters exported and loaded into the engine), its resident
 memory then (RSS) and its peak (VmHWM) after 20 routed requests, which tasks they were routed to, and that no
 weight file appeared in the folder. Beside it, for scale, the RSS of a process that loads the same directory
-whole (`scalable_lm.load`). Writes benchmarks/results/serve/front_memory.json.
+whole (`scalable_lm.load`) and answers one prompt with one token (its weights resident). Writes benchmarks/results/serve/front_memory.json.
 """
 
 from __future__ import annotations
@@ -86,7 +86,8 @@ def directory(backbone: str, rows: int) -> Path:
 
 
 def whole_load_rss(model: Path) -> int:
-    code = ("import scalable_lm, sys; m = scalable_lm.load(sys.argv[1]); "
+    # one short answer first: the weight file is mapped, and only a forward makes its pages resident
+    code = ("import scalable_lm, sys; m = scalable_lm.load(sys.argv[1]); m.max_new_tokens = 1; m.predict(['Hello']); "
             "print([l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].split()[1])")
     done = subprocess.run([sys.executable, "-c", code, str(model)], check=True, capture_output=True, text=True, cwd=REPO)
     return int(done.stdout.split()[-1]) * 1024

@@ -173,8 +173,8 @@ def main(argv=None) -> None:
         record["adapters"] = adapters
         # interleaved per level, twice each (front, client-named, front, client-named): neither path gets the
         # engine's warm-up or a quieter minute of the machine to itself; each level's figure is the mean of its two
-        front, named = interleaved(url, engine, rows, adapters, args.rounds)
-        record["runs"]["front_vllm"], record["runs"]["vllm_client_named"] = front, named
+        through_front, named = interleaved(url, engine, rows, adapters, args.rounds)
+        record["runs"]["front_vllm"], record["runs"]["vllm_client_named"] = through_front, named
         record["rounds"] = args.rounds
     finally:
         front.send_signal(signal.SIGTERM)

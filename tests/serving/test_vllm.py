@@ -316,3 +316,27 @@ def test_no_vllm_is_one_clear_line_at_start(tmp_path, capsys, lm_tokenizer):
     code = cli.main(["serve", "--engine", "vllm", "--model", str(tmp_path / "gen"), "--vllm-python", sys.executable])
     err = capsys.readouterr().err
     assert code == cli.EXIT_ERROR and err.count("\n") == 1 and "no vLLM in" in err and "make vllm" in err, err
+
+
+def test_a_front_whose_engine_holds_the_model_routes_on_one_torch_thread(tmp_path):
+    """The front's torch work is one encoder pass per request; a team of OpenMP threads spinning after each pass
+    took the cores of the vLLM worker (measured: benchmarks/results/serve), so the vLLM engine uses one."""
+    import asyncio
+
+    import torch
+
+    from scalable_lm.serving.vllm import VLLMEngine
+    from scalable_lm.serving.watcher import ModelWatcher
+
+    before = torch.get_num_threads()
+    try:
+        async def run():
+            engine = VLLMEngine(ModelWatcher(tmp_path, interval=0), ["http://127.0.0.1:9"], state_dir=tmp_path / "s")
+            engine.start()
+            threads = torch.get_num_threads()
+            await engine.stop()
+            return threads
+
+        assert asyncio.run(run()) == 1
+    finally:
+        torch.set_num_threads(before)

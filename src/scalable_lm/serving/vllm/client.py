@@ -48,6 +48,7 @@ from scalable_lm.serving.vllm.child import (BASE_NAME, MAX_FAILED_STARTS, VLLMCh
 from scalable_lm.serving.watcher import Loaded, ModelWatcher
 
 log = logging.getLogger("scalable_lm.serve")
+FRONT_THREADS = 1  # torch threads of a front whose engine holds the model (VLLMEngine.start)
 
 
 class _Upstream:
@@ -99,6 +100,12 @@ class VLLMEngine:
 
     # ---- lifecycle ----------------------------------------------------------------------------------
     def start(self) -> None:
+        import torch
+
+        # The front's own torch work is one query-encoder pass per request (milliseconds). With a team of threads,
+        # OpenMP keeps them spinning after each pass on the cores the engine computes on (vLLM-CPU pins its worker
+        # to one): one thread routes as fast and leaves those cores to the engine.
+        torch.set_num_threads(FRONT_THREADS)
         self._loop = asyncio.get_running_loop()
         self._client = httpx.AsyncClient(timeout=httpx.Timeout(30.0, read=None))
         self._task = asyncio.create_task(self._supervise())
