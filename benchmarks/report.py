@@ -733,13 +733,16 @@ def serve_report(out: Path) -> str:
                   "of two demo tasks, with `$SLM_MODEL_DIR` holding the backbone's config and tokenizer only (no weight "
                   "files); the engine is a stand-in that answers vLLM's endpoints without a model "
                   "(`benchmarks/serve/stand_in_engine.py`), so this is the front alone. Whole load: a bare process that "
-                  "loads the same directory with its backbone and answers one prompt with one token.\n",
+                  "loads the same directory with its backbone (`scalable_lm.load`), and where the record says so answers "
+                  "one prompt with one token first; without that, the mapped weight file is not all resident, so that "
+                  "figure understates the whole model's memory.\n",
                   "| backbone | parameters | ready s | RSS at ready GB | peak RSS GB (after 20 requests) | routed to own "
                   "task | weight files recreated | whole load RSS GB | command |", "|---|---|---|---|---|---|---|---|---|"]
         for name, r in d.items():
             lines.append(f"| {name} | {r['backbone_parameters']:,} | {r['ready_s']} | {r['rss_gb_at_ready']:.3f} | "
                          f"{r['peak_rss_gb']:.3f} | {r['routed_to_own_task']}/{r['requests']} | "
-                         f"{len(r['weight_files_recreated'])} | {r['whole_load_rss_gb']:.3f} | `{r['command']}` "
+                         f"{len(r['weight_files_recreated'])} | {r['whole_load_rss_gb']:.3f} "
+                         f"({'after one token' if r.get('whole_load') else 'load only'}) | `{r['command']}` "
                          f"(commit {r['commit']}) |")
         lines.append("")
     if (out / "vllm_fidelity.json").exists():
