@@ -251,6 +251,19 @@ def _peft_sequence_classifier(tokenizer, task, num_labels=2, steps=30, id2label=
     return model.eval()
 
 
+def _answers_as_peft(slm, model, tokenizer, texts):
+    """``slm.predict(texts)`` with no task named: every text routed to 'weather' and answered with the PEFT
+    sequence classifier ``model``'s label and confidence. Returns the predictions."""
+    batch = tokenizer(texts, padding=True, truncation=True, max_length=24, return_tensors="pt")
+    with torch.no_grad():
+        reference = torch.softmax(model(**batch).logits, dim=-1)
+    preds = slm.predict(texts)
+    assert [p.task for p in preds] == ["weather"] * len(texts)
+    assert [p.label for p in preds] == [["cold", "warm"][i] for i in reference.argmax(-1).tolist()]
+    assert [p.confidence for p in preds] == pytest.approx(reference.max(-1).values.tolist(), abs=1e-5)
+    return preds
+
+
 def test_peft_sequence_classifier_imports_and_answers_as_peft(make_slm, toy_stream, tokenizer, tmp_path):
     """Issue 38: a LoRA trained with PEFT's SEQ_CLS recipe, saved the standard way, imports as it is."""
     slm = make_slm()
@@ -273,13 +286,7 @@ def test_peft_sequence_classifier_imports_and_answers_as_peft(make_slm, toy_stre
     assert report["label_names"] == ["cold", "warm"] and report["labels_from"].endswith("config.json")
     back = load(tmp_path / "m")
     texts = [x for x, _ in weather.test]
-    batch = tokenizer(texts, padding=True, truncation=True, max_length=24, return_tensors="pt")
-    with torch.no_grad():
-        reference = torch.softmax(model(**batch).logits, dim=-1)
-    preds = back.predict(texts)  # no task named
-    assert [p.task for p in preds] == ["weather"] * len(texts)
-    assert [p.label for p in preds] == [["cold", "warm"][i] for i in reference.argmax(-1).tolist()]
-    assert [p.confidence for p in preds] == pytest.approx(reference.max(-1).values.tolist(), abs=1e-5)
+    preds = _answers_as_peft(back, model, tokenizer, texts)
     # the other tasks: tensors bit-identical, answers unchanged
     for name, state in old_state.items():
         after = back.task_state(name)
@@ -403,13 +410,7 @@ def test_a_peft_adapter_on_every_block_imports_into_a_shared_prefix_directory(ma
     back = load(tmp_path / "m")
     assert back.deep_tasks() == [2] and any(name.startswith("values.below.") for name in back.task_state("weather"))
     texts = [x for x, _ in weather.test]
-    batch = tokenizer(texts, padding=True, truncation=True, max_length=24, return_tensors="pt")
-    with torch.no_grad():
-        reference = torch.softmax(model(**batch).logits, dim=-1)
-    preds = back.predict(texts)  # no task named
-    assert [p.task for p in preds] == ["weather"] * len(texts)
-    assert [p.label for p in preds] == [["cold", "warm"][i] for i in reference.argmax(-1).tolist()]
-    assert [p.confidence for p in preds] == pytest.approx(reference.max(-1).values.tolist(), abs=1e-5)
+    preds = _answers_as_peft(back, model, tokenizer, texts)
     mixed = back.predict(old_texts + texts)  # one batch of both: the second pass touches the weather rows only
     assert [(p.label, p.task) for p in mixed[:len(old_texts)]] == [b[:2] for b in before]
     assert [p.confidence for p in mixed[:len(old_texts)]] == pytest.approx([b[2] for b in before], abs=1e-6)

