@@ -1,7 +1,7 @@
 """The routing front without the backbone's weights: start time and memory of `slm serve --engine vllm`.
 
 Usage:
-    python benchmarks/serve/front_memory.py [--backbone smollm2 gemma3] [--rows 40]
+    python benchmarks/serve/front_memory.py [--backbone smollm2 gemma3] [--rows 40] [--encoder shared-l4]
 
 For each backbone: a generative directory of two demo tasks (`slm demo --instructions` data, --rows training
 rows each, one epoch; kept in runs/front/<backbone> and reused), then the front is started as a user would
@@ -10,7 +10,9 @@ backbone's folder that holds its config and tokenizer only (no weight files). It
 answers vLLM's endpoints without a model (benchmarks/serve/stand_in_engine.py), so what is measured is the
 front alone: seconds until `/health` says ok (the adapters exported and loaded into the engine), its resident
 memory then (RSS) and its peak (VmHWM) after 20 routed requests, which tasks they were routed to, and that no
-weight file appeared in the folder. Beside it, for scale, the RSS of a process that loads the same directory
+weight file appeared in the folder. With `--encoder shared-lN` (a directory whose query is read from the backbone's
+own block N) the folder keeps its weight files, as the front reads those N blocks (and the embeddings) and no
+more: the record (`BACKBONE+shared-lN`) shows what that costs. Beside it, for scale, the RSS of a process that loads the same directory
 whole (`scalable_lm.load`) and answers one prompt with one token (its weights resident). Writes benchmarks/results/serve/front_memory.json.
 """
 
@@ -72,8 +74,8 @@ def _wait(url: str, proc: subprocess.Popen, seconds: float = 900) -> float:
     raise RuntimeError(f"{url} not ready after {seconds} s")
 
 
-def directory(backbone: str, rows: int) -> Path:
-    data, model = RUNS / "data", RUNS / backbone
+def directory(backbone: str, rows: int, encoder: str | None = None) -> Path:
+    data, model = RUNS / "data", RUNS / (backbone + (f"-{encoder}" if encoder else ""))
     if not (data / TASKS[0] / "train.jsonl").exists():
         _slm("demo", "--write-data", data, "--instructions")
     manifest = model / "manifest.json"
@@ -81,7 +83,7 @@ def directory(backbone: str, rows: int) -> Path:
     for task in TASKS:
         if task not in have:
             _slm("learn", "--model", model, "--task", task, "--data", data / task / "train.jsonl", "--backbone",
-                 backbone, "--max-train", rows, "--epochs", 1)
+                 backbone, "--max-train", rows, "--epochs", 1, *(["--encoder", encoder] if encoder else []))
     return model
 
 
@@ -93,15 +95,17 @@ def whole_load_rss(model: Path) -> int:
     return int(done.stdout.split()[-1]) * 1024
 
 
-def measure(backbone: str, rows: int) -> dict:
+def measure(backbone: str, rows: int, encoder: str | None = None) -> dict:
     import httpx
 
     from scalable_lm import backbones
 
-    model = directory(backbone, rows)
+    model = directory(backbone, rows, encoder)
     folder = Path(backbones.resolve(backbone))
     light = Path(tempfile.mkdtemp(prefix="front-models-"))
-    shutil.copytree(folder, light / folder.name, ignore=shutil.ignore_patterns("*.safetensors", "*.bin", "*.gguf"))
+    shared = bool(encoder and encoder.startswith("shared-l"))  # the front reads the first blocks: weights stay
+    shutil.copytree(folder, light / folder.name,
+                    ignore=None if shared else shutil.ignore_patterns("*.safetensors", "*.bin", "*.gguf"))
     env = {**os.environ, "SLM_MODEL_DIR": str(light), "SLM_CACHE_DIR": str(light / "cache")}
     engine_port, front_port = _port(), _port()
     engine = subprocess.Popen([sys.executable, str(REPO / "benchmarks" / "serve" / "stand_in_engine.py"),
@@ -138,11 +142,13 @@ def measure(backbone: str, rows: int) -> dict:
         engine.wait(timeout=30)
     recreated = sorted(p.name for p in (light / folder.name).glob("*") if p.suffix in (".safetensors", ".bin"))
     shutil.rmtree(light, ignore_errors=True)
-    return {"backbone": backbone, "backbone_parameters": backbones.parameter_count(backbone), "tasks": list(TASKS),
+    files = ({"weight_files": "present: the front reads the first blocks"} if shared
+             else {"weight_files_recreated": recreated})
+    return {"backbone": backbone, "encoder": encoder or "the default (minilm-l4)",
+            "backbone_parameters": backbones.parameter_count(backbone), "tasks": list(TASKS),
             "train_rows_per_task": rows, "ready_s": round(ready_s, 1), "rss_gb_at_ready": round(at_ready["VmRSS"] / 1e9, 3),
             "rss_gb_after_requests": round(after["VmRSS"] / 1e9, 3), "peak_rss_gb": round(after["VmHWM"] / 1e9, 3),
-            "requests": len(routed), "routed_to_own_task": sum(routed), "exit_code_after_sigterm": code,
-            "weight_files_recreated": recreated,
+            "requests": len(routed), "routed_to_own_task": sum(routed), "exit_code_after_sigterm": code, **files,
             "whole_load_rss_gb": round(whole_load_rss(model) / 1e9, 3),
             "whole_load": "scalable_lm.load, then one prompt answered with one token"}
 
@@ -151,14 +157,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", nargs="+", default=["smollm2"])
     parser.add_argument("--rows", type=int, default=40, help="training rows per task")
+    parser.add_argument("--encoder", default=None,
+                        help="the directories' query encoder (default: slm learn's); e.g. shared-l4")
     args = parser.parse_args()
     results = json.loads(OUT.read_text()) if OUT.exists() else {}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
     for backbone in args.backbone:
-        record = measure(backbone, args.rows)
+        record = measure(backbone, args.rows, args.encoder)
         record.update(command="python benchmarks/serve/front_memory.py " + " ".join(sys.argv[1:]), commit=commit,
                       date=time.strftime("%Y-%m-%d"), engine="stand-in (benchmarks/serve/stand_in_engine.py)")
-        results[backbone] = record
+        results[backbone + (f"+{args.encoder}" if args.encoder else "")] = record
         OUT.write_text(json.dumps(results, indent=2) + "\n")
         print(json.dumps(record, indent=2), flush=True)
 

@@ -408,15 +408,20 @@ def _generator_tokenizer(name: str, path: str):
     return tokenizer
 
 
-def load_generator(name: str, weights: bool = True) -> tuple[nn.Module, object]:
+def load_generator(name: str, weights: bool = True, blocks: int = 0) -> tuple[nn.Module, object]:
     """A causal LM, or an encoder-decoder (``AutoModelForSeq2SeqLM``) when the model's config says so.
 
     ``weights=False``: the model is built from its config on the meta device (no weights read, no memory
     taken, none needed on disk: the folder's config, generation config and tokenizer suffice), for a routing
-    front whose engine holds the model (``store.load(..., router_only=True)``).
+    front whose engine holds the model (``store.load(..., router_only=True)``). With ``blocks=N`` as well, the
+    first N blocks and what runs before them (embeddings, rotary tables) are read and real: the query of a
+    ``shared-lN`` directory is computed on them; every block above stays on the meta device.
     """
     if not weights:
-        return _skeleton(name)
+        model, tokenizer = _skeleton(name)
+        if blocks:
+            _graft_prefix(model, name, blocks)
+        return model, tokenizer
     if name not in GGUF:
         from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
 
@@ -454,10 +459,48 @@ def _skeleton(name: str) -> tuple[nn.Module, object]:
     return model, tokenizer
 
 
+def _graft_prefix(model: nn.Module, name: str, blocks: int) -> None:
+    """Put real weights into the skeleton ``model``'s first ``blocks`` blocks and the modules beside its block stack
+    (embeddings, rotary tables, final norm), read from a copy of the model built with ``blocks`` blocks only
+    (``from_pretrained`` reads just those tensors of the weight files); the other blocks stay on the meta device."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    from scalable_lm.encoder import layer_stack
+
+    path = resolve(name)
+    config = AutoConfig.from_pretrained(path)
+    config.num_hidden_layers = blocks
+    if isinstance(getattr(config, "layer_types", None), list):  # Gemma 3, Qwen 2: one attention kind per block
+        config.layer_types = config.layer_types[:blocks]
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # it would list every weight of the blocks left out as "not used"
+    try:
+        prefix = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=torch.float32)
+    except OSError as err:
+        raise RuntimeError(f"cannot read the first {blocks} blocks of model '{name}' ({path}): {err}") from err
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    prefix.eval().requires_grad_(False)
+    stack_name, stack = layer_stack(model)
+    _, real = layer_stack(prefix)
+    for i in range(blocks):
+        stack[i] = real[i]
+    owner, real_owner = (m.get_submodule(stack_name.rpartition(".")[0]) for m in (model, prefix))
+    for child, module in real_owner.named_children():
+        if module is not real:
+            setattr(owner, child, module)
+
+
 def is_skeleton(model: nn.Module) -> bool:
-    """Whether ``model`` was built without weights (``load_generator(..., weights=False)``)."""
-    first = next(model.parameters(), None)
-    return first is not None and first.is_meta
+    """Whether ``model`` was built without (all its) weights (``load_generator(..., weights=False)``)."""
+    return any(p.is_meta for p in model.parameters())
+
+
+def move_loaded(model: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+    """``model.to(device, dtype)`` for the tensors that hold data; those of a skeleton's meta part stay (``.to``
+    cannot copy a meta tensor)."""
+    model._apply(lambda t: t if t.is_meta else t.to(device=device, dtype=dtype if t.is_floating_point() else None))
 
 
 # What a fingerprint hashes besides the embeddings: the architecture, named field by field. Version 1 hashed

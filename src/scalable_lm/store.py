@@ -477,12 +477,13 @@ def check_identity(manifest: dict, identity: dict, directory: Path, modules: dic
 def load(directory: str | Path, backbone=None, encoder=None, device="auto", dtype="float32", router_only: bool = False):
     """Rebuild an SLM from a model directory, verifying identity and the checksum of every file it reads.
 
-    ``router_only`` (a generative directory with a separate query encoder): what a routing front needs and no
+    ``router_only`` (a generative directory): what a routing front needs and no
     more: the manifest, the index, the query encoder, the tokenizer and chat template; the backbone is built on
     the meta device (no weights read, none needed on disk) and task files are mapped, read only when a task is
     first routed to or exported. Its backbone is checked by name (the engine holds the weights). Such a model
-    routes (``route_rows``) and exports tasks, but cannot generate or be saved. A classifier, or a directory
-    whose query is read from the backbone's own blocks (``shared-lN``), is loaded whole.
+    routes (``route_rows``) and exports tasks, but cannot generate or be saved. A directory whose query is read
+    from the backbone's own blocks (``shared-lN``) reads those N blocks (and the embeddings) and no more. A
+    classifier is loaded whole.
 
     With an index (format ``scalable-lm/2``) the task files are mapped, not read: each is verified when a
     route first uses its task (module docstring). Without one, every task file is verified and read.
@@ -505,16 +506,11 @@ def load(directory: str | Path, backbone=None, encoder=None, device="auto", dtyp
     device, dtype = resolve_device(device), resolve_dtype(dtype)  # a device not here: its own clear error
     generative = manifest.get("kind", "classifier") == "generative"
     if router_only and generative and backbone is None:
+        from scalable_lm.backbones import load_generator
         from scalable_lm.encoder import shared_prefix_depth
 
-        if shared_prefix_depth(config.model.encoder) is None:
-            from scalable_lm.backbones import load_generator
-
-            backbone = load_generator(config.model.backbone, weights=False)
-        else:
-            logging.getLogger(__name__).warning(
-                "%s reads its query from the backbone's own blocks (%s): the router loads the whole backbone",
-                directory, config.model.encoder)
+        backbone = load_generator(config.model.backbone, weights=False,
+                                  blocks=shared_prefix_depth(config.model.encoder) or 0)
     try:
         if generative:
             from scalable_lm.methods.generative import GenerativeSLM

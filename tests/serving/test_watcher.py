@@ -71,3 +71,28 @@ def test_the_watcher_of_an_engine_that_holds_the_model_loads_the_router(llm_dir,
     assert next(loaded.slm.backbone_module.parameters()).is_meta
     infos = route(loaded, ["describe it: car truck", "x"], ["vehicle", "base"])[2]
     assert infos[0]["task"] == "vehicle" and infos[1]["fallback"] is False
+
+
+def test_a_router_only_load_of_a_shared_query_reads_the_first_blocks_only(lm_tokenizer, tmp_path):
+    base = tmp_path / "base"
+    tiny_llama().save_pretrained(base)
+    lm_tokenizer.save_pretrained(base)
+    config = tiny_config(router="gaussian", targets=["o_proj"])
+    config.model.backbone, config.model.encoder = str(base), "shared-l1"
+    config.train.epochs, config.train.lr = 2, 2e-2
+    full = GenerativeSLM(config, max_new_tokens=3)
+    for name, answer in (("fruit", "sweet"), ("vehicle", "fast")):
+        full.learn(instruction_task(name, answer), progress=False)
+    store.save(full, tmp_path / "llm")
+    prompts, models = ["describe it: apple banana", "describe it: car truck"], ["auto", "auto"]
+
+    loaded = ModelWatcher(tmp_path / "llm", interval=0, router_only=True).load_now()
+    router, blocks = loaded.slm, loaded.slm.backbone_module.model.layers
+    assert not any(p.is_meta for p in blocks[0].parameters())  # the query's block, read
+    above = [p for name, p in blocks[1].named_parameters() if "lora_" not in name]  # the frozen weights above it
+    assert above and all(p.is_meta for p in above) and loaded.slm.lm.model.lm_head.weight.is_meta
+    assert loaded.request_tokenizer is not router.encoder.tokenizer  # the routing thread tokenizes too
+    assert torch.allclose(router.encoder.encode(prompts), full.encoder.encode(prompts), atol=1e-6)
+    assert router.route_rows(prompts, models)[2] == full.route_rows(prompts, models)[2]
+    with pytest.raises(store.ModelDirError, match="router_only"):
+        store.save(router, tmp_path / "copy")

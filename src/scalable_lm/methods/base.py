@@ -108,13 +108,13 @@ class GrowsByTask:
         router statistics float64 (float32 on MPS). ``None`` keeps the current device or dtype; ``"auto"``
         picks CUDA, then MPS, then CPU. Safe at any time: learned tasks move with the model, unchanged.
         """
-        from scalable_lm.backbones import is_skeleton, remember_fingerprint
+        from scalable_lm.backbones import is_skeleton, move_loaded, remember_fingerprint
         from scalable_lm.core.routers import precise_dtype
         from scalable_lm.device import resolve_device, resolve_dtype
 
         device = resolve_device(device) if device is not None else self.device
         dtype = resolve_dtype(dtype) if dtype is not None else self.dtype
-        skeleton = is_skeleton(self.backbone_module)  # a router-only load: no backbone weights to move
+        skeleton = is_skeleton(self.backbone_module)  # a router-only load: (most) backbone weights absent
         for model in (self.backbone_module, self.encoder.model):  # identities of the weights as loaded
             if not is_skeleton(model):
                 remember_fingerprint(model)
@@ -126,6 +126,8 @@ class GrowsByTask:
             layer.lora_A, layer.lora_B = torch.nn.ParameterList(), torch.nn.ParameterList()
         if not skeleton:
             self.backbone_module.to(device=device, dtype=dtype)
+        else:  # a router-only load: only the parts with weights (a shared query's first blocks) move
+            move_loaded(self.backbone_module, device, dtype)
         for name, layer in self.layers.items():
             layer.lora_A, layer.lora_B = factors[name]
             layer.to_device(device)

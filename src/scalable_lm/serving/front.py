@@ -12,6 +12,7 @@ from __future__ import annotations
 from scalable_lm.serving.protocol import ServeError
 
 AUTO, BASE = "auto", "base"
+CHARS_PER_TOKEN = 32  # a classify input is cut at this many characters per token the model reads, on arrival
 
 
 def route(loaded, texts: list[str], models: list[str]):
@@ -70,3 +71,18 @@ def model_info(loaded, model_id: str) -> dict:
     slm = loaded.slm
     return ({"overlaps": slm.overlaps()} if model_id == AUTO else {} if model_id == BASE
             else {"routing": slm.routing.get(model_id)})
+
+
+def cut_inputs(loaded, texts: list[str]) -> tuple[list[str], list[bool]]:
+    """Classify inputs cut, on arrival, to ``CHARS_PER_TOKEN`` characters per token the model reads (the most of
+    its task and query lengths), and per input whether it was cut: characters far beyond what the model reads
+    never reach a tokenizer."""
+    slm = loaded.slm
+    chars = CHARS_PER_TOKEN * max(slm.config.train.max_length, slm.encoder.max_length)
+    return [t[:chars] for t in texts], [len(t) > chars for t in texts]
+
+
+def request_prompt(loaded, query: str, messages: list[dict] | None) -> list[int]:
+    """``prompt_tokens`` with the bank's request-side tokenizer (``Loaded.request_tokenizer``): the HTTP layer
+    runs this on its one tokenizing thread."""
+    return prompt_tokens(loaded.request_tokenizer, loaded.slm.lm, query, messages)

@@ -1,7 +1,7 @@
 """The serving engine behind ``slm serve``: one model directory, watched and hot-swapped; requests of any
 task gathered into mixed batches, each row routed by its own query.
 
-No web framework here (``server.py`` is the HTTP layer): this module owns
+No web framework here (``serving.http`` is the HTTP layer): this module owns
 
 - ``ModelWatcher``: loads the directory through ``store.load`` (task files verified when first used) and
   polls its manifest; when another process adds (or removes) a task, the new bank is loaded in a
@@ -52,7 +52,7 @@ class Engine:
         max_wait_ms: how long the first request of a batch waits for others.
         max_queue: most requests waiting; more are refused (``QueueFull``).
         max_new_tokens: the largest ``max_tokens`` a request may ask for.
-        metrics: a ``server.Metrics`` (or None).
+        metrics: a ``middleware.Metrics`` (or None).
         chunk_rows: most classify inputs run through the model at once: a request of any length is worked
             through in chunks, so peak memory does not grow with it (and a request whose client has gone
             stops at the next chunk).
@@ -108,6 +108,16 @@ class Engine:
     @property
     def queue_length(self) -> int:
         return len(self._queue)
+
+    # ---- tasks --------------------------------------------------------------------------------------
+    async def load_task(self, loaded: Loaded, task: str) -> str:
+        """Nothing to move (``EngineProtocol.load_task``): this engine answers from the bank itself, which the
+        watcher swaps in whole between batches. Checks that ``loaded`` holds ``task``; its handle is its name."""
+        loaded.check(task)
+        return task
+
+    async def unload_task(self, handle: str) -> None:
+        """Nothing to free: a removed task leaves with the bank it was in."""
 
     # ---- requests -----------------------------------------------------------------------------------
     def check(self, model: str) -> Loaded:

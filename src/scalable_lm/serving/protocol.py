@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+
 class ServeError(Exception):
     """A request the server refuses; ``status`` is the HTTP status, ``kind`` the OpenAI error type."""
 
@@ -88,16 +89,12 @@ class QueueFull(ServeError):
                          kind="rate_limit_error", headers={"Retry-After": str(retry_after)})
 
 
-
-
 def cancelled_error() -> ServeError:
     return ServeError(499, "client closed the request", kind="cancelled")
 
 
 def timeout_error() -> ServeError:
     return ServeError(408, "the request timed out before its answer was complete", kind="timeout")
-
-
 
 
 @runtime_checkable
@@ -113,6 +110,10 @@ class EngineProtocol(Protocol):
     - ``queue_length``: requests waiting or running (``/metrics``).
     - ``status()``: the engine's own health beyond the bank (``/health``), or None; ``startup_error``: why
       it cannot serve at all (None when it can).
+    - ``await load_task(loaded, task)``: make ``task``, as the bank ``loaded`` holds it, answerable by this
+      engine (the vLLM engine exports it as an adapter and loads it into every engine it relays to; the local
+      engine answers from the bank itself and only checks the name); returns the engine's handle of that version
+      of the task. ``await unload_task(handle)``: free a version no served bank uses any more.
     - ``holds_model``: whether this engine needs the front to load the backbone (True for the in-process
       engine); an engine that holds the model elsewhere lets the front load only the router.
     """
@@ -130,6 +131,10 @@ class EngineProtocol(Protocol):
     def check(self, model: str): ...
 
     def submit(self, job: Job) -> Job: ...
+
+    async def load_task(self, loaded, task: str) -> str: ...
+
+    async def unload_task(self, handle: str) -> None: ...
 
     @property
     def queue_length(self) -> int: ...

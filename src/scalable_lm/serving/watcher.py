@@ -131,10 +131,12 @@ class ModelWatcher:
         kind = store.kind_of(slm)
         lm = getattr(slm, "lm", None)
         tokenizer = lm.tokenizer if lm is not None else getattr(getattr(slm, "classifier", None), "tokenizer", None)
-        if tokenizer is not None and not is_skeleton(slm.backbone_module):
+        shared = getattr(getattr(slm, "encoder", None), "tokenizer", None) is tokenizer
+        if tokenizer is not None and (shared or not is_skeleton(slm.backbone_module)):
             # the batch thread uses the model's tokenizer: the request thread gets its own (a fast tokenizer must
             # not be used from two threads at once). A router-only model never tokenizes in a batch thread (its
-            # engine does), so its tokenizer is the request thread's alone: no copy (Gemma 3's is large).
+            # engine does), so its tokenizer is the request thread's alone (no copy: Gemma 3's is large), unless
+            # its query is read from the backbone's blocks (``shared-lN``: the routing thread tokenizes too).
             tokenizer = copy.deepcopy(tokenizer)
         return Loaded(slm, kind, list(slm.task_names), sha, self._generation, request_tokenizer=tokenizer)
 

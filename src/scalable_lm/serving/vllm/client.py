@@ -62,14 +62,14 @@ class _Upstream:
 
 
 class VLLMEngine:
-    """The vLLM engine behind the routing front; the interface ``server.py`` uses of ``serving.Engine``.
+    """The vLLM engine behind the routing front (``protocol.EngineProtocol``).
 
     Args:
         watcher: the model directory (``ModelWatcher``; generative models only).
         urls: vLLM OpenAI servers to use; empty: start one (``python``, ``vllm_args``).
         state_dir: where adapters are exported (and the child's log written).
         max_queue: most requests in flight; more get 429.
-        metrics: a ``server.Metrics`` (or None).
+        metrics: a ``middleware.Metrics`` (or None).
         startup_timeout: seconds to wait for a started vLLM to answer ``/health``.
     """
 
@@ -88,6 +88,7 @@ class VLLMEngine:
         self.child: VLLMChild | None = None
         self.serving: Loaded | None = None  # the bank whose adapters every healthy engine holds
         self.adapters: dict[str, str] = {}  # task -> adapter name, for ``serving``
+        self._names: dict[tuple[int, str], str] = {}  # (bank generation, task) -> its adapter's name
         self.running = 0
         self.queue_length = 0  # requests are never queued here: vLLM schedules them
         self.startup_error: str | None = None
@@ -206,51 +207,62 @@ class VLLMEngine:
         await asyncio.gather(*(one(up) for up in self.upstreams))
 
     async def _sync(self) -> None:
-        """Export the newest bank's adapters, load them into every healthy engine, unload the ones no task uses,
-        and serve the newest bank once every healthy engine holds all of its adapters."""
+        """Load the newest bank's tasks into every healthy engine (``load_task``), serve that bank once every
+        healthy engine holds all of its adapters, then unload the adapters no task uses (``unload_task``)."""
         newest = self.watcher.pending or self.watcher.current
         if newest is None:
             return
         if newest.kind != "generative":
             self.startup_error = "vLLM serves generative models; this directory is a classifier"
             return
-        if self.serving is None or newest.generation != self.serving.generation:
-            wanted = await asyncio.get_running_loop().run_in_executor(self._pool, self._export, newest)
-        else:
-            wanted = self.adapters
+        wanted = {task: await self.load_task(newest, task) for task in newest.tasks}
         healthy = [up for up in self.upstreams if up.healthy]
-        for up in healthy:
-            for name in sorted(set(wanted.values()) - up.adapters):
-                await self._adapter(up, "load", name)
         if healthy and all(set(wanted.values()) <= up.adapters for up in healthy):
             if self.serving is None or newest.generation != self.serving.generation:
                 if self.watcher.pending is newest:
                     self.watcher.take()
                 log.info("serving tasks %s through vLLM (%d engine(s))", newest.tasks, len(healthy))
                 self.serving, self.adapters = newest, wanted
-            for up in healthy:  # only once no served task needs them
-                for name in sorted(up.adapters - set(wanted.values())):
-                    await self._adapter(up, "unload", name)
+                self._names = {key: name for key, name in self._names.items() if key[0] == newest.generation}
+            for name in sorted(set().union(*(up.adapters for up in healthy)) - set(wanted.values())):
+                await self.unload_task(name)  # only once no served task needs it
 
-    def _export(self, loaded: Loaded) -> dict[str, str]:
-        """Each task of ``loaded`` as an adapter folder under ``state_dir/adapters`` (kept while named)."""
+    async def load_task(self, loaded: Loaded, task: str) -> str:
+        """``EngineProtocol.load_task``: export ``task`` as ``loaded`` holds it as a PEFT LoRA adapter (once per
+        version: named by the task and a hash of its tensors) and load it into every healthy engine that lacks
+        it. Returns the adapter's name."""
+        key = (loaded.generation, task)
+        if key not in self._names:
+            self._names[key] = await asyncio.get_running_loop().run_in_executor(self._pool, self._export,
+                                                                                loaded, task)
+        name = self._names[key]
+        for up in self.upstreams:
+            if up.healthy and name not in up.adapters:
+                await self._adapter(up, "load", name)
+        return name
+
+    async def unload_task(self, handle: str) -> None:
+        """``EngineProtocol.unload_task``: unload adapter ``handle`` from every healthy engine holding it."""
+        for up in self.upstreams:
+            if up.healthy and handle in up.adapters:
+                await self._adapter(up, "unload", handle)
+
+    def _export(self, loaded: Loaded, task: str) -> str:
+        """``task`` of ``loaded`` as an adapter folder under ``state_dir/adapters`` (kept while named); its name."""
         from scalable_lm.sharing import export_task
 
-        out: dict[str, str] = {}
         (self.state_dir / "adapters").mkdir(parents=True, exist_ok=True)
-        for task in loaded.tasks:
-            state = loaded.slm.task_state(task)
-            digest = hashlib.sha256()
-            for key in sorted(k for k in state if k.startswith(("values.", "stats.", "keys"))):
-                digest.update(key.encode())
-                digest.update(state[key].detach().cpu().contiguous().numpy().tobytes())
-            name = f"{task}@{digest.hexdigest()[:12]}"
-            folder = self._folder(name)
-            if not (folder / "adapter_model.safetensors").exists():
-                shutil.rmtree(folder, ignore_errors=True)
-                export_task(self.watcher.directory, task, folder, slm=loaded.slm)
-            out[task] = name
-        return out
+        state = loaded.slm.task_state(task)
+        digest = hashlib.sha256()
+        for key in sorted(k for k in state if k.startswith(("values.", "stats.", "keys"))):
+            digest.update(key.encode())
+            digest.update(state[key].detach().cpu().contiguous().numpy().tobytes())
+        name = f"{task}@{digest.hexdigest()[:12]}"
+        folder = self._folder(name)
+        if not (folder / "adapter_model.safetensors").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            export_task(self.watcher.directory, task, folder, slm=loaded.slm)
+        return name
 
     def _folder(self, name: str) -> Path:
         """Where adapter ``name`` is exported (``_export``) and read from by the engines."""
