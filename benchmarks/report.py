@@ -736,12 +736,18 @@ def serve_report(out: Path) -> str:
                   "loads the same directory with its backbone (`scalable_lm.load`), and where the record says so answers "
                   "one prompt with one token first; without that, the mapped weight file is not all resident, so that "
                   "figure understates the whole model's memory.\n",
-                  "| backbone | parameters | ready s | RSS at ready GB | peak RSS GB (after 20 requests) | routed to own "
-                  "task | weight files recreated | whole load RSS GB | command |", "|---|---|---|---|---|---|---|---|---|"]
+                  "A directory whose query is read from the backbone's own block N (`--encoder shared-lN`) keeps the "
+                  "weight files: its front reads those N blocks and the embeddings, no more.\n",
+                  "| backbone | query encoder | parameters | ready s | RSS at ready GB | peak RSS GB (after 20 requests) | "
+                  "routed to own task | weight files recreated | whole load RSS GB | command |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for name, r in d.items():
-            lines.append(f"| {name} | {r['backbone_parameters']:,} | {r['ready_s']} | {r['rss_gb_at_ready']:.3f} | "
+            recreated = (len(r["weight_files_recreated"]) if "weight_files_recreated" in r
+                         else "(kept: first blocks read)")
+            lines.append(f"| {r['backbone']} | {r.get('encoder', 'the default (minilm-l4)')} | "
+                         f"{r['backbone_parameters']:,} | {r['ready_s']} | {r['rss_gb_at_ready']:.3f} | "
                          f"{r['peak_rss_gb']:.3f} | {r['routed_to_own_task']}/{r['requests']} | "
-                         f"{len(r['weight_files_recreated'])} | {r['whole_load_rss_gb']:.3f} "
+                         f"{recreated} | {r['whole_load_rss_gb']:.3f} "
                          f"({'after one token' if r.get('whole_load') else 'load only'}) | `{r['command']}` "
                          f"(commit {r['commit']}) |")
         lines.append("")

@@ -9,10 +9,12 @@
                                         ▲
                           watcher.py: the model directory, watched and hot-swapped
 
-- ``http``: FastAPI app (``create_app``, ``run``): parsing, limits, auth, SSE, OpenAI JSON; calls the front and
-  the engine's protocol only.
+- ``http``: FastAPI app (``create_app``, ``run``; one ``Routes`` method per endpoint): calls the front and the
+  engine's protocol only. Its parts: ``bodies`` (request bodies, text checks), ``middleware`` (API key, body
+  limits, Prometheus metrics), ``replies`` (OpenAI JSON, server-sent events), ``launch`` (uvicorn).
 - ``front``: the one place that routes a request and builds the ``slm`` block of its reply.
-- ``protocol``: ``Job``, ``ServeError``, ``QueueFull`` and ``EngineProtocol``.
+- ``protocol``: ``Job``, ``ServeError``, ``QueueFull`` and ``EngineProtocol`` (start, stop, health, check,
+  submit, load and unload a task).
 - ``watcher``: ``ModelWatcher`` and ``Loaded``; a router-only load for engines that hold the model.
 - ``local``: the in-process batcher (``Engine``); ``vllm``: ``VLLMEngine`` and the vLLM child process.
 - ``engines``: ``ENGINES``, the registry the CLI reads its ``--engine`` choices from.
