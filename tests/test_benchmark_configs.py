@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from scalable_lm.config import SLMConfig
+from tests.methods.test_generative import lm_tokenizer  # noqa: F401 - a fixture
 
 ROOT = Path(__file__).resolve().parents[1] / "benchmarks"
 CONFIGS = sorted((ROOT / "configs").rglob("*.json"))
@@ -19,7 +20,8 @@ def test_config_parses(path):
 
     cfg = json.loads(path.read_text())
     generative = ("slm", "oracle", "base", "sequential-lora", "replay", "o-lora", "arrow", "gainlora", "osf", "multitask")
-    methods = generative if cfg["benchmark"].startswith(("instruct3", "fewshot_smollm2", "mmlu_check", "standard_cl")) else METHODS
+    methods = generative if cfg["benchmark"].startswith(("instruct3", "fewshot_smollm2", "mmlu_check", "standard_cl",
+                                                                  "long_sequence")) else METHODS
     assert cfg["method"] in methods and cfg["order"] and (cfg.get("train_per_class") or cfg["train_per_task"] > 0)
     base = SLMConfig().to_dict()
     for section, values in cfg.get("config", {}).items():
@@ -415,3 +417,58 @@ def test_the_gpu_script_checks_its_arguments_and_shows_its_steps_without_a_gpu()
     assert bad.returncode == 2 and "--skip takes tests, learn or serve" in bad.stderr
     unknown = subprocess.run([str(script), "--fast"], capture_output=True, text=True)
     assert unknown.returncode == 2 and "unknown argument '--fast'" in unknown.stderr
+
+
+def test_long_sequence_tasks_use_olora_words_and_hold_out_rows_where_no_test_split(tmp_path):
+    sys.path.insert(0, str(ROOT / "instruct"))
+    from tasks import LONG_BUILDERS, LONG_ORDERS
+
+    assert all(sorted(order) == sorted(LONG_BUILDERS) for order in LONG_ORDERS.values()) and len(LONG_BUILDERS) == 15
+    (tmp_path / "sst2").mkdir()
+    (tmp_path / "imdb").mkdir()
+    rows = "".join(json.dumps({"text": f"film {i}", "label": i % 2, "label_name": ["negative", "positive"][i % 2]}) + "\n"
+                   for i in range(600))
+    for name in ("sst2", "imdb"):
+        (tmp_path / name / "train.jsonl").write_text(rows)
+    (tmp_path / "sst2" / "test.jsonl").write_text(rows)
+    sst2 = LONG_BUILDERS["sst2"](tmp_path, 10, 5, 0)
+    assert {gold for _, gold in sst2.train} <= {"Bad", "Good"} and "Option: Bad, Good." in sst2.train[0][0]
+    imdb = LONG_BUILDERS["imdb"](tmp_path, 50, 20, 0)
+    assert len(imdb.test) == 20 and not {p for p, _ in imdb.train} & {p for p, _ in imdb.test}
+    other_seed = LONG_BUILDERS["imdb"](tmp_path, None, None, 1)  # the held-out rows do not move with the seed
+    assert len(other_seed.test) == 500 and not {p for p, _ in other_seed.train} & {p for p, _ in other_seed.test}
+
+
+def test_an_instruct_run_cut_short_resumes_from_its_checkpoint(tmp_path, lm_tokenizer):
+    import importlib.util
+
+    sys.path.insert(0, str(ROOT / "instruct"))  # its own imports (tasks; run is benchmarks/run.py)
+    sys.path.insert(0, str(ROOT))
+    spec = importlib.util.spec_from_file_location("instruct_run", ROOT / "instruct" / "run.py")
+    instruct_run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(instruct_run)
+
+    from scalable_lm.methods.generative import GenerativeSLM
+    from tests.conftest import tiny_config
+    from tests.methods.test_generative import instruction_task, tiny_llama
+
+    base = tmp_path / "base"  # a backbone folder, as the CLI and store.load name it
+    tiny_llama().save_pretrained(base)
+    lm_tokenizer.save_pretrained(base)
+    config = tiny_config(router="gaussian", targets=["o_proj"])
+    config.model.backbone, config.train.epochs = str(base), 1
+    slm = GenerativeSLM(config, max_new_tokens=2)  # the default query encoder (packaged MiniLM)
+    slm.learn(instruction_task("fruit", "sweet"), progress=False)
+    cfg = {"benchmark": "long_sequence", "order": ["fruit", "vehicle"], "method": "slm"}
+    record = {"benchmark_config": cfg, "rows": [{"scores": {"fruit": {"primary": 1.0}}}], "learn_reports": [{}]}
+    R = [[1.0, None], [None, None]]
+    instruct_run._checkpoint(tmp_path / "resume", record, R, slm, 12.0)
+    fresh = {"benchmark_config": cfg, "rows": [], "learn_reports": []}
+    R2 = [[None, None], [None, None]]
+    done, loaded = instruct_run._resume(tmp_path / "resume", fresh, R2, cfg, None)
+    assert done == 1 and loaded.task_names == ["fruit"] and R2 == R and fresh["rows"] == record["rows"]
+    assert fresh["resumed"] == {"after_tasks": 1, "seconds_before": 12.0}
+    prompts = [p for p, _ in instruction_task("fruit", "sweet").test[:3]]
+    assert [x.label for x in loaded.predict(prompts)] == [x.label for x in slm.predict(prompts)]
+    with pytest.raises(SystemExit, match="another config"):
+        instruct_run._resume(tmp_path / "resume", fresh, R2, {**cfg, "seed": 1}, None)

@@ -33,6 +33,7 @@ retrieval accuracy, and retrieval vs generation time per task.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import random
 import sys
@@ -45,7 +46,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))  # first: `run` is benchmarks/run.py, `tasks` is found in HERE
 from run import provenance, shown_path  # noqa: E402
-from tasks import BUILDERS, LABEL_TASKS, SKIPPED, read_jsonl  # noqa: E402
+from tasks import BUILDERS, LABEL_TASKS, LONG_BUILDERS, SKIPPED, read_jsonl  # noqa: E402
 
 from scalable_lm import metrics  # noqa: E402
 from scalable_lm.config import SLMConfig  # noqa: E402
@@ -53,7 +54,9 @@ from scalable_lm.data.instructions import InstructionTask  # noqa: E402
 from scalable_lm.methods.generative import BASE_MODEL  # noqa: E402
 from scalable_lm.scoring import bert_score_f1, exact_match, first_word_match, label_match, rouge_l  # noqa: E402
 
+LABEL_TASKS = LABEL_TASKS | set(LONG_BUILDERS)
 MAX_NEW = {"medical": 64, "mmlu": 4, "finance": 4, **{n: 8 for n in LABEL_TASKS}}
+RESUME = HERE.parents[1] / "runs" / "resume"  # an SLM run's bank and partial record after each task
 
 
 def score(task: str, answers: list[str], golds: list[str], exact: bool = False) -> dict:
@@ -109,6 +112,7 @@ def evaluate(method, tasks, cfg, task_id: bool) -> tuple[dict, list]:
         if not task_id and any(pred.entry_tasks for *_, pred in mine):  # SLM; a base-model fallback is a miss
             s["retrieval"] = metrics.retrieval_accuracy([pred.entry_tasks for *_, pred in mine], [t.name] * len(mine))
             s["fallback"] = sum(pred.task == BASE_MODEL for *_, pred in mine) / len(mine)
+            s["routed_to"] = dict(collections.Counter(pred.task for *_, pred in mine).most_common())
         scores[t.name] = s
         examples += [{"task": t.name, "prompt": p[-300:], "gold": g, "answer": pred.label, "retrieved": pred.task,
                       "weights": pred.weights} for p, g, pred in mine[:5]]
@@ -132,7 +136,8 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out or HERE.parent / "results" / cfg["benchmark"] / f"{args.config.stem}.json"
     seed = cfg.get("seed", 0)
     few = {"per_class": cfg["train_per_class"]} if cfg.get("train_per_class") else {}  # few-shot: rows per class
-    tasks = [BUILDERS[n](args.data_dir, cfg.get("train_per_task"), cfg["test_per_task"], seed, **few) for n in cfg["order"]]
+    builders = LONG_BUILDERS if cfg["benchmark"] == "long_sequence" else BUILDERS
+    tasks = [builders[n](args.data_dir, cfg.get("train_per_task"), cfg["test_per_task"], seed, **few) for n in cfg["order"]]
     base = SLMConfig().to_dict()
     for section, values in cfg.get("config", {}).items():
         base[section].update(values)
@@ -208,7 +213,13 @@ def main(argv: list[str] | None = None) -> None:
         record["rows"].append({**result, "learn_s": t1 - t0, "eval_s": time.perf_counter() - t1})
         print("multitask: " + ", ".join(f"{t.name} {100 * x:.1f}" for t, x in zip(tasks, R[n - 1])), flush=True)
     else:
+        resume = RESUME / cfg["benchmark"] / out.stem if method == "slm" else None
+        first = 0
+        if resume is not None and (resume / "record.json").exists():
+            first, slm = _resume(resume, record, R, cfg, slm)
         for i, task in enumerate(tasks):
+            if i < first:
+                continue
             t0 = time.perf_counter()
             record["learn_reports"].append(slm.learn(task, progress=sys.stderr.isatty()))
             t1 = time.perf_counter()
@@ -217,6 +228,10 @@ def main(argv: list[str] | None = None) -> None:
                 R[i][j] = result["scores"][t.name]["primary"]
             record["rows"].append({**result, "learn_s": t1 - t0, "eval_s": time.perf_counter() - t1})
             print(f"after {task.name}: " + ", ".join(f"{t.name} {100 * R[i][j]:.1f}" for j, t in enumerate(tasks[: i + 1])), flush=True)
+            if resume is not None:
+                _checkpoint(resume, record, R, slm, time.perf_counter() - start)
+    if method == "slm":
+        record["routing"] = dict(slm.routing)  # the overlap records learn wrote (routes_to, captures), per task
     if method == "slm":  # paper Tab. 17: retrieval (query encoding + routing) vs generation time, per task
         record["timing_per_task"] = {}
         for t in tasks:
@@ -240,13 +255,49 @@ def main(argv: list[str] | None = None) -> None:
     record.update(R=R, examples=examples, seconds=time.perf_counter() - start, skipped_broken_lines=dict(SKIPPED),
                   metrics={"average": sum(x for x in R[-1] if x is not None) / n,
                            "forgetting": metrics.forgetting(R) if method not in ("base", "multitask") else None})
+    if record.get("resumed"):  # the seconds of the sessions before this one
+        record["seconds"] += record["resumed"]["seconds_before"]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2))
+    if method not in ("base", "multitask") and (RESUME / cfg["benchmark"] / out.stem).exists():
+        import shutil
+
+        shutil.rmtree(RESUME / cfg["benchmark"] / out.stem)
     if args.keep_model is not None and isinstance(slm, GenerativeSLM):
         from scalable_lm import store
 
         store.save(slm, args.keep_model)
     print(f"{method} {cfg['order']}: average {100 * record['metrics']['average']:.1f} -> {out}")
+
+
+def _checkpoint(folder: Path, record: dict, R: list, slm, seconds: float) -> None:
+    """After a task: the bank (``store.save``, atomic per file) and the record so far, so that a run cut short
+    goes on from the next task (``_resume``)."""
+    from scalable_lm import store
+
+    store.save(slm, folder / "model")
+    partial = {"config": record["benchmark_config"], "rows": record["rows"], "learn_reports": record["learn_reports"],
+               "R": R, "seconds": seconds + record.get("resumed", {}).get("seconds_before", 0.0)}
+    tmp = folder / "record.json.tmp"
+    tmp.write_text(json.dumps(partial))
+    tmp.replace(folder / "record.json")
+
+
+def _resume(folder: Path, record: dict, R: list, cfg: dict, slm):
+    """The first task still to learn and the bank learned so far, from ``_checkpoint``'s folder (a run of the same
+    config); another config's checkpoint is an error, not a silent restart."""
+    from scalable_lm import store
+
+    partial = json.loads((folder / "record.json").read_text())
+    if partial["config"] != cfg:
+        raise SystemExit(f"{folder} holds a run of another config: remove it to start this one afresh")
+    done = len(partial["rows"])
+    record["rows"], record["learn_reports"] = partial["rows"], partial["learn_reports"]
+    for i, row in enumerate(partial["R"]):
+        R[i] = row
+    record["resumed"] = {"after_tasks": done, "seconds_before": partial["seconds"]}
+    print(f"resuming after {done} task(s) from {folder}", flush=True)
+    return done, store.load(folder / "model", dtype=cfg.get("dtype", "float32"))
 
 
 if __name__ == "__main__":

@@ -103,3 +103,69 @@ def classification(name: str):
 
 BUILDERS = {"finance": finance, "mmlu": mmlu, "medical": medical, **{n: classification(n) for n in CLASSIFY}}
 LABEL_TASKS = set(CLASSIFY)  # scored by scoring.label_match
+
+
+# ---- the Long Sequence benchmark (15 tasks) in O-LoRA's protocol --------------------------------------------
+# O-LoRA's instruction per task family (its configs/instruction_config.json; COPA's rows carry their own
+# question) and its label words (its CL_Benchmark/*/labels.json), keyed by our label_name where they differ.
+_OLORA_INSTRUCTIONS = {
+    "NLI": 'What is the logical relationship between the "sentence 1" and the "sentence 2"? Choose one from the option.',
+    "QQP": 'Whether the "first sentence" and the "second sentence" have the same meaning? Choose one from the option.',
+    "SC": "What is the sentiment of the following paragraph? Choose one from the option.",
+    "TC": "What is the topic of the following paragraph? Choose one from the option.",
+    "BoolQA": "According to the following passage, is the question true or false? Choose one from the option.",
+    "MultiRC": ("According to the following passage and question, is the candidate answer true or false? Choose one "
+                "from the option."),
+    "WiC": ("Given a word and two sentences, whether the word is used with the same sense in both sentence? Choose one "
+            "from the option."),
+    "COPA": "",
+}
+LONG_SEQUENCE = {  # task -> (family, {our label_name: O-LoRA's label word})
+    "mnli": ("NLI", {}), "cb": ("NLI", {}), "rte": ("NLI", {"not_entailment": "contradiction"}),
+    "qqp": ("QQP", {}), "boolq": ("BoolQA", {}), "multirc": ("MultiRC", {}), "wic": ("WiC", {}), "copa": ("COPA", {}),
+    "imdb": ("SC", {"negative": "Bad", "positive": "Good"}), "sst2": ("SC", {"negative": "Bad", "positive": "Good"}),
+    "yelp": ("SC", {}), "amazon": ("SC", {}),
+    "dbpedia": ("TC", {"EducationalInstitution": "Educational Institution", "OfficeHolder": "Office Holder",
+                       "MeanOfTransportation": "Mean of Transportation", "NaturalPlace": "Natural Place",
+                       "WrittenWork": "Written Work"}),
+    "agnews": ("TC", {"Sci/Tech": "Science or Technology"}), "yahoo": ("TC", {}),
+}
+HELD_OUT = 500  # imdb and multirc come without a test split: this many seeded train rows are held out as test
+
+
+def long_sequence(name: str):
+    """Builder of Long Sequence task ``name``: O-LoRA's instruction for its family, the options (O-LoRA's label
+    words) after it, the row's text as input, the label word as answer. ``n_train`` rows are drawn from the train
+    split (seed), ``n_test`` from the test split (seed + 1); a task without a test split (imdb, multirc) holds
+    out ``HELD_OUT`` seeded train rows as its test split first, and never trains on them."""
+    family, words = LONG_SEQUENCE[name]
+
+    def build(data: Path, n_train: int | None, n_test: int | None, seed: int = 0) -> InstructionTask:
+        train_rows = read_jsonl(data / name / "train.jsonl")
+        if (data / name / "test.jsonl").exists():
+            test_rows = read_jsonl(data / name / "test.jsonl")
+        else:
+            order = list(range(len(train_rows)))
+            random.Random(f"{name}-held-out").shuffle(order)  # the same rows whatever the run's seed
+            held = set(order[:HELD_OUT])
+            test_rows = [r for i, r in enumerate(train_rows) if i in held]
+            train_rows = [r for i, r in enumerate(train_rows) if i not in held]
+        labels = [words.get(n, n) for _, n in sorted({(r["label"], r["label_name"]) for r in train_rows})]
+        instruction = " ".join(filter(None, [_OLORA_INSTRUCTIONS[family], f"Option: {', '.join(labels)}."]))
+
+        def pairs(rows):
+            return [(prompt_text(instruction, r["text"]), words.get(r["label_name"], r["label_name"])) for r in rows]
+        return InstructionTask(name, pairs(_sample(train_rows, n_train, seed)), pairs(_sample(test_rows, n_test, seed + 1)))
+    return build
+
+
+LONG_BUILDERS = {n: long_sequence(n) for n in LONG_SEQUENCE}
+# O-LoRA's long-sequence orders (its paper's table of task orders; order 4 as listed in the issue)
+LONG_ORDERS = {
+    4: ["mnli", "cb", "wic", "copa", "qqp", "boolq", "rte", "imdb", "yelp", "amazon", "sst2", "dbpedia", "agnews",
+        "multirc", "yahoo"],
+    5: ["multirc", "boolq", "wic", "mnli", "cb", "copa", "qqp", "rte", "imdb", "sst2", "dbpedia", "agnews", "yelp",
+        "amazon", "yahoo"],
+    6: ["yelp", "amazon", "mnli", "cb", "copa", "qqp", "rte", "imdb", "sst2", "dbpedia", "agnews", "yahoo", "multirc",
+        "boolq", "wic"],
+}
