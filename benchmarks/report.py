@@ -927,7 +927,9 @@ def _billion_lines(data: dict) -> list[str]:
         steps = r["steps"]
         lines += [f"Command: `{r['command']}`. Backbone `{r['backbone']}` ({r['backbone_parameters']:,} parameters, "
                   f"float32 on {r['cpus']} CPU cores); {r['data']}; {r['train_rows_per_task']} "
-                  f"training rows per task, one epoch, every other option at its default; "
+                  f"training rows per task, one epoch, every other option at its default"
+                  + (f" (bank: {r['bank']['entries_per_task']} entries of rank {r['bank']['rank']} per task, top-k "
+                     f"{r['bank']['top_k']})" if "bank" in r else "") + "; "
                   f"{r['held_out_per_task']} held-out prompts per task, answered greedily, no task given.\n",
                   "| step | seconds | peak RSS GB | result |", "|---|---|---|---|"]
         for name, s in steps.items():

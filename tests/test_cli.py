@@ -685,3 +685,20 @@ def test_eval_plot_draws_the_directorys_own_accuracy_matrix(tmp_path, models, da
     first = json.loads((tmp_path / "first.json").read_text())["scores"]["fruit"]["accuracy"]
     assert float(rows[0]["score"]) == pytest.approx(first)
     assert snapshot(tmp_path / "m") == before  # the directory is only read
+
+
+def test_a_new_generative_directory_takes_one_entry_per_task_unless_a_layout_flag_is_given(tmp_path, gen_models, capsys):
+    common = ["--backbone", gen_models / "llama", "--encoder", gen_models / "encoder", "--targets", "o_proj",
+              "--epochs", "1", "--max-length", "24", "--key-epochs", "2"]
+    for model, flags, expected in (("one", [], (1, 1, 48, 96.0)), ("four", ["--rank", "4"], (4, 4, 4, 24.0))):
+        code, _, err = run(capsys, "learn", "--model", tmp_path / model, "--task", "fruit", "--data",
+                           gen_models / "fruit-train.jsonl", *common, *flags)
+        assert code == 0, err
+        bank = json.loads((tmp_path / model / "manifest.json").read_text())["config"]["bank"]
+        assert (bank["entries_per_task"], bank["top_k"], bank["rank"], bank["alpha"]) == expected
+    # an existing directory keeps its layout: a second task of "four" is learned with 4 entries of rank 4
+    code, _, err = run(capsys, "learn", "--model", tmp_path / "four", "--task", "vehicle", "--data",
+                       gen_models / "vehicle-train.jsonl", "--epochs", "1", "--key-epochs", "2")
+    assert code == 0, err
+    bank = json.loads((tmp_path / "four" / "manifest.json").read_text())["config"]["bank"]
+    assert (bank["entries_per_task"], bank["rank"]) == (4, 4)

@@ -35,3 +35,12 @@ def test_a_generative_model_defaults_to_the_separate_encoder_and_o_proj(lm_token
     config, _ = generative_backbone(SLMConfig(), (tiny_llama(), lm_tokenizer))
     assert config.model.encoder == "minilm-l4" and config.bank.targets == DECODER_TARGETS
     assert config.model.backbone == "smollm2"
+
+
+def test_a_new_generative_model_defaults_to_one_entry_per_task():
+    from scalable_lm.config import GENERATIVE_LAYOUT
+
+    config = SLMConfig.generative().validate()
+    assert {name: getattr(config.bank, name) for name in GENERATIVE_LAYOUT} == GENERATIVE_LAYOUT
+    assert config.bank.entries_per_task * config.bank.rank == SLMConfig().bank.entries_per_task * SLMConfig().bank.rank
+    assert SLMConfig().bank.entries_per_task == 4  # the classifier's layout is unchanged

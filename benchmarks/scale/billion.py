@@ -204,6 +204,8 @@ def main(argv=None) -> None:
             differences=[{"prompt": t[:100], "slm_predict": p["text"], name: s["text"]}
                          for t, p, s, ok in zip(texts, predicted, served["answers"], same) if not ok][:10])
         save(name, served)
+    bank = json.loads((model / "manifest.json").read_text())["config"]["bank"]  # the layout the directory got
+    record["bank"] = {k: bank[k] for k in ("entries_per_task", "top_k", "rank", "alpha", "router")}
     results[key] = record
     OUT.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
 

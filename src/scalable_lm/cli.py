@@ -127,6 +127,19 @@ def _learn_config(directory: Path, manifest: dict | None, overrides: dict[str, d
     return SLMConfig.from_dict(base).validate()
 
 
+def _generative_layout(config: SLMConfig, overrides: dict[str, dict]) -> SLMConfig:
+    """A new generative directory's bank in ``config.GENERATIVE_LAYOUT`` (one entry of rank 48 per task), unless
+    one of its flags was given: then the others keep their usual defaults, as for a classifier."""
+    from scalable_lm.config import GENERATIVE_LAYOUT
+
+    if set(overrides.get("bank", {})) & set(GENERATIVE_LAYOUT):
+        return config
+    config = SLMConfig.from_dict(config.to_dict())
+    for name, value in GENERATIVE_LAYOUT.items():
+        setattr(config.bank, name, value)
+    return config.validate()
+
+
 def _share(text: str) -> float:
     """A share of inputs from the command line: ``0.02`` or ``2%``."""
     try:
@@ -186,6 +199,8 @@ def _learn_locked(args, directory: Path, config: SLMConfig, placement: dict) -> 
     if existing and manifest.get("kind", "classifier") != kind:
         raise DataError(f"{directory} is a {manifest.get('kind', 'classifier')} model; {args.data} holds "
                         f"{'instruction' if generative else 'labelled'} rows")
+    if generative and not existing:
+        config = _generative_layout(config, _config_overrides(args))
     if generative:
         from scalable_lm.data.instructions import load_instruction_task
         from scalable_lm.methods.generative import GenerativeSLM

@@ -42,10 +42,12 @@ class BankConfig:
     """Shape of the knowledge bank and the retrieval rule (SPEC: DTKR and JARe)."""
 
     groups: int = field(default=6, metadata={"help": "G: query groups for DTKR (query dim must divide by it)"})
-    entries_per_task: int = field(default=4, metadata={"help": "P: entries (key + value) added per task"})
-    rank: int = field(default=12, metadata={"help": "r: rank of every low-rank increment"})
-    alpha: float = field(default=24.0, metadata={"help": "increments are scaled by alpha/rank"})
-    top_k: int = field(default=4, metadata={"help": "K: entries mixed per input"})
+    entries_per_task: int = field(default=4, metadata={
+        "help": "P: entries (key + value) added per task (a new generative directory: 1, unless a layout flag "
+                "--entries-per-task/--top-k/--rank/--alpha is given)"})
+    rank: int = field(default=12, metadata={"help": "r: rank of every low-rank increment (new generative: 48)"})
+    alpha: float = field(default=24.0, metadata={"help": "increments are scaled by alpha/rank (new generative: 96)"})
+    top_k: int = field(default=4, metadata={"help": "K: entries mixed per input (new generative: 1)"})
     targets: list[str] = field(
         default_factory=lambda: [AUTO],
         metadata={"help": "suffixes of the nn.Linear layers that get increments; 'auto' (default): every linear layer "
@@ -129,6 +131,13 @@ class ModelConfig:
                 "$'...' gives a real line break"})
 
 
+# The bank layout of a new generative model: one entry of rank P·r per task instead of P entries of rank r (the
+# same parameters), so that an engine applying one adapter per request (vLLM, PEFT) serves exactly what `slm
+# predict` answers. Chosen by the rule written before its runs (benchmarks/results/layout). A directory keeps
+# the layout it was created with; the classifier's stays P entries.
+GENERATIVE_LAYOUT = {"entries_per_task": 1, "top_k": 1, "rank": 48, "alpha": 96.0}
+
+
 @dataclass
 class SLMConfig:
     """Everything an SLM model directory needs to be rebuilt."""
@@ -137,6 +146,14 @@ class SLMConfig:
     bank: BankConfig = field(default_factory=BankConfig)
     keys: KeyConfig = field(default_factory=KeyConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    @classmethod
+    def generative(cls) -> SLMConfig:
+        """The defaults of a new generative model: every default, with the bank in ``GENERATIVE_LAYOUT``."""
+        config = cls()
+        for name, value in GENERATIVE_LAYOUT.items():
+            setattr(config.bank, name, value)
+        return config
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

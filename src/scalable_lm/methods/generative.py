@@ -128,7 +128,8 @@ class GenerativeSLM(GrowsByTask):
     def __init__(self, config: SLMConfig | None = None, backbone=None, encoder: QueryEncoder | None = None,
                  max_new_tokens: int = 64, device: str | torch.device | None = "auto",
                  dtype: str | torch.dtype = "float32"):
-        self.config, self.lm = generative_backbone(config, backbone)
+        # no config: a new generative model's defaults (one entry of rank 48 per task, config.GENERATIVE_LAYOUT)
+        self.config, self.lm = generative_backbone(config if config is not None else SLMConfig.generative(), backbone)
         b = self.config.bank
         self.encoder = self._query_encoder(encoder, self.lm.model, self.lm.tokenizer)  # first: checks shared-lN
         depth = shared_prefix_depth(self.config.model.encoder)  # shared-lN: increments only above block N
