@@ -622,20 +622,10 @@ def cmd_serve(args) -> None:
     import ipaddress
 
     from scalable_lm import server, store
+    from scalable_lm.serving.engines import check_engine, engine_options
 
     manifest = store.read_manifest(args.model)  # a clear error now rather than a server that never gets ready
-    if args.engine == "vllm" and manifest.get("kind", "classifier") != "generative":
-        raise ValueError(f"{args.model} is a classifier; --engine vllm serves generative models (use the default "
-                         "--engine local)")
-    if args.engine != "vllm" and (args.vllm_url or args.vllm_python or args.vllm_arg):
-        raise ValueError("--vllm-url, --vllm-python and --vllm-arg need --engine vllm")
-    if args.engine == "vllm" and not args.vllm_url:
-        from scalable_lm.serving.vllm import default_python, has_vllm
-
-        python = args.vllm_python or default_python()
-        if not has_vllm(python):
-            raise ValueError(f"no vLLM in {python}: run `make vllm` (a .venv-vllm beside this project), give "
-                             "--vllm-python PY (or set SLM_VLLM_PYTHON), or name running engines with --vllm-url")
+    check_engine(args, manifest.get("kind", "classifier"), args.model)
     try:
         loopback = ipaddress.ip_address(args.host).is_loopback
     except ValueError:
@@ -656,7 +646,7 @@ def cmd_serve(args) -> None:
                max_body_bytes=args.max_body_bytes, max_inputs=args.max_inputs, read_timeout=args.read_timeout,
                max_connections=args.max_connections, keep_alive=args.keep_alive,
                lifo_after=args.lifo_after if args.lifo_after > 0 else None, engine=args.engine,
-               vllm_urls=args.vllm_url, vllm_python=args.vllm_python, vllm_args=args.vllm_arg, vllm_state=args.vllm_state)
+               **engine_options(args))
 
 
 def cmd_demo(args) -> None:
@@ -791,17 +781,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve.add_argument("--engine", choices=list(ENGINES), default="local",
                        help="who generates: " + "; ".join(f"'{name}' {spec.help}" for name, spec in ENGINES.items()))
-    serve.add_argument("--vllm-url", action="append", default=[],
-                       help="a vLLM OpenAI server to use (repeat for several; started with "
-                       "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True and --enable-lora); none: start one here")
-    serve.add_argument("--vllm-python", help="interpreter that has vLLM, for the vLLM started here (default: "
-                       "$SLM_VLLM_PYTHON, else the .venv-vllm that `make vllm` made in the project this was installed "
-                       "from or in the working directory, else this one)")
-    serve.add_argument("--vllm-arg", action="append", default=[],
-                       help="one more argument for the vLLM started here (repeat: --vllm-arg=--max-num-seqs "
-                       "--vllm-arg=64)")
-    serve.add_argument("--vllm-state", help="folder for exported adapters and the vLLM log (default: under "
-                       "$SLM_CACHE_DIR/vllm-front/)")
+    for spec in ENGINES.values():  # each engine's own flags
+        for flag, kwargs in spec.flags:
+            serve.add_argument(flag, **kwargs)
     serve.add_argument("--lifo-after", type=float, default=1.0,
                        help="under overload (the oldest waiting request has waited this many seconds) serve the "
                        "newest requests first, whose clients are still waiting; 0: always oldest first")
