@@ -1665,7 +1665,8 @@ def _doc_layout() -> str:
         return "The comparison of the two layouts has not run yet ([layout](../benchmarks/results/layout/README.md))."
     loss = statistics.fmean(_kept_val_loss(a) - _kept_val_loss(b) for *_, a, b in pairs)
     test = statistics.fmean(a["metrics"]["average"] - b["metrics"]["average"] for *_, a, b in pairs)
-    return (f"Measured so far on {len(pairs)} of {len(LAYOUT_PAIRS)} paired runs (SmolLM2; "
+    so_far = "so far " if len(pairs) < len(LAYOUT_PAIRS) else ""
+    return (f"Measured {so_far}on {len(pairs)} of {len(LAYOUT_PAIRS)} paired runs (SmolLM2; "
             f"[layout](../benchmarks/results/layout/README.md)): one entry of rank 48 per task against four of rank "
             f"12, mean kept validation loss {loss:+.3f} nats and test average {100 * test:+.1f} points.")
 
