@@ -1659,12 +1659,17 @@ def _layout_pairs(out: Path) -> list[tuple[str, str, dict, dict]]:
             for stem, paired in LAYOUT_PAIRS.items() if (out / f"{stem}.json").exists()]
 
 
+def _layout_means(pairs) -> tuple[float, float]:
+    """Mean over the pairs in of kept validation loss and of test average, one entry minus today's default."""
+    return (statistics.fmean(_kept_val_loss(a) - _kept_val_loss(b) for *_, a, b in pairs),
+            statistics.fmean(a["metrics"]["average"] - b["metrics"]["average"] for *_, a, b in pairs))
+
+
 def _doc_layout() -> str:
     pairs = _layout_pairs(ROOT / "layout")
     if not pairs:
         return "The comparison of the two layouts has not run yet ([layout](../benchmarks/results/layout/README.md))."
-    loss = statistics.fmean(_kept_val_loss(a) - _kept_val_loss(b) for *_, a, b in pairs)
-    test = statistics.fmean(a["metrics"]["average"] - b["metrics"]["average"] for *_, a, b in pairs)
+    loss, test = _layout_means(pairs)
     so_far = "so far " if len(pairs) < len(LAYOUT_PAIRS) else ""
     return (f"Measured {so_far}on {len(pairs)} of {len(LAYOUT_PAIRS)} paired runs (SmolLM2; "
             f"[layout](../benchmarks/results/layout/README.md)): one entry of rank 48 per task against four of rank "
@@ -1674,24 +1679,22 @@ def _doc_layout() -> str:
 def layout_report(out: Path) -> str:
     """One entry of rank P·r per task against today's P entries of rank r (benchmarks/results/layout): each pair's
     mean kept validation loss and test average, and the rule of notes.md applied to the runs that are in."""
-    rows, deltas, tests = [], [], []
+    pairs = _layout_pairs(out)
+    done = {stem: (a, b) for stem, _, a, b in pairs}
+    rows = []
     for stem, paired in LAYOUT_PAIRS.items():
-        one, default = out / f"{stem}.json", out.parent / f"{paired}.json"
-        if not one.exists():
+        if stem not in done:
             rows.append(f"| {stem} | {paired} | not run | | | | `benchmarks/run_queue.sh --bench "
                         f"{paired.split('/')[0]} --results layout ../shared/datasets {stem}` |")
             continue
-        a, b = json.loads(one.read_text()), json.loads(default.read_text())
+        a, b = done[stem]
         va, vb = _kept_val_loss(a), _kept_val_loss(b)
-        ta, tb = a["metrics"]["average"], b["metrics"]["average"]
-        deltas.append(va - vb)
-        tests.append(ta - tb)
         rows.append(f"| [{stem}]({stem}.json) | [{paired}](../{paired}.json) | {va:.3f} | {vb:.3f} | {va - vb:+.3f} | "
-                    f"{100 * ta:.1f} / {100 * tb:.1f} | `{a['command']}` |")
-    if deltas:
-        mean, test = statistics.fmean(deltas), statistics.fmean(tests)
+                    f"{100 * a['metrics']['average']:.1f} / {100 * b['metrics']['average']:.1f} | `{a['command']}` |")
+    if pairs:
+        mean, test = _layout_means(pairs)
         keep = mean <= LAYOUT_MARGIN
-        decision = (f"Runs in: {len(deltas)} of {len(LAYOUT_PAIRS)}. Mean kept validation loss, one entry minus today's "
+        decision = (f"Runs in: {len(pairs)} of {len(LAYOUT_PAIRS)}. Mean kept validation loss, one entry minus today's "
                     f"default: {mean:+.3f} nats (rule: one entry becomes the default unless this exceeds "
                     f"+{LAYOUT_MARGIN}). Test average, one entry minus today's: {100 * test:+.1f} points. "
                     + ("By the rule, **one entry per task** becomes the default for new generative directories."

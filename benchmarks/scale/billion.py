@@ -39,14 +39,12 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "benchmarks" / "instruct"))
+sys.path.insert(0, str(REPO / "benchmarks" / "serve"))
 from tasks import CLASSIFY, FINANCE, read_jsonl  # noqa: E402
+from vllm_front import free_port, slm, wait  # noqa: E402
 
 OUT = REPO / "benchmarks" / "results" / "scale" / "billion.json"
 MAX_NEW = 8  # longest answer, in tokens: the labels are one or two words
-
-
-def slm(*argv) -> list[str]:
-    return [sys.executable, "-m", "scalable_lm.cli", "-q", *map(str, argv)]
 
 
 def write_tasks(data: Path, out: Path, n_train: int, n_test: int) -> dict[str, list[dict]]:
@@ -80,33 +78,16 @@ def run_measured(argv: list[str], env: dict) -> tuple[float, int, str]:
     return seconds, usage.ru_maxrss * 1024, (REPO / "runs" / "billion" / "last.out").read_text()
 
 
-def wait_ready(url: str, proc: subprocess.Popen, seconds: float = 1500) -> float:
-    start = time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited with {proc.returncode}")
-        try:
-            r = httpx.get(url + "/health", timeout=2)
-            if r.status_code == 200 and r.json().get("status") == "ok":
-                return time.perf_counter() - start
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise RuntimeError(f"{url} not ready after {seconds} s")
-
-
 def serve(model: Path, prompts: list[str], env: dict, log: Path, *extra) -> dict:
     """Start ``slm serve`` (``extra``: engine flags), answer ``prompts`` one at a time, stop it."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(slm("serve", "--model", model, "--port", port, "--max-new-tokens", MAX_NEW, *extra),
                             cwd=REPO, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        ready = wait_ready(url, proc)
+        started = time.perf_counter()
+        wait(url, proc, seconds=1500)  # /health answers 200 once the server is ready (503 before)
+        ready = time.perf_counter() - started
         answers, tokens = [], 0
         with httpx.Client(base_url=url, timeout=600) as client:
             client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": prompts[0]}],

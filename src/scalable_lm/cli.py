@@ -134,10 +134,7 @@ def _generative_layout(config: SLMConfig, overrides: dict[str, dict]) -> SLMConf
 
     if set(overrides.get("bank", {})) & set(GENERATIVE_LAYOUT):
         return config
-    config = SLMConfig.from_dict(config.to_dict())
-    for name, value in GENERATIVE_LAYOUT.items():
-        setattr(config.bank, name, value)
-    return config.validate()
+    return SLMConfig.generative(config).validate()
 
 
 def _share(text: str) -> float:

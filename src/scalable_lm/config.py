@@ -148,9 +148,10 @@ class SLMConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     @classmethod
-    def generative(cls) -> SLMConfig:
-        """The defaults of a new generative model: every default, with the bank in ``GENERATIVE_LAYOUT``."""
-        config = cls()
+    def generative(cls, base: SLMConfig | None = None) -> SLMConfig:
+        """The options of a new generative model: a copy of ``base`` (every default when None) with the bank in
+        ``GENERATIVE_LAYOUT``."""
+        config = cls() if base is None else cls.from_dict(base.to_dict())
         for name, value in GENERATIVE_LAYOUT.items():
             setattr(config.bank, name, value)
         return config
