@@ -90,9 +90,10 @@ class TrainConfig:
     lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate for values and head"})
     batch_size: int = field(default=16, metadata={"help": "training batch size"})
     # measured on SmolLM2-135M (benchmarks/results/learn_memory): a 128-token row holds about 0.26 GB of
-    # activations while it learns, over about 1.2 GB for the process; 384 tokens (3 such rows) keeps a learn under
-    # 2 GB there. Smaller parts cost time (less work per matrix product); 0 turns the split off
-    micro_batch_tokens: int = field(default=384, metadata={
+    # activations while it learns, over about 1.2 GB for the process; 384 tokens (3 such rows) peaked at 2.001 GB,
+    # on the 2 GB line, so the default is 256 (2 rows). Smaller parts cost time (less work per matrix product);
+    # 0 turns the split off
+    micro_batch_tokens: int = field(default=256, metadata={
         "help": "generative models: most padded tokens (rows x length) in one forward pass while learning; a larger "
                 "batch runs as micro-batches whose gradients add up to the batch's (the same step, less memory); "
                 "0: never split"})
