@@ -160,7 +160,8 @@ def long_sequence(name: str):
 
 
 LONG_BUILDERS = {n: long_sequence(n) for n in LONG_SEQUENCE}
-# O-LoRA's long-sequence orders (its paper's table of task orders; order 4 as listed in the issue)
+# O-LoRA's long-sequence orders (its paper's table of task orders), checked task by task against the order_4/5/6
+# scripts of a later method that runs O-LoRA's protocol (GORP's public repository)
 LONG_ORDERS = {
     4: ["mnli", "cb", "wic", "copa", "qqp", "boolq", "rte", "imdb", "yelp", "amazon", "sst2", "dbpedia", "agnews",
         "multirc", "yahoo"],
