@@ -1620,23 +1620,42 @@ def long_sequence_report(out: Path) -> str:
 
 
 def _routing_lines(records) -> list[str]:
-    """For SLM runs that recorded them: per task, the share of its test rows routed to itself after the last task,
-    and for every pair above 2%, the overlap record `slm learn` wrote (``routes_to``) beside what the rows show."""
+    """For SLM runs that recorded them: per task, the share of its test rows routed to itself after the last task;
+    then every pair of tasks above 2% in the test rows or in the overlap records `slm learn` wrote, the record beside
+    what the rows show. A pair (a, b) is a's test rows answered by b. When b was learned before a, `slm learn` of a
+    estimated it as a's ``routes_to`` b (a's training rows, cross-validated); when b came later, as b's
+    ``captures`` of a (a's held-out training-side rows routed after b joined)."""
     lines = []
     for p, r in records:
         if r["benchmark_config"]["method"] != "slm" or "routing" not in r:
             continue
-        final = r["rows"][-1]["scores"]
+        final, order, recorded = r["rows"][-1]["scores"], r["tasks"], r["routing"]
         lines += [f"### Routing of [{p.stem}]({p.name}) after the last task", "",
-                  "| task | routed to itself % | test rows routed elsewhere (> 2%) | learn's record: routes_to (> 2%) |",
-                  "|---|---|---|---|"]
+                  "| task | routed to itself % | test rows routed elsewhere (> 2%) |", "|---|---|---|"]
+        shares: dict[tuple[str, str], float] = {}
         for task, sc in final.items():
             n = sum(sc.get("routed_to", {}).values()) or 1
+            shares.update({(task, t): c / n for t, c in sc.get("routed_to", {}).items() if t in order and t != task})
             elsewhere = ", ".join(f"{t} {100 * c / n:.0f}%" for t, c in sc.get("routed_to", {}).items()
                                   if t != task and c / n > 0.02) or "–"
-            record = (r["routing"].get(task) or {}).get("routes_to", {})
-            recorded = ", ".join(f"{t} {100 * v:.0f}%" for t, v in record.items() if t != task and v > 0.02) or "–"
-            lines.append(f"| {task} | {_pct(sc.get('retrieval'))} | {elsewhere} | {recorded} |")
+            lines.append(f"| {task} | {_pct(sc.get('retrieval'))} | {elsewhere} |")
+        estimates: dict[tuple[str, str], tuple[str, float]] = {}
+        for a in order:
+            for b in order:
+                if a == b or a not in recorded and b not in recorded:
+                    continue
+                if order.index(b) < order.index(a):
+                    estimates[(a, b)] = (f"{a} routes_to {b}", (recorded.get(a) or {}).get("routes_to", {}).get(b, 0.0))
+                else:
+                    estimates[(a, b)] = (f"{b} captures {a}", (recorded.get(b) or {}).get("captures", {}).get(a, 0.0))
+        pairs = sorted((k for k in estimates if shares.get(k, 0.0) > 0.02 or estimates[k][1] > 0.02),
+                       key=lambda k: -max(shares.get(k, 0.0), estimates[k][1]))
+        lines += ["", "Pairs above 2% in the test rows or in learn's records (a's test rows answered by b):", "",
+                  "| a -> b | test rows % | learn's record | recorded % | learn warned (>= 2%) |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {a} -> {b} | {100 * shares.get((a, b), 0.0):.0f} | {estimates[(a, b)][0]} | "
+                  f"{100 * estimates[(a, b)][1]:.0f} | {'yes' if estimates[(a, b)][1] >= 0.02 else 'no'} |"
+                  for a, b in pairs] or ["| (none) | | | | |"]
         lines.append("")
     return (["## SLM's routing", ""] + lines) if lines else []
 

@@ -484,8 +484,11 @@ def test_long_sequence_report_lists_routing_and_what_was_not_run(tmp_path):
     record = {"benchmark_config": {"method": "slm", "seed": 0}, "tasks": order, "R": [[0.5] * 15] * 15,
               "rows": [{"scores": final}], "metrics": {"average": 0.5, "forgetting": 0.01}, "seconds": 60,
               "command": "python benchmarks/instruct/run.py x.json",
-              "routing": {"mnli": {"self": 0.9, "routes_to": {"mnli": 0.9, "rte": 0.1}, "captures": {}}}}
+              "routing": {"rte": {"self": 0.9, "routes_to": {"mnli": 0.1}, "captures": {"mnli": 0.03}}}}
     (tmp_path / "slm_order4.json").write_text(json.dumps(record))
     text = report.long_sequence_report(tmp_path)
-    assert "| mnli | 90.0 | rte 10% | rte 10% |" in text and "| cb | 90.0 | – | – |" in text
+    assert "| mnli | 90.0 | rte 10% |" in text and "| cb | 90.0 | – |" in text
+    # mnli's rows answered by rte, learned later: rte's captures estimate; rte's rows to mnli: rte's routes_to
+    assert "| mnli -> rte | 10 | rte captures mnli | 3 | yes |" in text
+    assert "| rte -> mnli | 0 | rte routes_to mnli | 10 | yes |" in text
     assert "`multitask_order4`" in text and "`slm_order4`," not in text  # the configs with no result, listed
