@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
             record["backbone_parameters"] = backbone_parameters(backbone)
             records.append(record)
             print(json.dumps(record))
-    command = "python benchmarks/perf/learn_memory.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = shlex.join(["python", "benchmarks/perf/learn_memory.py", *(argv if argv is not None else sys.argv[1:])])
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"{args.label}.json").write_text(json.dumps(
         {"command": command, "code_commit": commit, "rows": args.rows, "dataset": "medical_chatdoctor5k train",
