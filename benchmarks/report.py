@@ -1817,14 +1817,35 @@ def readme_headlines() -> str:
     mtl = std["multitask_order1"]["metrics"]["average"]  # seed 0; it sees every task at once, in any order
     share = {m: [100 * std[f"{m}_order{o}"]["metrics"]["average"] / mtl for o in (1, 2, 3) if f"{m}_order{o}" in std]
              for m in ("slm", "gainlora")}
+    # with it, once SLM and multitask have run it, the Long Sequence benchmark (15 tasks) in the same protocol
+    long = _runs("long_sequence", r"(slm|multitask|gainlora|olora|sequential_lora)_order[4-6]")
+    orders = [o for o in (4, 5, 6) if f"slm_order{o}" in long and f"multitask_order{o}" in long]
+    what = slm = against = ""
+    if orders:
+        def long_share(method: str, order: int) -> float:
+            return (100 * long[f"{method}_order{order}"]["metrics"]["average"]
+                    / long[f"multitask_order{order}"]["metrics"]["average"])
+        rivals = [f"{name} {long_share(m, 4):.1f}%" for m, name in (("gainlora", "GainLoRA"), ("olora", "O-LoRA"),
+                                                                   ("sequential_lora", "sequential LoRA"))
+                  if f"{m}_order4" in long and 4 in orders]
+        what = (f"; Long Sequence (15 tasks; 48 training and 50 test rows per task), order{'s' * (len(orders) > 1)} "
+                + ", ".join(map(str, orders)) + ", seed 0")
+        slm = (f"; Long Sequence: {statistics.fmean(long_share('slm', o) for o in orders):.1f}% of multitask (per order "
+               + " / ".join(f"{long_share('slm', o):.1f}" for o in orders) + ")")
+        against = ("; Long Sequence: " + (", ".join(rivals) + " (order 4)" if rivals else "rivals not run yet")
+                   + "; published on T5-large with full data: " + ", ".join(
+                       f"{m} {100 * v / LONG_SEQUENCE_BENCH.published_mtl:.1f}%"
+                       for m, v in LONG_SEQUENCE_BENCH.published.items()))
     rows.append(
         "| Standard CL in O-LoRA's protocol on SmolLM2-135M (dbpedia, amazon, yahoo, agnews as instructions; 16 rows "
-        "per class, exact match), orders 1–3, seed 0 | "
+        f"per class, exact match), orders 1–3, seed 0{what} | "
         f"{statistics.fmean(share['slm']):.1f}% of multitask LoRA (per order " + " / ".join(f"{x:.1f}" for x in share["slm"])
         + f"), forgetting {statistics.fmean(100 * std[f'slm_order{o}']['metrics']['forgetting'] for o in (1, 2, 3)):.1f} "
-        "points | "
+        f"points{slm} | "
         f"GainLoRA {statistics.fmean(share['gainlora']):.1f}% of multitask (per order "
-        + " / ".join(f"{x:.1f}" for x in share["gainlora"]) + ") | [standard_cl](benchmarks/results/standard_cl/README.md) |")
+        + " / ".join(f"{x:.1f}" for x in share["gainlora"]) + f"){against} | "
+        "[standard_cl](benchmarks/results/standard_cl/README.md)"
+        + (", [long_sequence](benchmarks/results/long_sequence/README.md)" if orders else "") + " |")
     # 3. serving: the routed classifier against the plain backbone; the vLLM front against vLLM alone
     serve = _load("serve/serve.json")["classifier-shared-l4"]["ratios"]
     front = _load("serve/vllm_front.json")["ratios"]
@@ -1869,7 +1890,7 @@ INDEX = [
     ("Generative streams", [
         ("standard_cl", "Standard CL in O-LoRA's protocol on SmolLM2 against the rivals",
          "benchmarks/run_queue.sh --bench standard_cl --results standard_cl ../shared/datasets STEM ..."),
-        ("long_sequence", "the 15-task Long Sequence benchmark in O-LoRA's protocol (configs ready; runs listed)",
+        ("long_sequence", "the 15-task Long Sequence benchmark in O-LoRA's protocol against the rivals (the runs in, and those not run yet)",
          "benchmarks/run_queue.sh --bench long_sequence --results long_sequence ../shared/datasets STEM ..."),
         ("standard_cl_select", "the rivals' settings chosen on validation rows",
          "benchmarks/run_queue.sh --bench standard_cl_select ../shared/datasets STEM ..."),
