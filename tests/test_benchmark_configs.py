@@ -1,5 +1,6 @@
 """Every committed benchmark config parses into a method config (STYLE: configs are tested)."""
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -7,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from scalable_lm.config import SLMConfig
+from scalable_lm.data.instructions import InstructionTask
 from tests.methods.test_generative import lm_tokenizer  # noqa: F401 - a fixture
 
 ROOT = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -486,9 +488,26 @@ def test_long_sequence_report_lists_routing_and_what_was_not_run(tmp_path):
               "command": "python benchmarks/instruct/run.py x.json",
               "routing": {"rte": {"self": 0.9, "routes_to": {"mnli": 0.1}, "captures": {"mnli": 0.03}}}}
     (tmp_path / "slm_order4.json").write_text(json.dumps(record))
+    multitask = dict(record, benchmark_config={"method": "multitask", "seed": 0}, metrics={"average": 0.8})
+    (tmp_path / "multitask_order4.json").write_text(json.dumps(multitask))
+    (tmp_path / "floor.json").write_text(json.dumps({"command": "python benchmarks/instruct/floor.py", "seeds": {
+        "0": {"majority": 0.4, "uniform": 0.3}}}))
     text = report.long_sequence_report(tmp_path)
+    assert "| slm | 62.5% |" in text
+    assert "- seed 0: always the task's most common test answer 40.0% (50.0% of multitask)" in text
     assert "| mnli | 90.0 | rte 10% |" in text and "| cb | 90.0 | – |" in text
     # mnli's rows answered by rte, learned later: rte's captures estimate; rte's rows to mnli: rte's routes_to
     assert "| mnli -> rte | 10 | rte captures mnli | 3 | yes |" in text
     assert "| rte -> mnli | 0 | rte routes_to mnli | 10 | yes |" in text
-    assert "`multitask_order4`" in text and "`slm_order4`," not in text  # the configs with no result, listed
+    assert "`oracle_order4`" in text and "`slm_order4`," not in text  # the configs with no result, listed
+
+
+def test_the_floor_of_a_text_label_task_is_its_majority_answer_and_uniform_guess():
+    spec = importlib.util.spec_from_file_location("instruct_floor", ROOT / "instruct" / "floor.py")
+    floor = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(floor)
+    task = InstructionTask("t", [("Pick one. Option: yes, no, maybe.\n\nis it?", "yes")],
+                           [("q", "no"), ("q", "no"), ("q", "yes"), ("q", "maybe")])
+    f = floor.floor(task)
+    assert (f["options"], f["majority"], f["majority_answer"], f["test_rows"]) == (3, 0.5, "no", 4)
+    assert abs(f["uniform"] - 1 / 3) < 1e-12
