@@ -511,3 +511,4 @@ def test_the_floor_of_a_text_label_task_is_its_majority_answer_and_uniform_guess
     f = floor.floor(task)
     assert (f["options"], f["majority"], f["majority_answer"], f["test_rows"]) == (3, 0.5, "no", 4)
     assert abs(f["uniform"] - 1 / 3) < 1e-12
+    assert (f["median_words_train"], f["median_words_test"]) == (2, 1)  # the input after the instruction

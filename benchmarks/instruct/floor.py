@@ -5,8 +5,9 @@ Usage:
 
 For each seed of the benchmark's configs, the test rows a run draws (the builders of benchmarks/instruct/tasks.py,
 with the configs' row counts) and, per task: the number of options its instruction names, the uniform guess
-(1 / options) and the share of the most common gold answer (always answering it: the majority floor). Exact-match
-scores of the runs sit above these only as far as the model learned something. Writes
+(1 / options) and the share of the most common gold answer (always answering it: the majority floor), and the
+median length in words of its drawn training and test inputs. Exact-match scores of the runs sit above the floor
+only as far as the model learned something. Writes
 benchmarks/results/<bench>/floor.json with the command.
 """
 
@@ -34,7 +35,14 @@ def floor(task) -> dict:
     counts = Counter(answer for _, answer in task.test)
     return {"options": len(options), "uniform": 1 / len(options),
             "majority": counts.most_common(1)[0][1] / len(task.test), "majority_answer": counts.most_common(1)[0][0],
-            "test_rows": len(task.test)}
+            "test_rows": len(task.test),
+            # the input's length in words (the prompt after the instruction), train and test rows as drawn
+            "median_words_train": statistics.median(_words(prompt) for prompt, _ in task.train),
+            "median_words_test": statistics.median(_words(prompt) for prompt, _ in task.test)}
+
+
+def _words(prompt: str) -> int:
+    return len(prompt.split("\n\n", 1)[-1].split())
 
 
 def main(argv: list[str] | None = None) -> None:
