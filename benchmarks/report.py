@@ -1492,6 +1492,17 @@ def standard_cl_report(out: Path) -> str:
     return _cl_report(out, STANDARD_CL)
 
 
+def _multitask_reference(records) -> dict[int, float]:
+    """Seed -> the mean average of that seed's multitask runs: the reference a share of multitask divides by (it
+    sees every task at once, so each order it ran in is one more run of the same thing). Used by the benchmark
+    reports and the README's headline alike."""
+    runs: dict[int, list[float]] = defaultdict(list)
+    for r in records:
+        if r["benchmark_config"]["method"] == "multitask":
+            runs[_seed(r)].append(r["metrics"]["average"])
+    return {seed: statistics.fmean(v) for seed, v in runs.items()}
+
+
 def _cl_report(out: Path, bench: _CLBench) -> str:
     """A continual-learning benchmark in O-LoRA's protocol (benchmarks/instruct/run.py): every run, each
     method's share of multitask per order and seed, and SLM's gap to the best rival."""
@@ -1505,11 +1516,7 @@ def _cl_report(out: Path, bench: _CLBench) -> str:
         return "\n".join([f"# {out.name} results: {bench.title}", "", bench.description, "", "(no result yet)", "",
                           *not_run, (out / "notes.md").read_text() if (out / "notes.md").exists() else ""])
     tasks = bench.tasks
-    mtl: dict[int, list[float]] = defaultdict(list)  # seed -> multitask averages (any order: it sees all at once)
-    for _, r in records:
-        if r["benchmark_config"]["method"] == "multitask":
-            mtl[_seed(r)].append(r["metrics"]["average"])
-    reference = {seed: statistics.fmean(v) for seed, v in mtl.items()}
+    reference = _multitask_reference(r for _, r in records)
     order_of, numbers = bench.orders, sorted(bench.orders.values())
     every = ["| result | order | seed | " + " | ".join(tasks) + " | average % | share of multitask | forgetting pts | "
              "minutes | command |", "|---|---|---|" + "---|" * len(tasks) + "---|---|---|---|---|"]
@@ -1827,18 +1834,17 @@ def readme_headlines() -> str:
         "[route_free](benchmarks/results/route_free/README.md), [cl5_seeds](benchmarks/results/cl5_seeds/README.md) |")
     # 2. Standard CL (O-LoRA's protocol) on SmolLM2: share of multitask, seed 0, orders 1-3
     std = _runs("standard_cl", r"(slm|gainlora|multitask)_order[1-3]")
-    mtl = std["multitask_order1"]["metrics"]["average"]  # seed 0; it sees every task at once, in any order
+    mtl = _multitask_reference(std.values())[0]  # seed 0, as the Standard CL report divides
     share = {m: [100 * std[f"{m}_order{o}"]["metrics"]["average"] / mtl for o in (1, 2, 3) if f"{m}_order{o}" in std]
              for m in ("slm", "gainlora")}
     # with it, once SLM and multitask have run it, the Long Sequence benchmark (15 tasks) in the same protocol
     long = _runs("long_sequence", r"(slm|multitask|gainlora|olora|sequential_lora)_order[4-6]")
-    # multitask sees every task at once: as in the report, its reference is the mean of its seed-0 runs
-    multitask = [r["metrics"]["average"] for s, r in long.items() if s.startswith("multitask_")]
-    orders = [o for o in (4, 5, 6) if f"slm_order{o}" in long] if multitask else []
+    long_mtl = _multitask_reference(long.values()).get(0)  # seed 0, as the Long Sequence report divides
+    orders = [o for o in (4, 5, 6) if f"slm_order{o}" in long] if long_mtl else []
     what = slm = against = ""
     if orders:
         def long_share(method: str, order: int) -> float:
-            return 100 * long[f"{method}_order{order}"]["metrics"]["average"] / statistics.fmean(multitask)
+            return 100 * long[f"{method}_order{order}"]["metrics"]["average"] / long_mtl
         rivals = [f"{name} {long_share(m, 4):.1f}%" for m, name in (("gainlora", "GainLoRA"), ("olora", "O-LoRA"),
                                                                    ("sequential_lora", "sequential LoRA"))
                   if f"{m}_order4" in long and 4 in orders]
@@ -1848,7 +1854,7 @@ def readme_headlines() -> str:
         slm = (f"; Long Sequence: {statistics.fmean(long_share('slm', o) for o in orders):.1f}% of multitask (per order "
                + " / ".join(f"{long_share('slm', o):.1f}" for o in orders) + ")"
                + (f", where always answering each task's most common answer scores "
-                  f"{100 * floor / statistics.fmean(multitask):.1f}%" if floor else ""))
+                  f"{100 * floor / long_mtl:.1f}%" if floor else ""))
         against = ("; Long Sequence: " + (", ".join(rivals) + " (order 4)" if rivals else "rivals not run yet")
                    + "; published on T5-large with full data: " + ", ".join(
                        f"{m} {100 * v / LONG_SEQUENCE_BENCH.published_mtl:.1f}%"
