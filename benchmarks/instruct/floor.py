@@ -32,9 +32,9 @@ BUILDERS = {"long_sequence": LONG_BUILDERS}
 def floor(task) -> dict:
     """Options, uniform guess and majority share of one built task's test rows."""
     options = task.train[0][0].split("Option: ", 1)[1].split(".\n", 1)[0].split(", ")
-    counts = Counter(answer for _, answer in task.test)
+    (answer, count), = Counter(answer for _, answer in task.test).most_common(1)
     return {"options": len(options), "uniform": 1 / len(options),
-            "majority": counts.most_common(1)[0][1] / len(task.test), "majority_answer": counts.most_common(1)[0][0],
+            "majority": count / len(task.test), "majority_answer": answer,
             "test_rows": len(task.test),
             # the input's length in words (the prompt after the instruction), train and test rows as drawn
             "median_words_train": statistics.median(_words(prompt) for prompt, _ in task.train),
