@@ -344,6 +344,9 @@ def test_standard_cl_report_divides_by_the_multitask_run_of_the_same_seed(tmp_pa
                     "multitask_order1_seed1": record("multitask", [0.8, 0.4, 0.4, 0.8], seed=1),
                     "slm_order1_seed1": record("slm", [0.8, 0.4, 0.4, 0.6], seed=1),
                     "olora_order1_seed1": record("o-lora", [0.6, 0.2, 0.2, 0.6], seed=1),
+                    # seed 2 has no multitask run: no share, but the gap in accuracy points is there
+                    "slm_order1_seed2": record("slm", [0.6, 0.4, 0.4, 0.6], seed=2),
+                    "olora_order1_seed2": record("o-lora", [0.4, 0.2, 0.4, 0.4], seed=2),
                     "slm_order2": record("slm", [0.8, 0.4, 0.4, 0.6], order=["dbpedia", "amazon", "agnews", "yahoo"]),
                     "slm_order3": record("slm", [0.4, 0.4, 0.6, 0.8], order=["yahoo", "amazon", "agnews", "dbpedia"])
                     }.items():
@@ -357,6 +360,8 @@ def test_standard_cl_report_divides_by_the_multitask_run_of_the_same_seed(tmp_pa
     assert ("- slm − o-lora: +31.7 ± 9.5 points of multitask over 2 shared run(s) (order 1 seed 0: +38.5, "
             "order 1 seed 1: +25.0)") in text
     assert "- slm − o-lora, order 1: +31.7 ± 9.5 points of multitask over seeds 0, 1 (seed 0: +38.5, seed 1: +25.0)" in text
+    assert ("- slm − o-lora, order 1: +18.3 ± 5.8 accuracy points over seeds 0, 1, 2 (seed 0: +25.0, seed 1: +15.0, "
+            "seed 2: +15.0)") in text
     # replay keeps old rows (outside the setting): listed, but the best rival is the best rehearsal-free one
     assert "- slm − replay: +3.8 points of multitask" in text
     assert "Best rehearsal-free rival on the shared runs so far: o-lora" in text and "| GORP | 79.8 | 99.8% |" in text
