@@ -481,6 +481,23 @@ def test_an_instruct_run_cut_short_resumes_from_its_checkpoint(tmp_path, lm_toke
         instruct_run._resume(tmp_path / "resume", fresh, R2, {**cfg, "seed": 1}, None)
 
 
+def test_every_long_sequence_run_gets_the_same_rows_and_training():
+    """The issue allows a smaller row count than O-LoRA's if it is the same for every method: every config (and
+    floor.py, which reads slm_order4's) has the same counts, epochs, length, batch and micro-batch; a seed is
+    named in the file name and nothing else differs but the method and its own settings."""
+    sys.path.insert(0, str(ROOT / "instruct"))
+    from tasks import LONG_ORDERS
+
+    shared = ("benchmark", "train_per_task", "test_per_task", "batch_size", "scoring", "config")
+    paths = sorted((ROOT / "configs" / "long_sequence").glob("*.json"))
+    configs = {p.stem: json.loads(p.read_text()) for p in paths}
+    reference = configs["slm_order4"]
+    for stem, cfg in configs.items():
+        assert {k: cfg.get(k) for k in shared} == {k: reference.get(k) for k in shared}, stem
+        assert cfg["order"] in LONG_ORDERS.values(), stem
+        assert cfg.get("seed", 0) == (int(stem.rsplit("_seed", 1)[1]) if "_seed" in stem else 0), stem
+
+
 def test_long_sequence_report_lists_routing_and_what_was_not_run(tmp_path):
     sys.path.insert(0, str(ROOT))
     import report
