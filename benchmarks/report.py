@@ -1656,7 +1656,9 @@ def _routing_lines(records) -> list[str]:
     then every pair of tasks above 2% in the test rows or in the overlap records `slm learn` wrote, the record beside
     what the rows show. A pair (a, b) is a's test rows answered by b. When b was learned before a, `slm learn` of a
     estimated it as a's ``routes_to`` b (a's training rows, cross-validated); when b came later, as b's
-    ``captures`` of a (a's held-out training-side rows routed after b joined)."""
+    ``captures`` of a (estimated from the task means and the router's shared covariance: no row of a is kept).
+    Where the run answered its test rows once more told the task (``told_task``), what the routing costs: each
+    task's score as routed and told, also on the rows the router sent elsewhere alone."""
     lines = []
     for p, r in records:
         if r["benchmark_config"]["method"] != "slm" or "routing" not in r:
@@ -1689,6 +1691,19 @@ def _routing_lines(records) -> list[str]:
                   f"{100 * estimates[(a, b)][1]:.0f} | {'yes' if estimates[(a, b)][1] >= 0.02 else 'no'} |"
                   for a, b in pairs] or ["| (none) | | | | |"]
         lines.append("")
+        told = r.get("told_task")
+        if told:
+            routed_avg = statistics.fmean(v["routed"] for v in told.values())
+            told_avg = statistics.fmean(v["told"] for v in told.values())
+            lines += [f"What the routing costs: the same final bank told each row's task (its own entries only, no "
+                      f"base-model fallback) "
+                      f"averages {_pct(told_avg)}% against {_pct(routed_avg)}% as routed "
+                      f"({100 * (routed_avg - told_avg):+.1f} points).", "",
+                      "| task | test rows | routed elsewhere | as routed % | told the task % | "
+                      "rows routed elsewhere: as routed % | told % |", "|---|---|---|---|---|---|---|"]
+            lines += [f"| {t} | {v['rows']} | {v['away']} | {_pct(v['routed'])} | {_pct(v['told'])} | "
+                      f"{_pct(v['away_routed'])} | {_pct(v['away_told'])} |" for t, v in told.items()]
+            lines.append("")
     return (["## SLM's routing", ""] + lines) if lines else []
 
 

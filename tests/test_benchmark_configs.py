@@ -481,6 +481,47 @@ def test_an_instruct_run_cut_short_resumes_from_its_checkpoint(tmp_path, lm_toke
         instruct_run._resume(tmp_path / "resume", fresh, R2, {**cfg, "seed": 1}, None)
 
 
+def test_told_task_counts_what_the_rows_routed_elsewhere_score_each_way(lm_tokenizer, monkeypatch):
+    import dataclasses
+    import importlib.util
+
+    sys.path.insert(0, str(ROOT / "instruct"))
+    sys.path.insert(0, str(ROOT))
+    spec = importlib.util.spec_from_file_location("instruct_run", ROOT / "instruct" / "run.py")
+    instruct_run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(instruct_run)
+    from tests.methods.test_generative import instruction_task, make_generative
+
+    slm = make_generative(lm_tokenizer)
+    tasks = [instruction_task("fruit", "sweet"), instruction_task("vehicle", "fast")]
+    for t in tasks:
+        slm.learn(t, progress=False)
+    monkeypatch.setitem(instruct_run.MAX_NEW, "fruit", 3)
+    monkeypatch.setitem(instruct_run.MAX_NEW, "vehicle", 3)
+    cfg = {"seed": 0, "batch_size": 4}
+    final = []
+    instruct_run.evaluate(slm, tasks, cfg, task_id=False, sink=final)
+    assert sorted(n for (n, _, _), _ in final) == ["fruit"] * 8 + ["vehicle"] * 8
+    # one fruit row answered wrongly after going to vehicle's entries: counted apart from the others
+    i = next(i for i, ((n, _, _), _) in enumerate(final) if n == "fruit")
+    final[i] = (final[i][0], dataclasses.replace(final[i][1], task="vehicle", label="not an answer"))
+    slm.config.bank.fallback = 1.5
+    out = instruct_run.told_task(slm, tasks, cfg, final)
+    assert slm.config.bank.fallback == 1.5  # off for the told pass only
+    fruit = out["fruit"]
+    slm.config.bank.fallback = 0.0
+    told = slm.predict([p for p, _ in tasks[0].test], task="fruit")
+    want_told = instruct_run.score("fruit", [x.label for x in told], [g for _, g in tasks[0].test])["primary"]
+    mine = [(g, pred) for (n, _, g), pred in final if n == "fruit"]
+    away = [(g, pred) for g, pred in mine if pred.task != "fruit"]
+    assert fruit["rows"] == 8 and fruit["away"] == len(away) >= 1 and fruit["told"] == want_told
+    assert fruit["away_routed"] == instruct_run.score("fruit", [p.label for _, p in away], [g for g, _ in away])["primary"]
+    assert 0.0 <= fruit["away_told"] <= 1.0
+    assert fruit["routed"] == instruct_run.score("fruit", [p.label for (n, _, _), p in final if n == "fruit"],
+                                                 [g for (n, _, g), _ in final if n == "fruit"])["primary"]
+    assert out["vehicle"]["away_routed"] is None or out["vehicle"]["away"] > 0
+
+
 def test_every_long_sequence_run_gets_the_same_rows_and_training():
     """The issue allows a smaller row count than O-LoRA's if it is the same for every method: every config (and
     floor.py, which reads slm_order4's) has the same counts, epochs, length, batch and micro-batch; a seed is
@@ -510,6 +551,11 @@ def test_long_sequence_report_lists_routing_and_what_was_not_run(tmp_path):
               "command": "python benchmarks/instruct/run.py x.json",
               "routing": {"rte": {"self": 0.9, "routes_to": {"mnli": 0.1}, "captures": {"mnli": 0.03}}}}
     (tmp_path / "slm_order4.json").write_text(json.dumps(record))
+    told = {t: {"rows": 50, "routed": 0.5, "told": 0.5, "away": 0, "away_routed": None, "away_told": None}
+            for t in order}
+    told["mnli"] = {"rows": 50, "routed": 0.5, "told": 0.65, "away": 5, "away_routed": 0.2, "away_told": 0.8}
+    (tmp_path / "slm_order5.json").write_text(json.dumps(dict(
+        record, tasks=next(list(k) for k, v in report.LONG_SEQUENCE_BENCH.orders.items() if v == 5), told_task=told)))
     multitask = dict(record, benchmark_config={"method": "multitask", "seed": 0}, metrics={"average": 0.8})
     (tmp_path / "multitask_order4.json").write_text(json.dumps(multitask))
     (tmp_path / "floor.json").write_text(json.dumps({"command": "python benchmarks/instruct/floor.py", "seeds": {
@@ -522,6 +568,10 @@ def test_long_sequence_report_lists_routing_and_what_was_not_run(tmp_path):
     assert "| mnli -> rte | 10 | rte captures mnli | 3 | yes |" in text
     assert "| rte -> mnli | 0 | rte routes_to mnli | 10 | yes |" in text
     assert "`oracle_order4`" in text and "`slm_order4`," not in text  # the configs with no result, listed
+    # order 5 answered its rows once more told the task: mnli's 5 rows sent elsewhere score 20% as routed, 80% told
+    assert "averages 51.0% against 50.0% as routed (-1.0 points)" in text
+    assert "| mnli | 50 | 5 | 50.0 | 65.0 | 20.0 | 80.0 |" in text and "| cb | 50 | 0 | 50.0 | 50.0 | – | – |" in text
+    assert text.count("What the routing costs") == 1  # order 4 did not run the pass
 
 
 def test_the_floor_of_a_text_label_task_is_its_majority_answer_and_uniform_guess():

@@ -17,6 +17,9 @@ Config: {"benchmark": "instruct3", "order": ["medical", "mmlu", "finance"],
 stream, log-likelihood multiple-choice accuracy on a seeded sample of each set (retention; base = untrained).
 "fallback_sweep": [0.0, ...] (slm only) re-scores the final bank with bank.fallback set to each value
 (0 = every input gets its nearest task's increments), test tasks and zero-shot sets alike.
+"told_task": true (slm only) answers each task's test rows once more with the final bank told the task (its own
+entries only, no base-model fallback) and records, per task, both scores on all rows and on the rows the router
+sent elsewhere (``told_task`` in the result): what the routing errors cost.
 Few-shot with text labels: "benchmark": "fewshot_smollm2", "order": ["dbpedia", "amazon", "yahoo", "agnews"],
 "train_per_class": 16 (tasks.classification; answers scored by scoring.label_match).
 Standard CL benchmark (O-LoRA's protocol, issue 37): "benchmark": "standard_cl", the same four text-label tasks in
@@ -91,7 +94,9 @@ def zeroshot(method, zs: dict, data_dir: Path, seed: int) -> dict:
     return out
 
 
-def evaluate(method, tasks, cfg, task_id: bool) -> tuple[dict, list]:
+def evaluate(method, tasks, cfg, task_id: bool, sink: list | None = None) -> tuple[dict, list]:
+    """Every task's test rows, shuffled into mixed batches; ``sink`` (a list) receives each
+    ``((task, prompt, gold), prediction)``."""
     rows = [(t.name, p, a) for t in tasks for p, a in t.test]
     random.Random(cfg.get("seed", 0)).shuffle(rows)
     method.max_new_tokens = max(MAX_NEW[t.name] for t in tasks)
@@ -105,6 +110,8 @@ def evaluate(method, tasks, cfg, task_id: bool) -> tuple[dict, list]:
     else:
         out = method.predict([p for _, p, _ in rows], batch_size=cfg.get("batch_size", 8))
         timings = dict(method.timings)
+    if sink is not None:
+        sink.extend(zip(rows, out))
     scores, examples = {}, []
     for t in tasks:
         mine = [(p, gold, pred) for (n, p, gold), pred in zip(rows, out) if n == t.name]
@@ -117,6 +124,37 @@ def evaluate(method, tasks, cfg, task_id: bool) -> tuple[dict, list]:
         examples += [{"task": t.name, "prompt": p[-300:], "gold": g, "answer": pred.label, "retrieved": pred.task,
                       "weights": pred.weights} for p, g, pred in mine[:5]]
     return {"scores": scores, "timings": timings}, examples
+
+
+def told_task(method, tasks, cfg, routed: list) -> dict:
+    """What SLM's routing costs, per task: its final bank answering the task's test rows as routed (``routed``:
+    ``evaluate``'s sink of the final evaluation) and again told the task (its own entries only, SLM-TI), with both
+    counted apart on the rows the router sent to another task or to the base model. Told, no row falls back to
+    the base model (``bank.fallback`` is off for the pass): the fallback is part of the routing whose cost this is."""
+    exact = cfg.get("scoring") == "exact"
+
+    def acc(task: str, preds, golds: list[str], rows) -> float | None:
+        if not rows:
+            return None
+        return score(task, [preds[i].label for i in rows], [golds[i] for i in rows], exact)["primary"]
+
+    method.max_new_tokens = max(MAX_NEW[t.name] for t in tasks)
+    out = {}
+    fallback, method.config.bank.fallback = method.config.bank.fallback, 0.0
+    try:
+        for t in tasks:
+            mine = [(p, gold, pred) for (n, p, gold), pred in routed if n == t.name]
+            told = method.predict([p for p, _, _ in mine], batch_size=cfg.get("batch_size", 8), task=t.name)
+            golds, as_routed = [g for _, g, _ in mine], [pred for *_, pred in mine]
+            away = [i for i, pred in enumerate(as_routed) if pred.task != t.name]
+            every = range(len(mine))
+            out[t.name] = {"rows": len(mine), "routed": acc(t.name, as_routed, golds, every),
+                           "told": acc(t.name, told, golds, every), "away": len(away),
+                           "away_routed": acc(t.name, as_routed, golds, away),
+                           "away_told": acc(t.name, told, golds, away)}
+    finally:
+        method.config.bank.fallback = fallback
+    return out
 
 
 def backbone_parameters(method) -> int | None:
@@ -214,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
         print("multitask: " + ", ".join(f"{t.name} {100 * x:.1f}" for t, x in zip(tasks, R[n - 1])), flush=True)
     else:
         resume = RESUME / cfg["benchmark"] / out.stem if method == "slm" else None
-        first = 0
+        first, final = 0, None
         if resume is not None and (resume / "record.json").exists():
             first, slm = _resume(resume, record, R, cfg, slm)
         for i, task in enumerate(tasks):
@@ -223,7 +261,8 @@ def main(argv: list[str] | None = None) -> None:
             t0 = time.perf_counter()
             record["learn_reports"].append(slm.learn(task, progress=sys.stderr.isatty()))
             t1 = time.perf_counter()
-            result, examples = evaluate(slm, tasks[: i + 1], cfg, task_id=method == "oracle")
+            final = [] if i == n - 1 else None
+            result, examples = evaluate(slm, tasks[: i + 1], cfg, task_id=method == "oracle", sink=final)
             for j, t in enumerate(tasks[: i + 1]):
                 R[i][j] = result["scores"][t.name]["primary"]
             record["rows"].append({**result, "learn_s": t1 - t0, "eval_s": time.perf_counter() - t1})
@@ -232,6 +271,11 @@ def main(argv: list[str] | None = None) -> None:
                 _checkpoint(resume, record, R, slm, time.perf_counter() - start)
     if method == "slm":
         record["routing"] = dict(slm.routing)  # the overlap records learn wrote (routes_to, captures), per task
+    if method == "slm" and cfg.get("told_task"):  # the final bank again, told each row's task: what routing costs
+        if not final:  # resumed after the last task: the final evaluation ran in the session before
+            final = []
+            evaluate(slm, tasks, cfg, task_id=False, sink=final)
+        record["told_task"] = told_task(slm, tasks, cfg, final)
     if method == "slm":  # paper Tab. 17: retrieval (query encoding + routing) vs generation time, per task
         record["timing_per_task"] = {}
         for t in tasks:
