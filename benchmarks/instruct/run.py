@@ -128,32 +128,35 @@ def evaluate(method, tasks, cfg, task_id: bool, sink: list | None = None) -> tup
 
 def told_task(method, tasks, cfg, routed: list) -> dict:
     """What SLM's routing costs, per task: its final bank answering the task's test rows as routed (``routed``:
-    ``evaluate``'s sink of the final evaluation) and again told the task (its own entries only, SLM-TI), with both
-    counted apart on the rows the router sent to another task or to the base model. Told, no row falls back to
-    the base model (``bank.fallback`` is off for the pass): the fallback is part of the routing whose cost this is."""
+    ``evaluate``'s sink of the final evaluation) and again told the task (``evaluate`` with ``task_id``: its own
+    entries only, SLM-TI), with both counted apart on the rows the router sent to another task or to the base
+    model. Told, no row falls back to the base model (``bank.fallback`` is off for the pass): the fallback is part
+    of the routing whose cost this is."""
     exact = cfg.get("scoring") == "exact"
+    told: list = []
+    fallback, method.config.bank.fallback = method.config.bank.fallback, 0.0
+    try:
+        evaluate(method, tasks, cfg, task_id=True, sink=told)
+    finally:
+        method.config.bank.fallback = fallback
+    assert [row for row, _ in told] == [row for row, _ in routed], "told_task needs the final evaluation's rows"
 
     def acc(task: str, preds, golds: list[str], rows) -> float | None:
         if not rows:
             return None
         return score(task, [preds[i].label for i in rows], [golds[i] for i in rows], exact)["primary"]
 
-    method.max_new_tokens = max(MAX_NEW[t.name] for t in tasks)
     out = {}
-    fallback, method.config.bank.fallback = method.config.bank.fallback, 0.0
-    try:
-        for t in tasks:
-            mine = [(p, gold, pred) for (n, p, gold), pred in routed if n == t.name]
-            told = method.predict([p for p, _, _ in mine], batch_size=cfg.get("batch_size", 8), task=t.name)
-            golds, as_routed = [g for _, g, _ in mine], [pred for *_, pred in mine]
-            away = [i for i, pred in enumerate(as_routed) if pred.task != t.name]
-            every = range(len(mine))
-            out[t.name] = {"rows": len(mine), "routed": acc(t.name, as_routed, golds, every),
-                           "told": acc(t.name, told, golds, every), "away": len(away),
-                           "away_routed": acc(t.name, as_routed, golds, away),
-                           "away_told": acc(t.name, told, golds, away)}
-    finally:
-        method.config.bank.fallback = fallback
+    for t in tasks:
+        mine = [(gold, as_routed, as_told) for ((n, _, gold), as_routed), (_, as_told) in zip(routed, told)
+                if n == t.name]
+        golds, as_routed, as_told = [g for g, _, _ in mine], [r for _, r, _ in mine], [k for _, _, k in mine]
+        away = [i for i, pred in enumerate(as_routed) if pred.task != t.name]
+        every = range(len(mine))
+        out[t.name] = {"rows": len(mine), "routed": acc(t.name, as_routed, golds, every),
+                       "told": acc(t.name, as_told, golds, every), "away": len(away),
+                       "away_routed": acc(t.name, as_routed, golds, away),
+                       "away_told": acc(t.name, as_told, golds, away)}
     return out
 
 
