@@ -1586,22 +1586,17 @@ def _cl_report(out: Path, bench: _CLBench) -> str:
         # the same gap on one order over the seeds both have run there: the spread that comes from the training
         # and test rows a seed draws (the train seed, which sets the initialisation and batch order, is 0 in every
         # config); the spread above mixes orders, whose tasks differ by position
+        # the same gap also in accuracy points: it needs no multitask run of the seed (the two methods answered the
+        # same test rows), so it is there as soon as both methods have run a seed
         for order in numbers:
-            by_seed = [(s, d) for (o, s), d in zip(shared, diffs) if o == order] if shared else []
-            if len(by_seed) > 1:
-                m, sd = _mean_std([d for _, d in by_seed])
-                over_seeds.append(f"- slm − {rival}, order {order}: {100 * m:+.1f} ± {100 * sd:.1f} points of "
-                                  f"multitask over seeds {', '.join(str(s) for s, _ in by_seed)} ("
-                                  + ", ".join(f"seed {s}: {100 * d:+.1f}" for s, d in by_seed) + ")")
-            # the same gap in accuracy points: it needs no multitask run of the seed (the two methods answered the
-            # same test rows), so it is there as soon as both methods have run a seed
-            points = sorted((s, raw["slm"][(o, s)] - raw[rival][(o, s)])
-                            for (o, s) in set(raw.get("slm", {})) & set(raw.get(rival, {})) if o == order)
-            if len(points) > 1:
-                m, sd = _mean_std([d for _, d in points])
-                over_seeds.append(f"- slm − {rival}, order {order}: {100 * m:+.1f} ± {100 * sd:.1f} accuracy points "
-                                  f"over seeds {', '.join(str(s) for s, _ in points)} ("
-                                  + ", ".join(f"seed {s}: {100 * d:+.1f}" for s, d in points) + ")")
+            for values, unit in ((share, "points of multitask"), (raw, "accuracy points")):
+                by_seed = sorted((s, values["slm"][(o, s)] - values[rival][(o, s)])
+                                 for (o, s) in set(values.get("slm", {})) & set(values.get(rival, {})) if o == order)
+                if len(by_seed) > 1:
+                    m, sd = _mean_std([d for _, d in by_seed])
+                    over_seeds.append(f"- slm − {rival}, order {order}: {100 * m:+.1f} ± {100 * sd:.1f} {unit} over "
+                                      f"seeds {', '.join(str(s) for s, _ in by_seed)} ("
+                                      + ", ".join(f"seed {s}: {100 * d:+.1f}" for s, d in by_seed) + ")")
     # replay keeps old tasks' rows, which SLM's users cannot (the premise of the setting): named apart
     best = min((g for g in gaps if g[1] != "replay"), default=None)
     return "\n".join([
