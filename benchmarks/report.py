@@ -1597,6 +1597,20 @@ def _cl_report(out: Path, bench: _CLBench) -> str:
                     over_seeds.append(f"- slm − {rival}, order {order}: {100 * m:+.1f} ± {100 * sd:.1f} {unit} over "
                                       f"seeds {', '.join(str(s) for s, _ in by_seed)} ("
                                       + ", ".join(f"seed {s}: {100 * d:+.1f}" for s, d in by_seed) + ")")
+            # the goal's test: the two means over seeds against the seed spread, the sum of their sample stds
+            # (the rule `_inside_spread` applies to the seeds tables)
+            ours = {s: v for (o, s), v in raw.get("slm", {}).items() if o == order}
+            theirs = {s: v for (o, s), v in raw.get(rival, {}).items() if o == order}
+            if len(ours) > 1 and len(theirs) > 1:
+                (ma, sa), (mb, sb) = _mean_std(list(ours.values())), _mean_std(list(theirs.values()))
+                diff, spread = ma - mb, sa + sb
+                verdict = ("inside the seed spread: not evidence of a difference" if abs(diff) <= spread else
+                           f"SLM {'above' if diff > 0 else 'below'} {rival} by more than the seed spread")
+                over_seeds.append(
+                    f"- order {order}, average accuracy over seeds: slm {100 * ma:.1f} ± {100 * sa:.1f} (seeds "
+                    f"{', '.join(map(str, sorted(ours)))}), {rival} {100 * mb:.1f} ± {100 * sb:.1f} (seeds "
+                    f"{', '.join(map(str, sorted(theirs)))}): {100 * diff:+.1f} points against a seed spread of "
+                    f"{100 * spread:.1f} (the two stds summed): {verdict}")
     # replay keeps old tasks' rows, which SLM's users cannot (the premise of the setting): named apart
     best = min((g for g in gaps if g[1] != "replay"), default=None)
     return "\n".join([

@@ -362,6 +362,11 @@ def test_standard_cl_report_divides_by_the_multitask_run_of_the_same_seed(tmp_pa
     assert "- slm − o-lora, order 1: +31.7 ± 9.5 points of multitask over seeds 0, 1 (seed 0: +38.5, seed 1: +25.0)" in text
     assert ("- slm − o-lora, order 1: +18.3 ± 5.8 accuracy points over seeds 0, 1, 2 (seed 0: +25.0, seed 1: +15.0, "
             "seed 2: +15.0)") in text
+    # the goal's test: slm 0.60, 0.55, 0.50 against o-lora 0.35, 0.40, 0.35 (the stds summed: 5.0 + 2.9)
+    assert ("- order 1, average accuracy over seeds: slm 55.0 ± 5.0 (seeds 0, 1, 2), o-lora 36.7 ± 2.9 (seeds 0, 1, "
+            "2): +18.3 points against a seed spread of 7.9 (the two stds summed): SLM above o-lora by more than the "
+            "seed spread") in text
+    assert "order 1, average accuracy over seeds: slm 55.0 ± 5.0 (seeds 0, 1, 2), replay" not in text  # one seed
     # replay keeps old rows (outside the setting): listed, but the best rival is the best rehearsal-free one
     assert "- slm − replay: +3.8 points of multitask" in text
     assert "Best rehearsal-free rival on the shared runs so far: o-lora" in text and "| GORP | 79.8 | 99.8% |" in text
