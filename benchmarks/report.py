@@ -1536,7 +1536,7 @@ def _cl_report(out: Path, bench: _CLBench) -> str:
                      f"{_pct(r['metrics'].get('forgetting'))} | {r['seconds'] / 60:.0f} | `{r['command']}` |")
     span = f"{numbers[0]}-{numbers[-1]}"
     summary = ["| method | " + " | ".join(f"order {o}" for o in numbers) + f" | mean over orders {span} (seeds that "
-               "ran all three) | runs |", "|---|" + "---|" * len(numbers) + "---|---|"]
+               "ran all three) | runs with a share (all runs) |", "|---|" + "---|" * len(numbers) + "---|---|"]
     for method in sorted(share, key=lambda m: -statistics.fmean(share[m].values())):
         cells = []
         for order in numbers:
@@ -1556,7 +1556,9 @@ def _cl_report(out: Path, bench: _CLBench) -> str:
                          + f" (seed{'s' if len(full) > 1 else ''} {', '.join(map(str, full))})")
         else:
             mean_cell = "(orders missing)"
-        summary.append(f"| {method} | {' | '.join(cells)} | {mean_cell} | {len(share[method])} |")
+        # a run whose seed has no multitask run yet has no share: counted apart (its gap in points is below)
+        counted = f"{len(share[method])}" + (f" ({len(raw[method])})" if len(raw[method]) != len(share[method]) else "")
+        summary.append(f"| {method} | {' | '.join(cells)} | {mean_cell} | {counted} |")
     # what answering without learning scores on the same test rows (benchmarks/instruct/floor.py), where measured
     floor_lines = []
     if (out / "floor.json").exists():
