@@ -1600,13 +1600,14 @@ def _cl_report(out: Path, bench: _CLBench) -> str:
                                       f"seeds {', '.join(str(s) for s, _ in by_seed)} ("
                                       + ", ".join(f"seed {s}: {100 * d:+.1f}" for s, d in by_seed) + ")")
             # the goal's test: the two means over seeds against the seed spread, the sum of their sample stds
-            # (the rule `_inside_spread` applies to the seeds tables)
+            # (`_inside_spread`, the rule of the seeds tables)
             ours = {s: v for (o, s), v in raw.get("slm", {}).items() if o == order}
             theirs = {s: v for (o, s), v in raw.get(rival, {}).items() if o == order}
             if len(ours) > 1 and len(theirs) > 1:
                 (ma, sa), (mb, sb) = _mean_std(list(ours.values())), _mean_std(list(theirs.values()))
                 diff, spread = ma - mb, sa + sb
-                verdict = ("inside the seed spread: not evidence of a difference" if abs(diff) <= spread else
+                verdict = ("inside the seed spread: not evidence of a difference"
+                           if _inside_spread({"slm": (ma, sa), rival: (mb, sb)}) else
                            f"SLM {'above' if diff > 0 else 'below'} {rival} by more than the seed spread")
                 over_seeds.append(
                     f"- order {order}, average accuracy over seeds: slm {100 * ma:.1f} ± {100 * sa:.1f} (seeds "
@@ -1875,7 +1876,7 @@ def readme_headlines() -> str:
     share = {m: [100 * std[f"{m}_order{o}"]["metrics"]["average"] / mtl for o in (1, 2, 3) if f"{m}_order{o}" in std]
              for m in ("slm", "gainlora")}
     # with it, once SLM and multitask have run it, the Long Sequence benchmark (15 tasks) in the same protocol
-    long = _runs("long_sequence", r"(slm|multitask|gainlora|olora|sequential_lora)_order[4-6]")
+    long = _runs("long_sequence", r"(slm|multitask|gainlora|olora|sequential_lora)_order[4-6](_seed[12])?")
     long_mtl = _multitask_reference(long.values()).get(0)  # seed 0, as the Long Sequence report divides
     orders = [o for o in (4, 5, 6) if f"slm_order{o}" in long] if long_mtl else []
     what = slm = against = ""
@@ -1894,8 +1895,8 @@ def readme_headlines() -> str:
                   f"{100 * floor / long_mtl:.1f}%" if floor else ""))
         # order 4 over seeds, in accuracy points (needs no multitask run of a seed), once SLM and GainLoRA (the
         # best rival there) both have several seeds
-        seeds4 = {m: {_seed(r): 100 * r["metrics"]["average"]
-                      for r in _runs("long_sequence", rf"{m}_order4(_seed[12])?").values()} for m in ("slm", "gainlora")}
+        seeds4 = {m: {_seed(r): 100 * r["metrics"]["average"] for stem, r in long.items()
+                      if re.fullmatch(rf"{m}_order4(_seed[12])?", stem)} for m in ("slm", "gainlora")}
         rival_seeds = ""
         if all(len(v) > 1 for v in seeds4.values()):
             def over_seeds(m: str) -> str:
